@@ -1,0 +1,223 @@
+"""Training configuration: one pydantic model filled from YAML, CLI flags or Python keywords.
+
+Names follow the Ultralytics trainer (`data`, `epochs`, `imgsz`, `batch`, `lr0`, `lrf`, ...) so that
+users' habits carry over. A wrong name or value raises `ConfigError` naming it (with a suggestion for
+a misspelt name).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kubedistill.errors import ConfigError
+
+_NONE_STRINGS = {"", "none", "null", "~"}
+
+
+class TrainConfig(BaseModel):
+    """Every training option, with Ultralytics' names and sensible defaults."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # what to train, on what
+    model: str = Field("yolo-n", description="Scale name (yolo-n/s/m/l) or a checkpoint path to start from.")
+    data: str | None = Field(None, description="Path to data.yaml.")
+    epochs: int = Field(100, ge=1, description="Training epochs.")
+    batch: int = Field(16, ge=1, description="Images per batch (over all processes).")
+    imgsz: int = Field(640, ge=32, description="Square training/validation image size, a multiple of 32.")
+    workers: int = Field(2, ge=0, description="DataLoader worker processes per rank.")
+    device: str = Field("", description="'' picks cuda when available, else cpu; or 'cpu', 'cuda', 'cuda:0'.")
+    seed: int = Field(0, description="Random seed.")
+    deterministic: bool = Field(True, description="Use deterministic algorithms where torch has them.")
+    amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU).")
+    fraction: float = Field(1.0, gt=0.0, le=1.0, description="Fraction of the training split to use.")
+
+    # optimisation
+    optimizer: Literal["SGD", "AdamW", "MuSGD", "auto"] = Field("auto", description="SGD, AdamW, MuSGD or auto.")
+    lr0: float = Field(0.01, gt=0.0, description="Initial learning rate.")
+    lrf: float = Field(0.01, gt=0.0, le=1.0, description="Final learning rate as a fraction of lr0.")
+    momentum: float = Field(0.937, ge=0.0, lt=1.0, description="SGD momentum / Adam beta1.")
+    weight_decay: float = Field(0.0005, ge=0.0, description="Weight decay (scaled by batch/nbs).")
+    warmup_epochs: float = Field(3.0, ge=0.0, description="Linear warmup length in epochs (fractions allowed).")
+    warmup_momentum: float = Field(0.8, ge=0.0, lt=1.0, description="Momentum at the start of warmup.")
+    warmup_bias_lr: float = Field(0.1, ge=0.0, description="Bias learning rate at the start of warmup.")
+    cos_lr: bool = Field(False, description="Cosine instead of linear decay from lr0 to lr0*lrf.")
+    nbs: int = Field(64, ge=1, description="Nominal batch size: gradients accumulate up to it.")
+
+    # loss
+    box: float = Field(7.5, ge=0.0, description="Box (IoU) loss gain.")
+    cls: float = Field(0.5, ge=0.0, description="Classification loss gain.")
+    l1: float = Field(1.0, ge=0.0, description="Gain of the L1 loss on box edges normalised by image size.")
+    box_loss: str = Field("ciou", description="Box loss name from the registry (iou, giou, diou, ciou).")
+    cls_loss: str = Field("bce", description="Classification loss name from the registry (bce).")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Classification target smoothing eps.")
+    o2m: float = Field(0.8, ge=0.0, le=1.0, description="ProgLoss: one-to-many weight at the first epoch.")
+    o2m_final: float = Field(0.1, ge=0.0, le=1.0, description="ProgLoss: one-to-many weight at the last epoch.")
+    tal_topk: int = Field(10, ge=1, description="Anchors per object for the one-to-many head.")
+    stal: bool = Field(True, description="Small-target-aware assignment: tiny objects still get anchors.")
+
+    # distillation (see the distillation docs)
+    distill_model: str | None = Field(None, description="Teacher checkpoint for feature distillation.")
+    dis: float = Field(6.0, ge=0.0, description="Distillation loss gain.")
+
+    # augmentation
+    mosaic: float = Field(1.0, ge=0.0, le=1.0, description="Mosaic probability.")
+    close_mosaic: int = Field(10, ge=0, description="Turn mosaic off for the last N epochs.")
+    degrees: float = Field(0.0, ge=0.0, le=180.0, description="Random rotation (+/- deg).")
+    translate: float = Field(0.1, ge=0.0, le=0.9, description="Random translation (+/- fraction).")
+    scale: float = Field(0.5, ge=0.0, lt=1.0, description="Random scale gain (+/- fraction).")
+    fliplr: float = Field(0.5, ge=0.0, le=1.0, description="Horizontal flip probability.")
+    hsv_h: float = Field(0.015, ge=0.0, le=1.0, description="Hue jitter (fraction).")
+    hsv_s: float = Field(0.7, ge=0.0, le=1.0, description="Saturation jitter (fraction).")
+    hsv_v: float = Field(0.4, ge=0.0, le=1.0, description="Value jitter (fraction).")
+
+    # data check
+    min_usable: float = Field(0.5, ge=0.0, le=1.0, description="Stop if less than this fraction of a split is usable.")
+
+    # validation / inference
+    val: bool = Field(True, description="Validate every epoch.")
+    conf: float = Field(0.001, ge=0.0, le=1.0, description="Score threshold for validation detections.")
+    iou: float = Field(0.7, gt=0.0, le=1.0, description="NMS IoU threshold (nms=True only).")
+    max_det: int = Field(300, ge=1, description="Detections per image.")
+    nms: bool = Field(False, description="Use the one-to-many head with NMS instead of the NMS-free head.")
+
+    # run bookkeeping
+    patience: int = Field(100, ge=0, description="Stop after this many epochs without mAP improvement (0: never).")
+    save_period: int = Field(-1, description="Also save weights/epochN.pt every N epochs (-1: off).")
+    resume: bool | str = Field(False, description="True to continue from last.pt, or a last.pt path.")
+    project: str = Field("runs", description="Folder holding runs.")
+    name: str = Field("train", description="Run name: outputs go to project/name.")
+    exist_ok: bool = Field(False, description="Reuse project/name instead of making name2, name3, ...")
+    plots: bool = Field(True, description="Write plots into the run folder.")
+    verbose: bool = Field(True, description="Log progress.")
+
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _optimizer_case(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            for name in ("SGD", "AdamW", "MuSGD", "auto"):
+                if v.lower() == name.lower():
+                    return name
+        return v
+
+    @field_validator("data", "distill_model", mode="before")
+    @classmethod
+    def _none_strings(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() in _NONE_STRINGS:
+            return None
+        return v
+
+    @field_validator("resume", mode="before")
+    @classmethod
+    def _resume(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            low = v.strip().lower()
+            if low in ("true", "yes", "1"):
+                return True
+            if low in ("false", "no", "0") or low in _NONE_STRINGS:
+                return False
+        return v
+
+    @field_validator("imgsz")
+    @classmethod
+    def _imgsz_stride(cls, v: int) -> int:
+        if v % 32:
+            raise ValueError(f"must be a multiple of 32 (the largest stride); try {max(32, round(v / 32) * 32)}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_cross(self) -> "TrainConfig":
+        if self.o2m_final > self.o2m:
+            raise ValueError(f"o2m_final ({self.o2m_final}) must not exceed o2m ({self.o2m})")
+        return self
+
+
+def _format_validation_error(err: ValidationError, model: type[BaseModel], source: str) -> ConfigError:
+    known = list(model.model_fields)
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(config)"
+        if e["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            lines.append(f"unknown option '{loc}'{hint}")
+        else:
+            given = e.get("input")
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"option '{loc}' = {given!r}: {msg}")
+    return ConfigError(
+        f"Invalid {source}: " + "; ".join(lines),
+        "Fix the option(s) named; `kubedistill train --help` lists every option with its default",
+    )
+
+
+def normalize_keys(d: dict[str, Any]) -> dict[str, Any]:
+    """`distill-model` and `distill_model` are the same option."""
+    return {str(k).replace("-", "_"): v for k, v in d.items()}
+
+
+def read_yaml_config(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"Config file '{p}' does not exist", "Check the path given to --cfg")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file '{p}' is not valid YAML ({e.__class__.__name__})", "Fix its syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file '{p}' must hold a mapping of option: value", "Write one option per line")
+    return normalize_keys(data)
+
+
+def make_config(model: type[BaseModel], cfg: str | Path | dict | None = None, source: str = "config", **overrides: Any):
+    """Build `model` from a YAML path or dict, with keyword overrides taking precedence."""
+    base: dict[str, Any] = {}
+    if isinstance(cfg, (str, Path)):
+        base = read_yaml_config(cfg)
+        source = f"option in {cfg}"
+    elif isinstance(cfg, dict):
+        base = normalize_keys(cfg)
+    base.update(normalize_keys(overrides))
+    try:
+        return model(**base)
+    except ValidationError as e:
+        raise _format_validation_error(e, model, source) from None
+
+
+def train_config(cfg: str | Path | dict | None = None, **overrides: Any) -> TrainConfig:
+    return make_config(TrainConfig, cfg, **overrides)
+
+
+def parse_cli_overrides(args: list[str]) -> dict[str, Any]:
+    """Parse `--name value`, `--name=value`, `name=value` and bare `--flag` (True) into a dict.
+
+    Values stay strings (pydantic coerces them); `--no-flag` gives False.
+    """
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("--"):
+            key = a[2:]
+            if "=" in key:
+                key, val = key.split("=", 1)
+            elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+                val = args[i + 1]
+                i += 1
+            elif key.startswith("no-") or key.startswith("no_"):
+                key, val = key[3:], "false"
+            else:
+                val = "true"
+            out[key.replace("-", "_")] = val
+        elif "=" in a:
+            key, val = a.split("=", 1)
+            out[key.replace("-", "_")] = val
+        else:
+            raise ConfigError(f"Unexpected argument '{a}'", "Write options as --name value or name=value")
+        i += 1
+    return out
