@@ -1,0 +1,1 @@
+"""Benchmarks behind `kubedistill benchmark ...`; figures are recorded in docs/benchmarks.md."""

@@ -1,0 +1,239 @@
+"""`kubedistill` command line. A user's error prints one line (cause, then fix) and exits 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from kubedistill.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, distill, evaluate and serve YOLO-style detectors.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: a built-in demo set and a checker.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (figures go to docs/benchmarks.md).")
+app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="benchmark")
+
+
+def _echo_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Argument(..., help="Folder to write the dataset into."),
+    train: int = typer.Option(200, help="Training images."),
+    val: int = typer.Option(50, help="Validation images."),
+    imgsz: int = typer.Option(320, help="Image size (square)."),
+    seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
+):
+    """Write the built-in demo dataset (shape classes, tiny to large objects, clutter)."""
+    from kubedistill.data.synth import make_synth
+
+    path = make_synth(out, train=train, val=val, imgsz=imgsz, seed=seed)
+    typer.echo(f"wrote {path} ({train} train, {val} val images at {imgsz}px)")
+
+
+@data_app.command("check")
+def data_check(
+    data: Path = typer.Argument(..., help="data.yaml"),
+    splits: str = typer.Option("train,val", help="Comma-separated splits to check."),
+    min_usable: float = typer.Option(0.5, help="Fail when less than this fraction of a split is usable."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full report as JSON."),
+):
+    """Check a dataset: every problem with file and line; exit 1 when too little is usable."""
+    from kubedistill.data.check import check_dataset
+    from kubedistill.data.dataset_yaml import load_data_yaml
+
+    spec = load_data_yaml(data)
+    wanted = tuple(s for s in splits.split(",") if s)
+    report = check_dataset(spec, splits=tuple(s for s in wanted if s in spec.splits), min_usable=min_usable)
+    for p in report.problems:
+        where = f"{p.file}:{p.line}" if p.line else f"{p.file}"
+        typer.echo(f"{p.severity:7s} {p.split:5s} {where}: {p.kind}: {p.message}")
+    typer.echo(report.summary())
+    if json_out:
+        report.write(json_out)
+    report.raise_if_unusable()
+
+
+def _train_help() -> str:
+    from kubedistill.config import TrainConfig
+
+    lines = [
+        "Usage: kubedistill train [--cfg FILE.yaml] [--name value | name=value ...]",
+        "",
+        "Train a detector. Options use the Ultralytics trainer's names; a YAML file (--cfg) gives",
+        "defaults that flags override. Example:",
+        "  kubedistill train --data demo/data.yaml --model yolo-n --epochs 30 --imgsz 320",
+        "",
+        "Options:",
+    ]
+    for name, f in TrainConfig.model_fields.items():
+        default = f.default
+        lines.append(f"  --{name.replace('_', '-'):<18} {f.description} [default: {default!r}]")
+    return "\n".join(lines)
+
+
+@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def train_cmd(ctx: typer.Context):
+    """Train a detector (run `kubedistill train --help` for every option)."""
+    from kubedistill.config import parse_cli_overrides, train_config
+
+    args = list(ctx.args)
+    if "--help" in args or "-h" in args:
+        typer.echo(_train_help())
+        raise typer.Exit(0)
+    overrides = parse_cli_overrides(args)
+    cfg_file = overrides.pop("cfg", None)
+    cfg = train_config(cfg_file, **overrides)
+    from kubedistill.train import build_trainer
+
+    res = build_trainer(cfg).train()
+    typer.echo(f"best weights: {res['best']}")
+
+
+def _load(weights: Path):
+    from kubedistill.train.checkpoint import load_model
+
+    return load_model(weights)
+
+
+@app.command("val")
+def val_cmd(
+    weights: Path = typer.Option(..., help="Checkpoint (best.pt/last.pt)."),
+    data: Optional[str] = typer.Option(None, help="data.yaml (default: the one the model was trained on)."),
+    imgsz: Optional[int] = typer.Option(None, help="Image size (default: training imgsz)."),
+    batch: int = typer.Option(16),
+    conf: float = typer.Option(0.001, help="Score threshold."),
+    iou: float = typer.Option(0.7, help="NMS IoU threshold (--nms only)."),
+    max_det: int = typer.Option(300),
+    nms: bool = typer.Option(False, "--nms", help="One-to-many head + NMS instead of the NMS-free head."),
+    split: str = typer.Option("val"),
+    device: str = typer.Option(""),
+    workers: int = typer.Option(2),
+    out: Path = typer.Option(Path("metrics.json"), help="Where to write metrics.json."),
+):
+    """COCO metrics (faster-coco-eval) of a checkpoint on a dataset split."""
+    from kubedistill.eval.run import run_val
+
+    model, ckpt = _load(weights)
+    data = data or ckpt["train_args"].get("data")
+    if not data:
+        raise UserError("No dataset to validate on", "Pass --data path/to/data.yaml")
+    res = run_val(model, data, imgsz=imgsz or int(ckpt["train_args"]["imgsz"]), batch=batch, device=device, conf=conf,
+                  iou=iou, max_det=max_det, nms=nms, split=split, workers=workers, out=out)
+    keys = ("mAP50-95", "mAP50", "mAP75", "AP_small", "AP_medium", "AP_large", "precision", "recall", "ms_per_img")
+    _echo_json({k: res[k] for k in keys})
+    typer.echo(f"wrote {out}")
+
+
+@app.command("predict")
+def predict_cmd(
+    weights: Path = typer.Option(..., help="Checkpoint (best.pt)."),
+    source: Path = typer.Option(..., help="Image file or folder."),
+    out: Path = typer.Option(Path("preds.json"), help="COCO results JSON to write."),
+    conf: float = typer.Option(0.25),
+    imgsz: Optional[int] = typer.Option(None, help="Image size (default: training imgsz)."),
+    max_det: int = typer.Option(300),
+    nms: bool = typer.Option(False, "--nms", help="One-to-many head + NMS instead of the NMS-free head."),
+    iou: float = typer.Option(0.7),
+    device: str = typer.Option(""),
+    save_images: bool = typer.Option(False, "--save-images", help="Also draw boxes into OUT_images/."),
+):
+    """Detect objects in images; writes COCO-format results (boxes in original pixels)."""
+    from kubedistill.data.images import read_image
+    from kubedistill.eval.predictions import draw_detections, to_coco_predictions_json, write_json_atomic
+    from kubedistill.predict import list_images, predict_files
+    from kubedistill.train.dist import select_device
+
+    model, ckpt = _load(weights)
+    files = list_images(source)
+    dev = select_device(device)
+    model.to(dev)
+    preds = predict_files(model, files, imgsz or int(ckpt["train_args"]["imgsz"]), dev, conf=conf, iou=iou, max_det=max_det, nms=nms)
+    write_json_atomic(out, to_coco_predictions_json([str(f) for f in files], preds, model.names))
+    n = sum(len(p.scores) for p in preds)
+    typer.echo(f"{n} detections in {len(files)} images -> {out}")
+    if save_images:
+        import cv2
+
+        img_dir = out.parent / f"{out.stem}_images"
+        img_dir.mkdir(parents=True, exist_ok=True)
+        for f, p in zip(files, preds):
+            drawn = draw_detections(read_image(f), p, model.names, conf=conf)
+            cv2.imwrite(str(img_dir / f"{f.stem}.jpg"), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+        typer.echo(f"drawn images in {img_dir}")
+
+
+@app.command("info")
+def info_cmd(
+    model: str = typer.Argument("yolo-n", help="Scale name (yolo-n/s/m/l) or checkpoint."),
+    imgsz: int = typer.Option(640),
+    nc: int = typer.Option(80, help="Classes (scale names only)."),
+):
+    """Parameters and GFLOPs (torch.utils.flop_counter) at an image size."""
+    from kubedistill.model.info import model_info
+    from kubedistill.model.yolo import DetectionModel, parse_scale
+
+    if model.endswith(".pt"):
+        m, _ = _load(Path(model))
+    else:
+        m = DetectionModel(parse_scale(model), nc=nc)
+    info = model_info(m, imgsz)
+    typer.echo(
+        f"yolo-{m.scale}: {info['params'] / 1e6:.2f} M params ({info['params_inference'] / 1e6:.2f} M in the inference graph), "
+        f"{info['gflops']:.1f} GFLOPs at {imgsz}, {m.nc} classes"
+    )
+
+
+@bench_app.command("train")
+def bench_train(
+    scales: str = typer.Option("n,s,m,l", help="Comma-separated scales."),
+    imgsz: str = typer.Option("320,640", help="Comma-separated image sizes."),
+    batch: int = typer.Option(8),
+    iters: int = typer.Option(5, help="Timed iterations per measurement (after 2 warm-up)."),
+    workers: int = typer.Option(2, help="DataLoader workers for the loader measurement."),
+    device: str = typer.Option(""),
+    out: Optional[Path] = typer.Option(None, help="Also write the figures as JSON."),
+):
+    """Forward+backward img/s and data-loader img/s for each scale and size."""
+    from kubedistill.benchmark.train import run_train_benchmark
+
+    rows = run_train_benchmark([s for s in scales.split(",") if s], [int(s) for s in imgsz.split(",") if s], batch=batch,
+                               iters=iters, workers=workers, device=device)
+    if out:
+        from kubedistill.eval.predictions import write_json_atomic
+
+        write_json_atomic(out, rows)
+
+
+def main(argv: List[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; finished epochs are saved in weights/last.pt (continue with resume=True)", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # click usage errors come as exceptions with standalone_mode=False
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

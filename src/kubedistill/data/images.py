@@ -1,0 +1,204 @@
+"""Reading images: RGB uint8, EXIF orientation applied. Torch-free (the inference server uses it).
+
+Decoding goes through OpenCV (fast, handles grey, RGBA and 16-bit input) with its own EXIF handling
+switched off; the orientation tag is read from the header with Pillow and applied here, so that
+`read_image`, `image_size` and `verify_image` agree on every format. Files OpenCV cannot decode, and
+JPEGs without an end marker (possibly truncated: OpenCV would silently return a half-grey picture),
+go through Pillow's full decoder, which raises on truncation.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from kubedistill.errors import DataError
+
+IMG_FORMATS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+_ORIENTATION_TAG = 0x0112
+_SWAPS_SIDES = (5, 6, 7, 8)
+
+
+class ImageReadError(DataError):
+    """An image file that cannot be read (missing, not an image, truncated, corrupt).
+
+    `reason` holds the short why (e.g. "file is truncated") without the path.
+    """
+
+    reason: str = ""
+
+
+def is_image_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMG_FORMATS
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageReadError(f"Image '{path}' does not exist", "Check the path or remove it from the split") from None
+    except OSError as e:
+        raise ImageReadError(
+            f"Image '{path}' cannot be read ({e.strerror or e.__class__.__name__})",
+            "Check the file's permissions",
+        ) from None
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = im.getexif().get(_ORIENTATION_TAG, 1)
+        return int(value) if int(value) in range(1, 9) else 1
+    except Exception:  # a broken EXIF block is not a broken image
+        return 1
+
+
+_CV2_ORIENT = {
+    2: lambda a: cv2.flip(a, 1),
+    3: lambda a: cv2.rotate(a, cv2.ROTATE_180),
+    4: lambda a: cv2.flip(a, 0),
+    5: lambda a: cv2.transpose(a),
+    6: lambda a: cv2.rotate(a, cv2.ROTATE_90_CLOCKWISE),
+    7: lambda a: cv2.flip(cv2.transpose(a), -1),
+    8: lambda a: cv2.rotate(a, cv2.ROTATE_90_COUNTERCLOCKWISE),
+}
+
+
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation value (1..8) to an HxW[xC] array, as `PIL.ImageOps.exif_transpose` does."""
+    if orientation not in _CV2_ORIENT:
+        return img
+    if img.dtype == np.uint8 and (img.ndim == 2 or img.shape[2] <= 4):
+        out = _CV2_ORIENT[orientation](np.ascontiguousarray(img))
+        return out if out.ndim == img.ndim else out.reshape(*out.shape[:2], img.shape[2])
+    t = img.swapaxes(0, 1) if orientation >= 5 else img
+    flips = {2: (slice(None), slice(None, None, -1)), 3: (slice(None, None, -1),) * 2, 4: (slice(None, None, -1),),
+             5: (), 6: (slice(None), slice(None, None, -1)), 7: (slice(None, None, -1),) * 2,
+             8: (slice(None, None, -1),)}[orientation]
+    return np.ascontiguousarray(t[flips])
+
+
+def _jpeg_looks_complete(data: bytes) -> bool:
+    if data[:2] != b"\xff\xd8":
+        return True  # not a JPEG
+    return data.rstrip(b"\x00\r\n \t")[-2:] == b"\xff\xd9"
+
+
+def _to_rgb_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """Pillow array in any mode -> RGB uint8 (16-bit and float scaled, not clipped)."""
+    if arr.dtype != np.uint8:
+        a = arr.astype(np.float64)
+        if mode.startswith("I;16") or (arr.dtype.kind in "iu" and a.size and a.max() > 255):
+            a = a / 257.0
+        elif arr.dtype.kind == "f" and a.size and a.max() <= 1.0:
+            a = a * 255.0
+        arr = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    elif arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    elif arr.shape[2] == 2:  # LA
+        arr = np.repeat(arr[:, :, :1], 3, axis=2)
+    return np.ascontiguousarray(arr)
+
+
+def _pil_decode(data: bytes, path: Path) -> np.ndarray:
+    """Full Pillow decode (raises on truncation), orientation applied, RGB uint8."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            orientation = _orientation(im)
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L", "RGB", "RGBA", "LA"):
+                arr = _to_rgb_uint8(np.asarray(im), im.mode)
+            else:  # P, CMYK, YCbCr, 1, ...
+                arr = np.asarray(im.convert("RGB"))
+    except Exception as e:
+        raise _read_error(path, e) from None
+    return apply_orientation(arr, orientation)
+
+
+def _read_error(path: Path, e: BaseException) -> ImageReadError:
+    if isinstance(e, ImageReadError):
+        return e
+    if isinstance(e, UnidentifiedImageError):
+        why = "not a recognised image format"
+    else:
+        why = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        if "truncated" in why.lower():
+            why = "file is truncated"
+    err = ImageReadError(
+        f"Image '{path}' cannot be decoded ({why})", "Re-export or re-download the file, or remove it from the split"
+    )
+    err.reason = why
+    return err
+
+
+def decode_image(data: bytes, path: str | Path = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes to RGB uint8 HxWx3 with EXIF orientation applied."""
+    path = Path(path)
+    if not data:
+        raise ImageReadError(f"Image '{path}' is an empty file", "Re-export the file or remove it from the split")
+    img = None
+    if _jpeg_looks_complete(data):
+        buf = np.frombuffer(data, dtype=np.uint8)
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if img is None or img.ndim != 3 or img.shape[0] == 0 or img.shape[1] == 0:
+        return _pil_decode(data, path)
+    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            orientation = _orientation(im)
+    except Exception:
+        orientation = 1
+    return apply_orientation(img, orientation)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as RGB uint8 HxWx3, EXIF orientation applied. Raises `ImageReadError`."""
+    path = Path(path)
+    return decode_image(_read_bytes(path), path)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) after EXIF orientation, from the header only (no full decode)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if _orientation(im) in _SWAPS_SIDES:
+                w, h = h, w
+    except FileNotFoundError:
+        raise ImageReadError(f"Image '{path}' does not exist", "Check the path or remove it from the split") from None
+    except Exception as e:
+        raise _read_error(path, e) from None
+    return int(w), int(h)
+
+
+def verify_image(path: str | Path, data: bytes | None = None) -> tuple[int, int]:
+    """Fully decode the image to detect truncation/corruption; return (width, height) after EXIF.
+
+    `data` may hold the file's bytes when the caller already read them (e.g. to hash them).
+    """
+    path = Path(path)
+    if data is None:
+        data = _read_bytes(path)
+    if not data:
+        err = ImageReadError(f"Image '{path}' is an empty file", "Re-export the file or remove it from the split")
+        err.reason = "empty file"
+        raise err
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            orientation = _orientation(im)
+            im.load()  # full decode: raises on truncated data
+    except Exception as e:
+        raise _read_error(path, e) from None
+    if w < 1 or h < 1:
+        raise ImageReadError(f"Image '{path}' has no pixels ({w}x{h})", "Remove it from the split")
+    if orientation in _SWAPS_SIDES:
+        w, h = h, w
+    return int(w), int(h)

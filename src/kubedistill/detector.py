@@ -1,0 +1,77 @@
+"""Python API with the CLI's names: Detector("yolo-n").train(data=..., epochs=...), .val(), .predict()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kubedistill.config import TrainConfig, train_config
+from kubedistill.errors import UserError
+
+
+class Detector:
+    """A detector from a scale name (untrained) or a checkpoint path (trained)."""
+
+    def __init__(self, model: str = "yolo-n"):
+        from kubedistill.model.yolo import DetectionModel, parse_scale
+        from kubedistill.train.checkpoint import load_model
+
+        self.source = model
+        self.ckpt: dict | None = None
+        if str(model).endswith(".pt"):
+            self.model, self.ckpt = load_model(model)
+        else:
+            self.model = DetectionModel(parse_scale(model), nc=80)
+        self.results: dict | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.model.names)
+
+    def _imgsz(self, imgsz: int | None) -> int:
+        if imgsz:
+            return imgsz
+        if self.ckpt is not None:
+            return int(self.ckpt["train_args"]["imgsz"])
+        return 640
+
+    def train(self, cfg: str | Path | dict | None = None, **kwargs: Any) -> dict:
+        """Train (or fine-tune, when built from a checkpoint); afterwards this Detector holds best.pt."""
+        from kubedistill.train import build_trainer
+        from kubedistill.train.checkpoint import load_model
+
+        kwargs.setdefault("model", self.source)
+        conf: TrainConfig = train_config(cfg, **kwargs)
+        self.results = build_trainer(conf).train()
+        best = Path(self.results["best"])
+        if best.is_file():
+            self.model, self.ckpt = load_model(best)
+            self.source = str(best)
+        return self.results
+
+    def val(self, data: str | None = None, imgsz: int | None = None, batch: int = 16, device: str = "", **kw) -> dict:
+        from kubedistill.eval.run import run_val
+
+        if data is None:
+            if self.ckpt is None or not self.ckpt["train_args"].get("data"):
+                raise UserError("No dataset to validate on", "Pass data=path/to/data.yaml")
+            data = self.ckpt["train_args"]["data"]
+        return run_val(self.model, data, imgsz=self._imgsz(imgsz), batch=batch, device=device, **kw)
+
+    def predict(self, source: str | Path | np.ndarray | list, conf: float = 0.25, imgsz: int | None = None,
+                max_det: int = 300, nms: bool = False, device: str = "") -> list:
+        """Images (paths, a folder, or RGB arrays) -> list of ImagePred (boxes xyxy in original pixels)."""
+        from kubedistill.predict import list_images, predict_arrays, predict_files
+        from kubedistill.train.dist import select_device
+
+        dev = select_device(device)
+        self.model.to(dev)
+        kw = dict(conf=conf, max_det=max_det, nms=nms)
+        size = self._imgsz(imgsz)
+        if isinstance(source, np.ndarray):
+            return predict_arrays(self.model, [source], size, dev, **kw)
+        if isinstance(source, list) and source and isinstance(source[0], np.ndarray):
+            return predict_arrays(self.model, source, size, dev, **kw)
+        return predict_files(self.model, list_images(source), size, dev, **kw)

@@ -1,0 +1,74 @@
+"""Checkpoints: plain data and state dicts only (torch.load(weights_only=True) opens them), written atomically.
+
+Layout:
+  model:       {"meta": {scale, nc, names, strides}, "state_dict": EMA weights}  -- what inference needs
+  epoch, best_fitness, best_epoch, metrics, train_args, version, date
+  last.pt also: train_state_dict (raw weights), ema_updates, optimizer, rng  -- what resume needs
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kubedistill.errors import UserError
+from kubedistill.model.yolo import DetectionModel
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over the target."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"Checkpoint '{p}' does not exist", "Check the path (weights are in runs/<name>/weights/)")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, or not a torch file
+        raise UserError(
+            f"Checkpoint '{p}' cannot be read ({e.__class__.__name__})",
+            "Use a best.pt/last.pt written by kubedistill; a truncated file needs the run resumed or retrained",
+        ) from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt.get("model", {}):
+        raise UserError(f"'{p}' is not a kubedistill checkpoint", "Use a best.pt/last.pt written by kubedistill train")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, weights: str = "model") -> DetectionModel:
+    """Rebuild the network; weights='model' takes the EMA (inference) weights, 'train' the raw ones."""
+    meta = ckpt["model"]["meta"]
+    model = DetectionModel(meta["scale"], nc=meta["nc"], names=meta["names"])
+    sd = ckpt["train_state_dict"] if weights == "train" else ckpt["model"]["state_dict"]
+    model.load_state_dict(sd)
+    return model
+
+
+def load_model(path: str | Path) -> tuple[DetectionModel, dict]:
+    ckpt = load_checkpoint(path)
+    return model_from_checkpoint(ckpt), ckpt
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,451 @@
+"""The training loop.
+
+Trainer(cfg).train() runs data check -> model -> optimizer/schedule/EMA -> epochs of
+(train, validate with the EMA weights, save last/best, results.csv row, callbacks).
+
+Extension points for later features:
+- callbacks: `add_callback(event, fn)`, fn(trainer) for events in CALLBACK_EVENTS;
+- extra loss terms: subclass and override `extra_loss(batch, preds)` (distillation does);
+- extra checkpoint content: override `checkpoint_extras()` / `load_extras(ckpt)`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from kubedistill import __version__
+from kubedistill.config import TrainConfig
+from kubedistill.data.check import check_dataset
+from kubedistill.data.dataset import DetectionDataset, build_dataloader
+from kubedistill.data.dataset_yaml import load_data_yaml
+from kubedistill.errors import ConfigError, UserError
+from kubedistill.eval.predictions import write_json_atomic
+from kubedistill.eval.validator import validate
+from kubedistill.model.yolo import DetectionModel, parse_scale
+from kubedistill.train import dist as du
+from kubedistill.train.checkpoint import atomic_torch_save, load_checkpoint, model_from_checkpoint
+from kubedistill.train.ema import ModelEMA
+from kubedistill.train.losses import DetectionLoss, progloss_weights
+from kubedistill.train.optim import build_optimizer
+from kubedistill.train.progress import LOGGER, Progress, setup_logging
+from kubedistill.train.schedule import LRSchedule
+
+CALLBACK_EVENTS = ("on_train_start", "on_train_epoch_end", "on_fit_epoch_end", "on_model_save", "on_fit_end")
+MAX_NONFINITE = 10
+GRAD_CLIP = 10.0
+
+
+class TrainingDiverged(UserError):
+    pass
+
+
+def _unwrap(m: nn.Module) -> nn.Module:
+    return m.module if hasattr(m, "module") else m
+
+
+def increment_path(path: Path, exist_ok: bool) -> Path:
+    """runs/train -> runs/train2, runs/train3 ... unless exist_ok."""
+    if exist_ok or not path.exists():
+        return path
+    for n in range(2, 10_000):
+        p = path.with_name(f"{path.name}{n}")
+        if not p.exists():
+            return p
+    raise UserError(f"Too many runs named {path}", "Pick another name=")
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, callbacks: dict[str, list[Callable]] | None = None):
+        self.cfg = cfg
+        self.callbacks: dict[str, list[Callable]] = defaultdict(list)
+        for event, fns in (callbacks or {}).items():
+            for fn in fns:
+                self.add_callback(event, fn)
+        self.rank, self.local_rank, self.world_size = du.world()
+        self.main = self.rank in (-1, 0)
+        self.metrics: dict[str, Any] = {}
+        self.best_metrics: dict[str, Any] = {}
+        self.epoch = 0
+        self.stop = False
+
+    # ----------------------------------------------------------------------------- extension points
+    def add_callback(self, event: str, fn: Callable) -> None:
+        if event not in CALLBACK_EVENTS:
+            raise ConfigError(f"Unknown callback event '{event}'", f"Use one of {', '.join(CALLBACK_EVENTS)}")
+        self.callbacks[event].append(fn)
+
+    def run_callbacks(self, event: str) -> None:
+        for fn in self.callbacks[event]:
+            fn(self)
+
+    def extra_loss(self, batch: dict, preds: dict) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Extra terms added to the detection loss (already scaled like it); none by default."""
+        return None, {}
+
+    def checkpoint_extras(self) -> dict:
+        """Extra resume state saved into last.pt (never into the inference weights)."""
+        return {}
+
+    def load_extras(self, ckpt: dict) -> None:
+        pass
+
+    def setup_extras(self) -> None:
+        """Called after model and data are ready, before the optimizer is built."""
+
+    def extra_modules(self) -> list[nn.Module]:
+        """Trainable modules besides the model (their parameters join the optimizer)."""
+        return []
+
+    # ----------------------------------------------------------------------------- setup
+    def _resolve_resume(self) -> dict | None:
+        cfg = self.cfg
+        if not cfg.resume:
+            return None
+        last = Path(cfg.resume) if isinstance(cfg.resume, str) else Path(cfg.project) / cfg.name / "weights" / "last.pt"
+        if not last.is_file():
+            raise UserError(f"Nothing to resume: '{last}' does not exist", "Give resume=path/to/last.pt or the run's project= and name=")
+        ckpt = load_checkpoint(last)
+        if "optimizer" not in ckpt:
+            raise UserError(f"'{last}' holds no training state", "Resume from a last.pt, not a best.pt")
+        args = dict(ckpt["train_args"])
+        # Where it runs may change on resume; what it trains may not.
+        for key in ("device", "workers", "verbose"):
+            args[key] = getattr(cfg, key)
+        args.update(resume=False, exist_ok=True)
+        self.cfg = TrainConfig(**args)
+        self.save_dir = last.parent.parent
+        if ckpt["epoch"] + 1 >= self.cfg.epochs:
+            raise UserError(f"Run in '{self.save_dir}' already finished all {self.cfg.epochs} epochs", "Start a new run instead of resume")
+        return ckpt
+
+    def _setup(self) -> None:
+        ckpt = self._resolve_resume()
+        cfg = self.cfg
+        if cfg.data is None:
+            raise ConfigError("No dataset given", "Pass data=path/to/data.yaml (try `kubedistill data synth demo` for a demo set)")
+        if ckpt is None:
+            self.save_dir = increment_path(Path(cfg.project) / cfg.name, cfg.exist_ok) if self.main else None
+            self.save_dir = Path(du.broadcast_object(str(self.save_dir) if self.save_dir else None))
+        self.wdir = self.save_dir / "weights"
+        self.device = du.select_device(cfg.device, self.local_rank)
+        du.init_distributed(self.device, self.world_size)
+        seed_everything(cfg.seed, cfg.deterministic)
+        if self.main:
+            self.wdir.mkdir(parents=True, exist_ok=True)
+            (self.save_dir / "args.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+
+        # data: check first, skip what is bad, stop only when too little is usable
+        self.spec = load_data_yaml(cfg.data)
+        report = check_dataset(self.spec, splits=("train", "val"), min_usable=cfg.min_usable)
+        if self.main:
+            report.write(self.save_dir / "data_check.json")
+            LOGGER.info(report.summary())
+        report.raise_if_unusable()
+        self.data_report = report
+        train_samples = report.samples["train"]
+        if cfg.fraction < 1.0:
+            train_samples = train_samples[: max(1, int(len(train_samples) * cfg.fraction))]
+        self.train_set = DetectionDataset(train_samples, cfg.imgsz, augment=True, hyp=cfg, seed=cfg.seed)
+        self.val_samples = report.samples["val"]
+        self.val_set = DetectionDataset(self.val_samples, cfg.imgsz, augment=False, hyp=cfg, seed=cfg.seed)
+        self.batch = max(cfg.batch // self.world_size, 1)
+        self.train_loader = self._train_loader()
+        self.val_loader = build_dataloader(self.val_set, max(self.batch, 1) * 2, cfg.workers, shuffle=False, seed=cfg.seed)
+
+        # model
+        names = self.spec.names
+        if ckpt is not None:
+            self.model = model_from_checkpoint(ckpt, weights="train")
+        elif cfg.model.endswith(".pt"):
+            base = load_checkpoint(cfg.model)
+            self.model = model_from_checkpoint(base)
+            if self.model.nc != len(names):
+                # fine-tune on new classes: keep backbone and neck, fresh head
+                fresh = DetectionModel(self.model.scale, nc=len(names), names=names)
+                sd = {k: v for k, v in self.model.state_dict().items() if not k.startswith("head.")}
+                fresh.load_state_dict(sd, strict=False)
+                self.model = fresh
+            self.model.names = list(names)
+        else:
+            self.model = DetectionModel(parse_scale(cfg.model), nc=len(names), names=names)
+            self.model.head.init_bias(cfg.imgsz)
+        self.model.to(self.device)
+        self.setup_extras()
+        self.loss_fn = DetectionLoss(self.model.nc, self.model.strides, cfg)
+
+        # optimizer, schedule, EMA
+        self.nb = len(self.train_loader)
+        self.accumulate = max(round(cfg.nbs / (self.batch * self.world_size)), 1)
+        iterations = math.ceil(len(self.train_set) / max(cfg.batch, cfg.nbs)) * cfg.epochs
+        opt_root = nn.ModuleDict({"model": self.model, **{f"extra{i}": m for i, m in enumerate(self.extra_modules())}})
+        self.optimizer, self.optim_info = build_optimizer(
+            opt_root, cfg.optimizer, cfg.lr0, cfg.momentum, cfg.weight_decay, iterations, self.model.nc, cfg.batch, cfg.nbs
+        )
+        if self.main:
+            LOGGER.info(f"optimizer: {self.optim_info['optimizer']} lr0={self.optim_info['lr0']:.6g} "
+                        f"momentum={self.optim_info['momentum']} ({self.optim_info['reason']})")
+        self.schedule = LRSchedule(
+            self.optim_info["lr0"], cfg.lrf, cfg.epochs, self.nb, cfg.warmup_epochs, cfg.warmup_bias_lr,
+            cfg.warmup_momentum, self.optim_info["momentum"], cfg.cos_lr,
+        )
+        self.ema = ModelEMA(self.model)
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.start_epoch = 0
+        self.best_fitness = -1.0
+        self.best_epoch = -1
+        if ckpt is not None:
+            self._load_resume_state(ckpt)
+        if self.world_size > 1:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+
+    def _train_loader(self):
+        return build_dataloader(
+            self.train_set, self.batch, self.cfg.workers, shuffle=True, seed=self.cfg.seed,
+            rank=self.rank, world_size=self.world_size, drop_last=len(self.train_set) >= 2 * self.batch * self.world_size,
+        )
+
+    def _load_resume_state(self, ckpt: dict) -> None:
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.ema.ema.load_state_dict(ckpt["model"]["state_dict"])
+        self.ema.updates = ckpt["ema_updates"]
+        self.start_epoch = ckpt["epoch"] + 1
+        self.best_fitness = ckpt["best_fitness"]
+        self.best_epoch = ckpt.get("best_epoch", -1)
+        self.best_metrics = ckpt.get("best_metrics", {})
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if torch.cuda.is_available() and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        self.load_extras(ckpt)
+        if self.main:
+            LOGGER.info(f"resuming {self.save_dir} from epoch {self.start_epoch + 1}/{self.cfg.epochs}")
+
+    # ----------------------------------------------------------------------------- loop
+    def train(self) -> dict:
+        setup_logging()
+        try:
+            self._setup()
+            self.run_callbacks("on_train_start")
+            self._fit()
+        finally:
+            du.cleanup()
+        return self.results()
+
+    def results(self) -> dict:
+        return {
+            "save_dir": str(self.save_dir),
+            "best": str(self.wdir / "best.pt"),
+            "last": str(self.wdir / "last.pt"),
+            "best_epoch": self.best_epoch + 1,
+            "epochs_run": self.epoch + 1,
+            "metrics": self.best_metrics,
+        }
+
+    def _fit(self) -> None:
+        cfg = self.cfg
+        if self.main:
+            LOGGER.info(f"training {cfg.model} on {len(self.train_set)} images ({len(self.val_samples)} val), "
+                        f"imgsz={cfg.imgsz} batch={cfg.batch} epochs={cfg.epochs} device={self.device} -> {self.save_dir}")
+        self.nonfinite = 0
+        for epoch in range(self.start_epoch, cfg.epochs):
+            self.epoch = epoch
+            t0 = time.perf_counter()
+            if cfg.close_mosaic and epoch >= cfg.epochs - cfg.close_mosaic and self.train_set.mosaic_enabled():
+                self.train_set.close_mosaic()
+                self.train_loader = self._train_loader()
+                if self.main:
+                    LOGGER.info(f"closing mosaic for the last {cfg.close_mosaic} epochs")
+            self.train_set.set_epoch(epoch)
+            if hasattr(self.train_loader.sampler, "set_epoch"):
+                self.train_loader.sampler.set_epoch(epoch)
+            w_o2m, w_o2o = progloss_weights(epoch, cfg.epochs, cfg.o2m, cfg.o2m_final)
+            self.prog_weights = {"one2many": w_o2m, "one2one": w_o2o}
+            train_items, n_img, lrs = self._train_epoch(epoch)
+            epoch_s = time.perf_counter() - t0
+            self.run_callbacks("on_train_epoch_end")
+
+            final = epoch == cfg.epochs - 1
+            metrics: dict[str, Any] = {}
+            if self.main and (cfg.val or final):
+                m, speed = validate(self.ema.ema, self.val_loader, self.val_samples, self.model_names, self.device,
+                                    nms=cfg.nms, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det)
+                metrics = {**m.to_dict(), **speed}
+            fitness = metrics.get("mAP50-95") if metrics else None
+            self.metrics = {
+                "epoch": epoch + 1,
+                **{f"train/{k}": v for k, v in train_items.items()},
+                **{f"metrics/{k}": metrics.get(k) for k in ("mAP50-95", "mAP50", "mAP75", "AP_small", "AP_medium", "AP_large", "precision", "recall")},
+                **lrs,
+                "prog/o2m": w_o2m,
+                "prog/o2o": w_o2o,
+                "img_s": n_img * self.world_size / max(epoch_s, 1e-9),
+                "epoch_s": epoch_s,
+            }
+            improved = fitness is not None and fitness > self.best_fitness
+            if improved:
+                self.best_fitness, self.best_epoch, self.best_metrics = fitness, epoch, metrics
+            if self.main:
+                self._save(epoch, improved, metrics)
+                self._log_epoch()
+            self.run_callbacks("on_fit_epoch_end")
+            if cfg.patience and self.best_epoch >= 0 and epoch - self.best_epoch >= cfg.patience:
+                self.stop = True
+                if self.main:
+                    LOGGER.info(f"early stop: no improvement for {cfg.patience} epochs (best epoch {self.best_epoch + 1})")
+            self.stop = du.broadcast_object(self.stop)
+            if self.stop:
+                break
+        if self.main:
+            write_json_atomic(self.save_dir / "metrics.json", {"best_epoch": self.best_epoch + 1, **self.best_metrics})
+            LOGGER.info(f"done: best mAP50-95 {self.best_fitness:.4f} at epoch {self.best_epoch + 1}; weights in {self.wdir}")
+        self.run_callbacks("on_fit_end")
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(_unwrap(self.model).names)
+
+    def _train_epoch(self, epoch: int) -> tuple[dict[str, float], int, dict[str, float]]:
+        cfg = self.cfg
+        self.model.train()
+        sums: dict[str, float] = defaultdict(float)
+        steps, n_img = 0, 0
+        lrs: dict[str, float] = {}
+        bar = Progress(self.nb, f"epoch {epoch + 1}/{cfg.epochs}", enabled=self.main and cfg.verbose)
+        t0 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        pending = 0
+        for i, batch in enumerate(self.train_loader):
+            ni = epoch * self.nb + i
+            lrs = self.schedule.apply(self.optimizer, ni)
+            img = batch["img"].to(self.device, non_blocking=True).float() / 255.0
+            batch["img"] = img
+            with torch.autocast(self.device.type, enabled=self.use_amp):
+                preds = self.model(img)
+                loss, items = self.loss_fn(preds, batch, self.prog_weights)
+                extra, extra_items = self.extra_loss(batch, preds)
+                if extra is not None:
+                    loss = loss + extra
+                    items = {**items, **extra_items}
+            if self.world_size > 1:
+                loss = loss * self.world_size  # DDP averages gradients; keep the sum over the global batch
+            finite = du.all_true(bool(torch.isfinite(loss)), self.device)
+            if not finite:
+                self._nonfinite(ni)
+                self.optimizer.zero_grad(set_to_none=True)
+                pending = 0
+                continue
+            self.nonfinite = 0
+            self.scaler.scale(loss).backward()
+            pending += 1
+            if pending >= self.accumulate or i == self.nb - 1:
+                self._optimizer_step()
+                pending = 0
+            for k, v in items.items():
+                sums[k] += float(v)
+            steps += 1
+            n_img += img.shape[0]
+            if self.main and cfg.verbose:
+                bar.update(1, **{k: sums[k] / steps for k in sums}, lr=lrs.get("lr/weights", 0.0),
+                           img_s=n_img / max(time.perf_counter() - t0, 1e-9))
+        bar.close()
+        return {k: v / max(steps, 1) for k, v in sums.items()}, n_img, lrs
+
+    def _nonfinite(self, ni: int) -> None:
+        self.nonfinite += 1
+        if self.main:
+            LOGGER.warning(f"warning: non-finite loss at iteration {ni}; step skipped ({self.nonfinite}/{MAX_NONFINITE})")
+        if self.nonfinite >= MAX_NONFINITE:
+            raise TrainingDiverged(
+                f"Loss was non-finite for {MAX_NONFINITE} steps in a row (training diverged)",
+                f"Lower lr0 (now {self.optim_info['lr0']:.4g}), check labels with `kubedistill data check`, or resume from last.pt",
+            )
+
+    def _optimizer_step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, max_norm=GRAD_CLIP)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.model)
+
+    # ----------------------------------------------------------------------------- outputs
+    def _model_record(self) -> dict:
+        return {"meta": _unwrap(self.model).meta(), "state_dict": {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in self.ema.ema.state_dict().items()}}
+
+    def _save(self, epoch: int, improved: bool, metrics: dict) -> None:
+        common = {
+            "model": self._model_record(),
+            "epoch": epoch,
+            "best_fitness": self.best_fitness,
+            "best_epoch": self.best_epoch,
+            "metrics": metrics,
+            "train_args": self.cfg.model_dump(),
+            "version": __version__,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        last = {
+            **common,
+            "best_metrics": self.best_metrics,
+            "train_state_dict": {k: v.detach().cpu() for k, v in _unwrap(self.model).state_dict().items()},
+            "ema_updates": self.ema.updates,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            **self.checkpoint_extras(),
+        }
+        atomic_torch_save(last, self.wdir / "last.pt")
+        if improved:
+            atomic_torch_save(common, self.wdir / "best.pt")
+        if self.cfg.save_period > 0 and (epoch + 1) % self.cfg.save_period == 0:
+            atomic_torch_save(common, self.wdir / f"epoch{epoch + 1}.pt")
+        self.run_callbacks("on_model_save")
+
+    def _log_epoch(self) -> None:
+        row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.metrics.items()}
+        path = self.save_dir / "results.csv"
+        rows = []
+        if path.exists():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < row["epoch"]]
+        fields = list(dict.fromkeys([*(rows[0].keys() if rows else []), *row.keys()]))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows + [row])
+        tmp = path.with_suffix(".csv.tmp")
+        tmp.write_text(buf.getvalue())
+        os.replace(tmp, path)
+        m = self.metrics
+        if self.cfg.verbose:
+            LOGGER.info(
+                f"epoch {m['epoch']}/{self.cfg.epochs}: "
+                + " ".join(f"{k.split('/')[1]}={v:.4f}" for k, v in m.items() if k.startswith("train/"))
+                + (f" mAP50-95={m['metrics/mAP50-95']:.4f} mAP50={m['metrics/mAP50']:.4f}" if m.get("metrics/mAP50-95") is not None else "")
+                + f" o2m/o2o={m['prog/o2m']:.2f}/{m['prog/o2o']:.2f} {m['img_s']:.1f} img/s {m['epoch_s']:.1f}s"
+            )
