@@ -29,11 +29,20 @@ def data_synth(
     val: int = typer.Option(50, help="Validation images."),
     imgsz: int = typer.Option(320, help="Image size (square)."),
     seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
+    classes: int = typer.Option(4, help="Number of shape classes (1-8)."),
+    min_size: int = typer.Option(4, help="Smallest object side in pixels."),
+    max_objects: int = typer.Option(6, help="Most objects in one image."),
 ):
     """Write the built-in demo dataset (shape classes, tiny to large objects, clutter)."""
-    from kubedistill.data.synth import make_synth
+    from kubedistill.data.synth import SHAPES, make_synth
 
-    path = make_synth(out, train=train, val=val, imgsz=imgsz, seed=seed)
+    if not 1 <= classes <= len(SHAPES):
+        raise UserError(f"--classes {classes} is out of range", f"Use 1 to {len(SHAPES)}")
+    try:
+        path = make_synth(out, train=train, val=val, imgsz=imgsz, seed=seed, names=SHAPES[:classes],
+                          min_size=min_size, max_objects=max_objects)
+    except ValueError as e:
+        raise UserError(f"Cannot make the demo set: {e}", "Adjust the options named") from None
     typer.echo(f"wrote {path} ({train} train, {val} val images at {imgsz}px)")
 
 

@@ -114,7 +114,7 @@ def _contrasting_colour(rng: np.random.Generator, ref: np.ndarray) -> np.ndarray
 
 
 def _make_image(
-    rng: np.random.Generator, n: int, kinds: list[str]
+    rng: np.random.Generator, n: int, kinds: list[str], min_size: int = MIN_SIZE, max_objects: int = 6
 ) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]], np.ndarray]:
     """One image, its labels (class, cx, cy, w, h normalised) and its object-id map (0: background,
     k + 1: the object of label k)."""
@@ -125,11 +125,11 @@ def _make_image(
     squares: list[tuple[int, int, int]] = []
     classes: list[int] = []
     mask = np.zeros((n, n), np.uint8)
-    smax = max(MIN_SIZE + 1, n // 2)
-    for _ in range(int(rng.integers(1, 7))):
+    smax = max(min_size + 1, n // 2)
+    for _ in range(int(rng.integers(1, max_objects + 1))):
         for _attempt in range(8):
-            s = int(round(math.exp(rng.uniform(math.log(MIN_SIZE), math.log(smax)))))
-            s = min(max(s, MIN_SIZE), n)
+            s = int(round(math.exp(rng.uniform(math.log(min_size), math.log(smax)))))
+            s = min(max(s, min_size), n)
             x1, y1 = int(rng.integers(0, n - s + 1)), int(rng.integers(0, n - s + 1))
             c = int(rng.integers(0, len(kinds)))
             mask[y1 : y1 + s, x1 : x1 + s] = 0
@@ -169,8 +169,13 @@ def make_synth(
     seed: int = 0,
     names: Sequence[str] = ("circle", "square", "triangle", "cross"),
     ext: str = ".jpg",
+    min_size: int = MIN_SIZE,
+    max_objects: int = 6,
 ) -> Path:
     """Write the demo dataset under `out_dir` (images/, labels/, data.yaml); return the data.yaml path.
+
+    `min_size` (px) is the smallest object side, `max_objects` the most objects in one image: raise
+    the first and lower the second for an easier set.
 
     Files are named `<split>_<index>.jpg`; stale files of that pattern from an earlier, larger run
     are removed, nothing else is touched.
@@ -179,6 +184,8 @@ def make_synth(
         raise ValueError("train and val must each be at least 1")
     if imgsz < 16:
         raise ValueError("imgsz must be at least 16")
+    if not 1 <= min_size < imgsz // 2 or max_objects < 1:
+        raise ValueError("need 1 <= min_size < imgsz / 2 and max_objects >= 1")
     ext = ext if ext.startswith(".") else "." + ext
     if ext.lower() not in (".jpg", ".png"):
         raise ValueError("ext must be .jpg or .png")
@@ -197,7 +204,7 @@ def make_synth(
                     f.unlink()
         for i in range(count):
             rng = np.random.default_rng([seed, _SPLIT_IDS[split], i])
-            img, labels, _ = _make_image(rng, imgsz, kinds)
+            img, labels, _ = _make_image(rng, imgsz, kinds, min_size, max_objects)
             ok, buf = cv2.imencode(ext, cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params)
             if not ok:  # pragma: no cover
                 raise RuntimeError("image encoding failed")

@@ -147,12 +147,12 @@ class Trainer:
         cfg = self.cfg
         if cfg.data is None:
             raise ConfigError("No dataset given", "Pass data=path/to/data.yaml (try `kubedistill data synth demo` for a demo set)")
-        if ckpt is None:
-            self.save_dir = increment_path(Path(cfg.project) / cfg.name, cfg.exist_ok) if self.main else None
-            self.save_dir = Path(du.broadcast_object(str(self.save_dir) if self.save_dir else None))
-        self.wdir = self.save_dir / "weights"
         self.device = du.select_device(cfg.device, self.local_rank)
         du.init_distributed(self.device, self.world_size)
+        if ckpt is None:
+            save_dir = str(increment_path(Path(cfg.project) / cfg.name, cfg.exist_ok)) if self.main else None
+            self.save_dir = Path(du.broadcast_object(save_dir))
+        self.wdir = self.save_dir / "weights"
         seed_everything(cfg.seed, cfg.deterministic)
         if self.main:
             self.wdir.mkdir(parents=True, exist_ok=True)
