@@ -174,8 +174,11 @@ def read_yaml_config(path: str | Path) -> dict[str, Any]:
     return normalize_keys(data)
 
 
-def make_config(model: type[BaseModel], cfg: str | Path | dict | None = None, source: str = "config", **overrides: Any):
-    """Build `model` from a YAML path or dict, with keyword overrides taking precedence."""
+def make_config(schema: type[BaseModel], cfg: str | Path | dict | None = None, source: str = "config", /, **overrides: Any):
+    """Build `schema` from a YAML path or dict, with keyword overrides taking precedence.
+
+    The parameters are positional-only so that options may be called `model`, `cfg` or `source`.
+    """
     base: dict[str, Any] = {}
     if isinstance(cfg, (str, Path)):
         base = read_yaml_config(cfg)
@@ -184,13 +187,13 @@ def make_config(model: type[BaseModel], cfg: str | Path | dict | None = None, so
         base = normalize_keys(cfg)
     base.update(normalize_keys(overrides))
     try:
-        return model(**base)
+        return schema(**base)
     except ValidationError as e:
-        raise _format_validation_error(e, model, source) from None
+        raise _format_validation_error(e, schema, source) from None
 
 
 def train_config(cfg: str | Path | dict | None = None, **overrides: Any) -> TrainConfig:
-    return make_config(TrainConfig, cfg, **overrides)
+    return make_config(TrainConfig, cfg, "config", **overrides)
 
 
 def parse_cli_overrides(args: list[str]) -> dict[str, Any]:

@@ -46,3 +46,7 @@ def test_cli_overrides():
     assert train_config(resume="true").resume is True and train_config(resume="runs/x/weights/last.pt").resume.endswith("last.pt")
     with pytest.raises(ConfigError, match="Unexpected argument 'oops'"):
         parse_cli_overrides(["oops"])
+
+
+def test_model_is_an_ordinary_option():
+    assert train_config(None, model="yolo-s").model == "yolo-s"
