@@ -29,7 +29,7 @@ def test_outputs_and_checkpoint_format(tmp_path, tiny_data):
         assert (run / f).is_file(), f
     rows = list(csv.DictReader(open(run / "results.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    for col in ("train/box", "train/cls", "train/l1", "metrics/mAP50-95", "metrics/mAP50", "prog/o2m", "prog/o2o", "lr/weights"):
+    for col in ("train/box_loss", "train/cls_loss", "train/l1_loss", "metrics/mAP50-95", "metrics/mAP50", "prog/o2m", "prog/o2o", "lr/weights"):
         assert rows[0][col] != "", col
     assert float(rows[0]["prog/o2m"]) == pytest.approx(0.8) and float(rows[1]["prog/o2m"]) == pytest.approx(0.1)
     # checkpoints are plain data: weights_only loading works

@@ -96,7 +96,7 @@ def test_detection_loss_normalised_by_target_scores():
     w = {"one2many": 1.0}
     l1, i1 = loss({"one2many": head}, batch1, w)
     l2, i2 = loss({"one2many": head2}, batch2, w)
-    for k in ("box", "cls", "l1"):
+    for k in ("box_loss", "cls_loss", "l1_loss"):
         assert i1[k].item() == pytest.approx(i2[k].item(), rel=1e-5)
     assert l2.item() == pytest.approx(2 * l1.item(), rel=1e-5)  # loss is per-image mean times batch size
 
@@ -108,7 +108,7 @@ def test_detection_loss_no_positives_finite_grad():
     batch = {"img": torch.zeros(2, 3, 64, 64), "batch_idx": torch.zeros(0), "cls": torch.zeros(0, 1), "bboxes": torch.zeros(0, 4)}
     total, items = loss({"one2many": head, "one2one": head}, batch, {"one2many": 0.5, "one2one": 0.5})
     total.backward()
-    assert items["box"].item() == 0.0 and items["cls"].item() > 0
+    assert items["box_loss"].item() == 0.0 and items["cls_loss"].item() > 0
     assert torch.isfinite(head["scores"].grad).all()
 
 

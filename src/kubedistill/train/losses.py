@@ -170,5 +170,5 @@ class DetectionLoss:
         total = torch.zeros(3, device=any_head["scores"].device)
         for head, out in preds.items():
             total = total + weights[head] * self.head_loss(out, targets, imgsz_hw, self.assigners[head])
-        items = {"box": total[0].detach(), "cls": total[1].detach(), "l1": total[2].detach()}
+        items = {"box_loss": total[0].detach(), "cls_loss": total[1].detach(), "l1_loss": total[2].detach()}
         return total.sum() * bsz, items

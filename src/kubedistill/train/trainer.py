@@ -91,6 +91,7 @@ class Trainer:
         self.best_metrics: dict[str, Any] = {}
         self.epoch = 0
         self.stop = False
+        self.distiller = None
 
     # ----------------------------------------------------------------------------- extension points
     def add_callback(self, event: str, fn: Callable) -> None:
@@ -103,22 +104,32 @@ class Trainer:
             fn(self)
 
     def extra_loss(self, batch: dict, preds: dict) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-        """Extra terms added to the detection loss (already scaled like it); none by default."""
-        return None, {}
+        """Extra terms added to the detection loss (scaled like it: per-image value x batch size)."""
+        if self.distiller is None:
+            return None, {}
+        dis = self.distiller.loss(batch["img"])
+        return dis * batch["img"].shape[0], {"dis_loss": dis.detach()}
 
     def checkpoint_extras(self) -> dict:
         """Extra resume state saved into last.pt (never into the inference weights)."""
-        return {}
+        return {"distill": self.distiller.state()} if self.distiller is not None else {}
 
     def load_extras(self, ckpt: dict) -> None:
-        pass
+        if self.distiller is not None:
+            self.distiller.load_state(ckpt["distill"])
 
     def setup_extras(self) -> None:
         """Called after model and data are ready, before the optimizer is built."""
+        if self.cfg.distill_model:
+            from kubedistill.train.distill import FeatureDistiller
+
+            self.distiller = FeatureDistiller(self.cfg.distill_model, self.model, self.cfg.dis, self.device)
+            if self.main:
+                LOGGER.info(f"distilling from teacher {self.cfg.distill_model} (yolo-{self.distiller.teacher.scale}), dis={self.cfg.dis}")
 
     def extra_modules(self) -> list[nn.Module]:
         """Trainable modules besides the model (their parameters join the optimizer)."""
-        return []
+        return [self.distiller.projector] if self.distiller is not None else []
 
     # ----------------------------------------------------------------------------- setup
     def _resolve_resume(self) -> dict | None:
@@ -221,9 +232,10 @@ class Trainer:
         if ckpt is not None:
             self._load_resume_state(ckpt)
         if self.world_size > 1:
-            self.model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            if self.distiller is not None:  # its gradients must be averaged across ranks too
+                self.distiller.projector = nn.parallel.DistributedDataParallel(self.distiller.projector, device_ids=ids)
 
     def _train_loader(self):
         return build_dataloader(
@@ -254,6 +266,8 @@ class Trainer:
             self.run_callbacks("on_train_start")
             self._fit()
         finally:
+            if self.distiller is not None:
+                self.distiller.close()
             du.cleanup()
         return self.results()
 

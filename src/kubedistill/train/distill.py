@@ -1,0 +1,115 @@
+"""Feature distillation from a frozen teacher (`distill_model`, `dis`).
+
+- The teacher comes from a checkpoint, in eval mode with no gradients. It runs under inference mode on
+  the same augmented batch as the student.
+- Features: the three neck outputs that feed the detection head (strides 8/16/32) of both networks,
+  taken with forward pre-hooks on their heads.
+- A projector per level (1x1 conv, ReLU, 1x1 conv) maps the student's channels to the teacher's. It
+  trains with the student and lives only in last.pt (for resume), never in the student's weights.
+- Score-weighted L2: each anchor's weight w is the teacher's confidence, the max over classes of
+  sigmoid(class logits averaged over its two heads). Per level:
+  sum(w * (proj(s) - t)^2) / (sum(w) * channels + 1e-9). The levels are summed and multiplied by `dis`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kubedistill.errors import ConfigError, UserError
+from kubedistill.model.head import HEADS
+from kubedistill.model.yolo import DetectionModel, neck_features
+from kubedistill.train.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
+
+
+class FeatureProjector(nn.Module):
+    """One 1x1 conv -> ReLU -> 1x1 conv per neck level, student channels -> teacher channels."""
+
+    def __init__(self, student_ch: tuple[int, ...], teacher_ch: tuple[int, ...]):
+        super().__init__()
+        self.levels = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(s, t, 1), nn.ReLU(inplace=True), nn.Conv2d(t, t, 1)) for s, t in zip(student_ch, teacher_ch)
+        )
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [m(f) for m, f in zip(self.levels, feats)]
+
+
+def anchor_weights(teacher_out: dict, shapes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """Teacher confidence per anchor, split by level: [B, 1, H, W] each."""
+    logits = torch.stack([teacher_out[h]["scores"] for h in HEADS if h in teacher_out]).mean(0)  # [B, C, A]
+    w = logits.sigmoid().amax(1)  # [B, A]
+    out, start = [], 0
+    for h, wd in shapes:
+        out.append(w[:, start : start + h * wd].reshape(-1, 1, h, wd))
+        start += h * wd
+    return out
+
+
+def score_weighted_l2(student: list[torch.Tensor], teacher: list[torch.Tensor], weights: list[torch.Tensor]) -> torch.Tensor:
+    """Sum over levels of sum(w * (s - t)^2) / (sum(w) * channels + 1e-9); inputs already projected."""
+    total = student[0].new_zeros(())
+    for s, t, w in zip(student, teacher, weights):
+        total = total + (w * (s - t).pow(2)).sum() / (w.sum() * s.shape[1] + 1e-9)
+    return total
+
+
+def check_teacher(teacher_meta: dict, student: DetectionModel, teacher_path: str) -> None:
+    if list(teacher_meta["names"]) != list(student.names):
+        raise ConfigError(
+            f"Teacher '{teacher_path}' has classes {list(teacher_meta['names'])} but the dataset has {list(student.names)}",
+            "Distill from a teacher trained on the same dataset and classes",
+        )
+    if list(teacher_meta.get("strides", student.strides)) != list(student.strides):
+        raise ConfigError(
+            f"Teacher '{teacher_path}' has strides {teacher_meta['strides']} but the student has {list(student.strides)}",
+            "Use a teacher of the same model family (strides 8/16/32)",
+        )
+
+
+class FeatureDistiller:
+    """What the trainer needs for distillation: the frozen teacher, the projector, the loss, resume state."""
+
+    def __init__(self, teacher_path: str, student: DetectionModel, gain: float, device: torch.device):
+        path = Path(teacher_path)
+        ckpt = load_checkpoint(path)
+        check_teacher(ckpt["model"]["meta"], student, teacher_path)
+        self.path = str(path)
+        self.sha256 = file_sha256(path)
+        self.gain = gain
+        self.teacher = model_from_checkpoint(ckpt).to(device).eval()
+        self.teacher.head.eval_heads = HEADS  # both heads: the weights average their class logits
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.projector = FeatureProjector(student.neck_channels, self.teacher.neck_channels).to(device)
+        self._student_hook = neck_features(student)
+        self.student_feats = self._student_hook.__enter__()
+
+    def close(self) -> None:
+        self._student_hook.__exit__(None, None, None)
+
+    def loss(self, img: torch.Tensor) -> torch.Tensor:
+        """Distillation loss (gain applied, per image) for the batch the student has just seen."""
+        with torch.inference_mode(), neck_features(self.teacher) as t_feats:
+            t_out = self.teacher(img)
+        # Leave inference mode: the loss multiplies teacher tensors with student ones under autograd.
+        t_feats = [f.clone() for f in t_feats]
+        weights = [w.clone() for w in anchor_weights(t_out, [tuple(f.shape[2:]) for f in t_feats])]
+        projected = self.projector(self.student_feats)
+        return score_weighted_l2(projected, t_feats, weights) * self.gain
+
+    def state(self, projector: nn.Module | None = None) -> dict:
+        proj = projector if projector is not None else self.projector
+        proj = proj.module if hasattr(proj, "module") else proj
+        return {"teacher_path": self.path, "teacher_sha256": self.sha256,
+                "projector": {k: v.detach().cpu() for k, v in proj.state_dict().items()}}
+
+    def load_state(self, state: dict) -> None:
+        if state["teacher_sha256"] != self.sha256:
+            raise UserError(
+                f"The teacher '{self.path}' changed since this run started (content hash differs)",
+                "Restore the original teacher file, or start a new run instead of resuming",
+            )
+        self.projector.load_state_dict(state["projector"])
