@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 DEMO_DIR ?= datasets/demo
 DEMO_EPOCHS ?= 30
 
-.PHONY: install test test-fast demo benchmark clean
+.PHONY: install lint test test-fast demo benchmark clean
 
 install: $(STAMP)
 
@@ -20,7 +20,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-test: install
+lint: install
+	$(VENV)/bin/ruff check src tests
+
+test: install lint
 	$(PY) -m pytest
 
 test-fast: install

@@ -16,6 +16,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Datasets: a built-in demo set
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (figures go to docs/benchmarks.md).")
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="benchmark")
+app.add_typer(tune_app := typer.Typer(no_args_is_help=True, help="Tuning helpers: the learning-rate finder."), name="tune")
 
 
 def _echo_json(obj) -> None:
@@ -178,6 +179,28 @@ def predict_cmd(
         typer.echo(f"drawn images in {img_dir}")
 
 
+@app.command("export")
+def export_cmd(
+    weights: Path = typer.Option(..., help="Checkpoint (best.pt)."),
+    format: str = typer.Option("onnx", help="Export format (onnx)."),
+    out: Optional[Path] = typer.Option(None, help="Output file (default: next to the weights, .onnx)."),
+    imgsz: Optional[int] = typer.Option(None, help="Input size (default: training imgsz)."),
+    dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch dimension."),
+    half: bool = typer.Option(False, "--half", help="fp16 weights and input (needs CUDA)."),
+    max_det: int = typer.Option(300, help="Detections per image in the output."),
+    opset: int = typer.Option(18),
+    device: str = typer.Option(""),
+):
+    """Export an end-to-end (NMS-free) ONNX model, checked against torch in onnxruntime."""
+    if format.lower() != "onnx":
+        raise UserError(f"Unknown export format '{format}'", "Use --format onnx")
+    from kubedistill.model.export import export_onnx
+
+    res = export_onnx(weights, out, imgsz=imgsz, dynamic=dynamic, half=half, max_det=max_det, opset=opset, device=device)
+    typer.echo(f"wrote {res['path']} (imgsz {res['imgsz']}, max_det {res['max_det']}, dynamic={res['dynamic']}); "
+               f"matches torch on {res['checked_detections']} detections (score atol {res['score_atol']}, box atol {res['box_atol_px']} px)")
+
+
 @app.command("info")
 def info_cmd(
     model: str = typer.Argument("yolo-n", help="Scale name (yolo-n/s/m/l) or checkpoint."),
@@ -218,6 +241,63 @@ def bench_train(
         from kubedistill.eval.predictions import write_json_atomic
 
         write_json_atomic(out, rows)
+
+
+@bench_app.command("distill")
+def bench_distill(
+    out: Path = typer.Option(Path("runs/benchmark_distill"), help="Work folder (runs and the demo data)."),
+    data: Optional[str] = typer.Option(None, help="data.yaml (default: an easy built-in demo set)."),
+    student: str = typer.Option("n", help="Student scale."),
+    teacher: str = typer.Option("s", help="Teacher scale (trained here unless --teacher-weights)."),
+    teacher_weights: Optional[str] = typer.Option(None, help="Use this teacher checkpoint instead of training one."),
+    epochs: int = typer.Option(30, help="Student epochs, the same for (a) and (b)."),
+    teacher_epochs: int = typer.Option(60),
+    imgsz: int = typer.Option(96),
+    batch: int = typer.Option(16),
+    seed: int = typer.Option(0),
+    dis: float = typer.Option(6.0),
+    steps: int = typer.Option(10, help="Timed steps for the cost measurement."),
+    device: str = typer.Option(""),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON."),
+):
+    """Student alone vs distilled (mAP50-95 at equal epochs) and the step-time cost against its floor."""
+    from kubedistill.benchmark.distill import run_distill_benchmark
+
+    res = run_distill_benchmark(out, data=data, student=student, teacher=teacher, teacher_weights=teacher_weights, epochs=epochs,
+                                teacher_epochs=teacher_epochs, imgsz=imgsz, batch=batch, seed=seed, dis=dis, steps=steps,
+                                device=device, echo=typer.echo)
+    if json_out:
+        from kubedistill.eval.predictions import write_json_atomic
+
+        write_json_atomic(json_out, res)
+
+
+@tune_app.command("lr", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def tune_lr(
+    ctx: typer.Context,
+    start_lr: float = typer.Option(1e-6, help="First learning rate of the sweep."),
+    end_lr: float = typer.Option(1.0, help="Last learning rate of the sweep (reached unless it diverges first)."),
+    steps: int = typer.Option(100, help="Optimizer steps (lr rises exponentially from --start-lr to --end-lr)."),
+    smooth: float = typer.Option(0.05, help="Weight of the newest loss in the smoothed curve (1: no smoothing)."),
+    diverge: float = typer.Option(4.0, help="Stop when the smoothed loss exceeds this x the best so far."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: runs/lr_find, made unique like runs: lr_find2, ...)."),
+):
+    """Learning-rate range test: sweep lr up, suggest lr0 (steepest loss descent).
+
+    Takes every training option as `kubedistill train` does (--data D --model yolo-n --batch 16 --optimizer SGD ... or name=value). Writes lr_find.json and lr_find.png; keeps no weights. See docs/lr_finder.md.
+    """
+    from kubedistill.config import parse_cli_overrides, train_config
+
+    overrides = parse_cli_overrides(list(ctx.args))
+    cfg = train_config(overrides.pop("cfg", None), **overrides)
+    from kubedistill.train.lr_finder import find_lr
+
+    res = find_lr(cfg, start_lr=start_lr, end_lr=end_lr, steps=steps, smooth=smooth, diverge=diverge, out=out)
+    s = res.suggestion
+    stop = f"; stopped early: {res.stop_reason}" if res.stopped_early else ""
+    typer.echo(f"suggested lr0={s.lr:.3g} ({s.method}; min-loss lr {s.min_lr:.3g}, min/10 {s.min_lr_div10:.3g}; "
+               f"{len(res.lrs)} steps{stop}) -> {res.out_dir}")
+    typer.echo(f"use it: {res.train_command}")
 
 
 def main(argv: List[str] | None = None) -> None:

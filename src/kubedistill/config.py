@@ -53,8 +53,26 @@ class TrainConfig(BaseModel):
     box: float = Field(7.5, ge=0.0, description="Box (IoU) loss gain.")
     cls: float = Field(0.5, ge=0.0, description="Classification loss gain.")
     l1: float = Field(1.0, ge=0.0, description="Gain of the L1 loss on box edges normalised by image size.")
-    box_loss: str = Field("ciou", description="Box loss name from the registry (iou, giou, diou, ciou).")
-    cls_loss: str = Field("bce", description="Classification loss name from the registry (bce).")
+    box_loss: str = Field(
+        "ciou",
+        description="Box loss: iou, giou, diou, ciou, eiou, siou, wiou, alpha_iou, a 'module:attr' plugin "
+        "or a kubedistill.losses entry point (docs/losses.md).",
+    )
+    cls_loss: str = Field(
+        "bce",
+        description="Class loss: bce, focal, varifocal, qfl, ghm, a 'module:attr' plugin "
+        "or a kubedistill.losses entry point (docs/losses.md).",
+    )
+    fl_gamma: float = Field(2.0, ge=0.0, le=10.0, description="Focusing exponent: focal/varifocal gamma, qfl beta.")
+    fl_alpha: float | None = Field(
+        None, ge=0.0, le=1.0, description="Focal positive-class weight / varifocal negative weight (None: 0.25 / 0.75)."
+    )
+    ghm_bins: int = Field(10, ge=1, le=1000, description="GHM-C: gradient-norm histogram bins.")
+    ghm_momentum: float = Field(0.75, ge=0.0, lt=1.0, description="GHM-C: EMA momentum of the bin counts (0: per batch).")
+    alpha_iou: float = Field(3.0, gt=0.0, le=10.0, description="Alpha-IoU exponent: loss = 1 - IoU^alpha.")
+    wiou_momentum: float = Field(
+        0.01, gt=0.0, le=1.0, description="Wise-IoU v3: momentum of the running mean of the IoU loss."
+    )
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Classification target smoothing eps.")
     o2m: float = Field(0.8, ge=0.0, le=1.0, description="ProgLoss: one-to-many weight at the first epoch.")
     o2m_final: float = Field(0.1, ge=0.0, le=1.0, description="ProgLoss: one-to-many weight at the last epoch.")
@@ -103,6 +121,13 @@ class TrainConfig(BaseModel):
             for name in ("SGD", "AdamW", "MuSGD", "auto"):
                 if v.lower() == name.lower():
                     return name
+        return v
+
+    @field_validator("fl_alpha", mode="before")
+    @classmethod
+    def _fl_alpha_none(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() in _NONE_STRINGS:
+            return None
         return v
 
     @field_validator("data", "distill_model", mode="before")

@@ -25,7 +25,8 @@ def _train(tmp_path, data, name="run", callbacks=None, **kw):
 def test_outputs_and_checkpoint_format(tmp_path, tiny_data):
     res = _train(tmp_path, tiny_data, epochs=2, close_mosaic=1)
     run = Path(res["save_dir"])
-    for f in ("weights/last.pt", "weights/best.pt", "results.csv", "args.yaml", "metrics.json", "data_check.json"):
+    for f in ("weights/last.pt", "weights/best.pt", "results.csv", "args.yaml", "metrics.json", "data_check.json",
+              "results.png", "pr_curves.png", "confusion_matrix.png", "confidence.png", "labels.png", "val_batch.png"):
         assert (run / f).is_file(), f
     rows = list(csv.DictReader(open(run / "results.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"]

@@ -20,7 +20,7 @@ def test_deterministic_and_valid(tmp_path):
     b = make_synth(tmp_path / "b", train=6, val=3, imgsz=96, seed=3)
     fa, fb = _files(tmp_path / "a"), _files(tmp_path / "b")
     assert fa == fb and len(fa) == 1 + 2 * 9
-    c = make_synth(tmp_path / "c", train=6, val=3, imgsz=96, seed=4)
+    make_synth(tmp_path / "c", train=6, val=3, imgsz=96, seed=4)
     assert _files(tmp_path / "c") != fa
     assert a.name == "data.yaml" and "path: ." in a.read_text()
     spec = load_data_yaml(a)

@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from kubedistill.atomic import atomic_write_text
 from kubedistill.data.dataset_yaml import DataSpec, label_path
 from kubedistill.data.images import IMG_FORMATS, ImageReadError, verify_image
 from kubedistill.errors import DataError
@@ -159,19 +159,7 @@ class CheckReport:
     def write(self, path: str | Path) -> Path:
         """Write `to_dict()` as JSON, atomically (temporary file, then rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, indent=1)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
         self.report_path = path
         return path
 

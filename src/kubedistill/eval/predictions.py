@@ -8,13 +8,13 @@ from __future__ import annotations
 import colorsys
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kubedistill.atomic import atomic_write_text
 from kubedistill.eval.coco import ImagePred, json_safe
 
 __all__ = ["to_coco_predictions_json", "write_json_atomic", "draw_detections", "class_color"]
@@ -59,20 +59,7 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any, indent: int | None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(json_safe(obj), indent=indent, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_text(path, text + "\n")
     return path
 
 

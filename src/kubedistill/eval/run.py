@@ -35,7 +35,7 @@ def run_val(model, data: str | Path, *, imgsz: int = 640, batch: int = 16, devic
     model.to(dev)
     ds = DetectionDataset(samples, imgsz, augment=False, hyp=None, seed=0)
     loader = build_dataloader(ds, batch, workers, shuffle=False, seed=0)
-    metrics, speed = validate(model, loader, samples, list(model.names), dev, nms=nms, conf=conf, iou=iou, max_det=max_det)
+    metrics, speed, _, _ = validate(model, loader, samples, list(model.names), dev, nms=nms, conf=conf, iou=iou, max_det=max_det)
     result = {**metrics.to_dict(), **speed, "imgsz": imgsz, "split": split, "images": len(samples),
               "params": count_params(model), "head": "one2many+NMS" if nms else "one2one (NMS-free)"}
     if out is not None:

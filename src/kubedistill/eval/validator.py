@@ -8,6 +8,7 @@ returns.
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -62,11 +63,17 @@ def predict_loader(model, loader, device, *, nms=False, conf=0.001, iou=0.7, max
     return files, preds, t_model / max(n, 1)
 
 
-def validate(model, loader, samples, names, device, *, nms=False, conf=0.001, iou=0.7, max_det=300, half=False) -> tuple[DetectionMetrics, dict]:
-    """Score `model` on `loader` (built over `samples`, same order). -> (metrics, speed {ms_per_img})."""
+class Validation(NamedTuple):
+    metrics: DetectionMetrics
+    speed: dict  # {"ms_per_img": model + decode time per image}
+    gts: list[ImageGT]
+    preds: list[ImagePred]  # same order as gts
+
+
+def validate(model, loader, samples, names, device, *, nms=False, conf=0.001, iou=0.7, max_det=300, half=False) -> Validation:
+    """Score `model` on `loader` (built over `samples`, same order)."""
     files, preds, sec = predict_loader(model, loader, device, nms=nms, conf=conf, iou=iou, max_det=max_det, half=half)
     gts = ground_truth(samples)
     by_file = dict(zip(files, preds))
     ordered = [by_file[g.file_name] for g in gts]
-    metrics = evaluate(gts, ordered, names)
-    return metrics, {"ms_per_img": sec * 1000.0}
+    return Validation(evaluate(gts, ordered, names), {"ms_per_img": sec * 1000.0}, gts, ordered)

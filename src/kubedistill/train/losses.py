@@ -4,9 +4,12 @@ Each term is normalised by the sum of target scores, so its scale does not depen
 positives a batch has or on the feature-map sizes. Box term = IoU-family loss + L1 on the four edge
 distances normalised by image size; class term = an element-wise class loss (BCE by default).
 
-Registry interface (a later knob adds more entries and user plugins):
+Registry interface (entries: BOX_LOSSES / CLS_LOSSES, filled here and in `loss_zoo`; user plugins as
+"module:attr" or a `kubedistill.losses` entry point, checked by `loss_plugins`; see docs/losses.md):
 - box loss: nn.Module, forward(pred [N, 4] xyxy, target [N, 4] xyxy) -> per-box loss [N];
 - class loss: nn.Module, forward(logits [..., C], targets [..., C] in [0, 1]) -> element-wise loss [..., C].
+A registered factory may take keyword arguments filled from config fields (`register_*_loss(name,
+hyp={"kwarg": "config_field"})`); `build_*_loss(name, hyp=cfg)` passes them (None values are skipped).
 """
 
 from __future__ import annotations
@@ -17,43 +20,57 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kubedistill.errors import ConfigError
 from kubedistill.model.head import bbox2dist, dist2bbox, make_anchors
 from kubedistill.train.assigner import TaskAlignedAssigner
 from kubedistill.train.iou import IOU_KINDS, bbox_iou
 
 BOX_LOSSES: dict[str, Callable[..., nn.Module]] = {}
 CLS_LOSSES: dict[str, Callable[..., nn.Module]] = {}
+# registered name -> {factory keyword: TrainConfig field}, per option
+LOSS_HYP: dict[str, dict[str, dict[str, str]]] = {"box_loss": {}, "cls_loss": {}}
 
 
-def register_box_loss(name: str):
+def register_box_loss(name: str, hyp: dict[str, str] | None = None):
     def deco(factory):
         BOX_LOSSES[name] = factory
+        LOSS_HYP["box_loss"][name] = dict(hyp or {})
         return factory
 
     return deco
 
 
-def register_cls_loss(name: str):
+def register_cls_loss(name: str, hyp: dict[str, str] | None = None):
     def deco(factory):
         CLS_LOSSES[name] = factory
+        LOSS_HYP["cls_loss"][name] = dict(hyp or {})
         return factory
 
     return deco
 
 
-def _build(registry: dict, kind: str, name: str, **kwargs) -> nn.Module:
-    if name not in registry:
-        raise ConfigError(f"Unknown {kind} '{name}'", f"Choose one of: {', '.join(sorted(registry))}")
-    return registry[name](**kwargs)
+def _build(registry: dict, kind: str, name: str, hyp=None, **kwargs) -> nn.Module:
+    if name in registry:
+        params = {}
+        if hyp is not None:
+            for arg, field in LOSS_HYP[kind].get(name, {}).items():
+                value = getattr(hyp, field, None)
+                if value is not None:
+                    params[arg] = value
+        params.update(kwargs)
+        return registry[name](**params)
+    from kubedistill.train.loss_plugins import load_loss_plugin  # a dotted path or an entry point
+
+    return load_loss_plugin(kind, name, builtin=sorted(registry))
 
 
-def build_box_loss(name: str, **kwargs) -> nn.Module:
-    return _build(BOX_LOSSES, "box_loss", name, **kwargs)
+def build_box_loss(name: str, hyp=None, **kwargs) -> nn.Module:
+    """Registered box loss `name` (keywords from `hyp` per LOSS_HYP, then `kwargs`), or a checked plugin."""
+    return _build(BOX_LOSSES, "box_loss", name, hyp, **kwargs)
 
 
-def build_cls_loss(name: str, **kwargs) -> nn.Module:
-    return _build(CLS_LOSSES, "cls_loss", name, **kwargs)
+def build_cls_loss(name: str, hyp=None, **kwargs) -> nn.Module:
+    """Registered class loss `name` (keywords from `hyp` per LOSS_HYP, then `kwargs`), or a checked plugin."""
+    return _build(CLS_LOSSES, "cls_loss", name, hyp, **kwargs)
 
 
 class IoULoss(nn.Module):
@@ -114,8 +131,8 @@ class DetectionLoss:
         self.nc = nc
         self.strides = list(strides)
         self.hyp = hyp
-        self.box_loss = build_box_loss(hyp.box_loss)
-        self.cls_loss = build_cls_loss(hyp.cls_loss)
+        self.box_loss = build_box_loss(hyp.box_loss, hyp=hyp)
+        self.cls_loss = build_cls_loss(hyp.cls_loss, hyp=hyp)
         stal = 2.0 * self.strides[0] if hyp.stal else None  # the second stride (16 px)
         self.assigners = {
             "one2many": TaskAlignedAssigner(nc, topk=hyp.tal_topk, stal_size=stal),
@@ -172,3 +189,6 @@ class DetectionLoss:
             total = total + weights[head] * self.head_loss(out, targets, imgsz_hw, self.assigners[head])
         items = {"box_loss": total[0].detach(), "cls_loss": total[1].detach(), "l1_loss": total[2].detach()}
         return total.sum() * bsz, items
+
+
+from kubedistill.train import loss_zoo as _loss_zoo  # noqa: E402,F401  registers wiou ... ghm

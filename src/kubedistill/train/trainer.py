@@ -27,6 +27,7 @@ import yaml
 from torch import nn
 
 from kubedistill import __version__
+from kubedistill.atomic import atomic_write_text
 from kubedistill.config import TrainConfig
 from kubedistill.data.check import check_dataset
 from kubedistill.data.dataset import DetectionDataset, build_dataloader
@@ -92,6 +93,8 @@ class Trainer:
         self.epoch = 0
         self.stop = False
         self.distiller = None
+        self.best_val = None
+        self.plot_files: dict[str, Path] = {}
 
     # ----------------------------------------------------------------------------- extension points
     def add_callback(self, event: str, fn: Callable) -> None:
@@ -167,7 +170,7 @@ class Trainer:
         seed_everything(cfg.seed, cfg.deterministic)
         if self.main:
             self.wdir.mkdir(parents=True, exist_ok=True)
-            (self.save_dir / "args.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+            atomic_write_text(self.save_dir / "args.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
 
         # data: check first, skip what is bad, stop only when too little is usable
         self.spec = load_data_yaml(cfg.data)
@@ -307,9 +310,9 @@ class Trainer:
             final = epoch == cfg.epochs - 1
             metrics: dict[str, Any] = {}
             if self.main and (cfg.val or final):
-                m, speed = validate(self.ema.ema, self.val_loader, self.val_samples, self.model_names, self.device,
-                                    nms=cfg.nms, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det)
-                metrics = {**m.to_dict(), **speed}
+                val = validate(self.ema.ema, self.val_loader, self.val_samples, self.model_names, self.device,
+                               nms=cfg.nms, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det)
+                metrics = {**val.metrics.to_dict(), **val.speed}
             fitness = metrics.get("mAP50-95") if metrics else None
             self.metrics = {
                 "epoch": epoch + 1,
@@ -324,6 +327,7 @@ class Trainer:
             improved = fitness is not None and fitness > self.best_fitness
             if improved:
                 self.best_fitness, self.best_epoch, self.best_metrics = fitness, epoch, metrics
+                self.best_val = val
             if self.main:
                 self._save(epoch, improved, metrics)
                 self._log_epoch()
@@ -337,8 +341,24 @@ class Trainer:
                 break
         if self.main:
             write_json_atomic(self.save_dir / "metrics.json", {"best_epoch": self.best_epoch + 1, **self.best_metrics})
+            if cfg.plots:
+                self._plots()
             LOGGER.info(f"done: best mAP50-95 {self.best_fitness:.4f} at epoch {self.best_epoch + 1}; weights in {self.wdir}")
         self.run_callbacks("on_fit_end")
+
+    def _plots(self) -> None:
+        """results.png, PR curves, confusion matrix, confidence/calibration, label statistics and a val
+        mosaic of the best epoch; a plot that fails only logs a warning."""
+        from kubedistill.eval.plots import write_run_plots
+
+        best = self.best_val
+        out = write_run_plots(self.save_dir, results_csv=self.save_dir / "results.csv", metrics=best.metrics if best else None,
+                              gts=best.gts if best else None, preds=best.preds if best else None,
+                              samples=self.train_set.samples, names=self.model_names)
+        self.plot_files = {k: v for k, v in out.items() if isinstance(v, Path)}
+        if best is not None and self.cfg.verbose:
+            LOGGER.info(f"plots in {self.save_dir}; expected calibration error {out.get('ece', float('nan')):.3f}, "
+                        f"mean false-positive confidence {out.get('fp_mean_conf', float('nan')):.3f}")
 
     @property
     def model_names(self) -> list[str]:
@@ -452,9 +472,7 @@ class Trainer:
         w = csv.DictWriter(buf, fieldnames=fields)
         w.writeheader()
         w.writerows(rows + [row])
-        tmp = path.with_suffix(".csv.tmp")
-        tmp.write_text(buf.getvalue())
-        os.replace(tmp, path)
+        atomic_write_text(path, buf.getvalue())
         m = self.metrics
         if self.cfg.verbose:
             LOGGER.info(

@@ -1,0 +1,121 @@
+"""ONNX export of the end-to-end (NMS-free) detector, checked against torch before it is kept.
+
+Graph: input `images` float32 [B, 3, S, S] in 0..1 (letterboxed RGB) -> output `detections`
+[B, max_det, 6] = x1, y1, x2, y2 (input pixels), score, class, sorted by score. The one-to-many
+branches are not in the graph. Metadata (ONNX metadata_props): names (JSON), imgsz, stride,
+max_det, model version, source checkpoint sha256, kubedistill version.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from kubedistill import __version__
+from kubedistill.atomic import atomic_path
+from kubedistill.errors import UserError
+from kubedistill.model.decode import head_boxes, topk_detections
+
+# torch vs onnxruntime on the same input: score and box tolerances of the self-check
+SCORE_ATOL = 1e-4
+BOX_ATOL_PX = 0.05
+
+
+class End2End(nn.Module):
+    """Model + NMS-free decode as one module: images -> [B, max_det, 6]."""
+
+    def __init__(self, model: nn.Module, max_det: int = 300):
+        super().__init__()
+        self.model = model.eval()
+        self.model.set_eval_head(False)
+        self.max_det = max_det
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.model(images)["one2one"]
+        boxes, scores = head_boxes(out, (images.shape[2], images.shape[3]), self.model.strides)
+        return topk_detections(boxes, scores, self.max_det)
+
+
+def _sample_image(imgsz: int, seed: int = 0) -> np.ndarray:
+    """A letterboxed demo image (shapes on clutter), float32 [1, 3, S, S] in 0..1, for the self-check."""
+    from kubedistill.data.synth import SHAPES, _make_image
+
+    rng = np.random.default_rng(seed)
+    img, _, _ = _make_image(rng, imgsz, list(SHAPES[:4]))
+    return (img.transpose(2, 0, 1)[None].astype(np.float32) / 255.0).copy()
+
+
+def compare_detections(ref: np.ndarray, got: np.ndarray, min_score: float = 0.01) -> str | None:
+    """None if every reference detection above min_score has a twin (same class, score within
+    SCORE_ATOL, box within BOX_ATOL_PX) in `got`; else a description of the first mismatch.
+    Matching by content, not position, so ties in score may come out in either order."""
+    for b in range(ref.shape[0]):
+        cand = got[b]
+        for det in ref[b][ref[b][:, 4] > min_score]:
+            ok = (cand[:, 5] == det[5]) & (np.abs(cand[:, 4] - det[4]) <= SCORE_ATOL) & (np.abs(cand[:, :4] - det[:4]).max(1) <= BOX_ATOL_PX)
+            if not ok.any():
+                j = np.abs(cand[:, 4] - det[4]).argmin()
+                return f"image {b}: torch detection {np.round(det, 4).tolist()} has no ONNX twin (closest {np.round(cand[j], 4).tolist()})"
+    return None
+
+
+def export_onnx(weights: str | Path, out: str | Path | None = None, *, imgsz: int | None = None, dynamic: bool = False,
+                half: bool = False, max_det: int = 300, opset: int = 18, device: str = "") -> dict:
+    """Export a checkpoint; returns {"path", "imgsz", "max_det", "max_abs_score_diff", ...}. Raises on a mismatch."""
+    import onnx
+    import onnxruntime as ort
+
+    from kubedistill.train.checkpoint import file_sha256, load_model
+    from kubedistill.train.dist import select_device
+
+    model, ckpt = load_model(weights)
+    imgsz = int(imgsz or ckpt["train_args"]["imgsz"])
+    if imgsz % 32:
+        raise UserError(f"--imgsz {imgsz} is not a multiple of 32", f"Use {max(32, round(imgsz / 32) * 32)}")
+    dev = select_device(device)
+    if half and dev.type != "cuda":
+        raise UserError("--half exports an fp16 model, which needs a CUDA device to trace", "Drop --half or add --device cuda")
+    out = Path(out) if out else Path(weights).with_suffix(".onnx")
+    wrapper = End2End(model, max_det).to(dev)
+    dtype = torch.float16 if half else torch.float32
+    wrapper = wrapper.to(dtype)
+    x = torch.from_numpy(_sample_image(imgsz)).to(dev, dtype)
+    dyn = {"images": {0: torch.export.Dim("batch", min=1, max=256)}} if dynamic else None
+    x_trace = x.repeat(2, 1, 1, 1) if dynamic else x
+    with atomic_path(out) as tmp, torch.no_grad():
+        prog = torch.onnx.export(wrapper, (x_trace,), None, input_names=["images"], output_names=["detections"],
+                                 opset_version=opset, dynamo=True, external_data=False, dynamic_shapes=dyn, verbose=False)
+        prog.save(str(tmp))
+        ref = wrapper(x_trace).float().cpu().numpy()
+        m = onnx.load(str(tmp))
+        meta = {
+            "names": json.dumps(list(model.names)),
+            "imgsz": str(imgsz),
+            "stride": str(max(model.strides)),
+            "max_det": str(max_det),
+            "model": f"yolo-{model.scale}",
+            "model_version": str(ckpt.get("date", "")),
+            "source_sha256": file_sha256(weights),
+            "kubedistill_version": __version__,
+            "output": "detections[B, max_det, 6] = x1, y1, x2, y2 (input pixels), score, class",
+        }
+        del m.metadata_props[:]
+        for k, v in meta.items():
+            m.metadata_props.add(key=k, value=v)
+        onnx.save(m, str(tmp))
+        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        feed = x_trace.float().cpu().numpy().astype(np.float16 if half else np.float32)
+        got = sess.run(None, {"images": feed})[0].astype(np.float32)
+        problem = compare_detections(ref, got) if got.shape == ref.shape else f"shape {got.shape} vs {ref.shape}"
+        if problem:  # leaving the block by an exception discards the temporary file
+            raise UserError(
+                f"ONNX export of '{weights}' does not match torch ({problem})",
+                "Report this with the checkpoint; the ONNX file was not kept",
+            )
+    top = ref[..., 4] > 0.01
+    return {"path": str(out), "imgsz": imgsz, "max_det": max_det, "dynamic": dynamic, "half": half, "opset": opset,
+            "checked_detections": int(top.sum()), "score_atol": SCORE_ATOL, "box_atol_px": BOX_ATOL_PX, "metadata": meta}

@@ -1,0 +1,54 @@
+"""ONNX export: end-to-end output, metadata, self-check against torch, dynamic batch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from kubedistill.config import train_config
+from kubedistill.errors import UserError
+from kubedistill.model.export import compare_detections, export_onnx
+from kubedistill.train import build_trainer
+from tests.conftest import TINY_TRAIN
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory, tiny_data):
+    tmp = tmp_path_factory.mktemp("exp")
+    cfg = train_config(data=str(tiny_data), project=str(tmp), name="m", epochs=1, **TINY_TRAIN)
+    return build_trainer(cfg).train()["best"]
+
+
+def test_export_static_and_dynamic(tmp_path, weights):
+    res = export_onnx(weights, tmp_path / "m.onnx", max_det=50)
+    sess = ort.InferenceSession(res["path"])
+    assert sess.get_inputs()[0].shape == [1, 3, 64, 64]
+    assert sess.get_outputs()[0].shape == [1, 50, 6]
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["names"]) == ["circle", "square"] and meta["imgsz"] == "64" and meta["stride"] == "32"
+    assert len(meta["source_sha256"]) == 64 and meta["model"] == "yolo-n"
+    dyn = export_onnx(weights, tmp_path / "d.onnx", dynamic=True)
+    s2 = ort.InferenceSession(dyn["path"])
+    out = s2.run(None, {"images": np.random.default_rng(0).random((3, 3, 64, 64), dtype=np.float32)})[0]
+    anchors = 8 * 8 + 4 * 4 + 2 * 2  # at 64 px: fewer (anchor, class) pairs than max_det
+    assert out.shape == (3, min(300, anchors * 2), 6)
+    assert (np.diff(out[..., 4], axis=1) <= 1e-6).all()  # sorted by score
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_compare_detections_flags_mismatch():
+    ref = np.array([[[0, 0, 10, 10, 0.9, 1], [5, 5, 8, 8, 0.5, 0]]], dtype=np.float32)
+    assert compare_detections(ref, ref[:, ::-1].copy()) is None  # order does not matter
+    bad = ref.copy()
+    bad[0, 0, 2] += 1.0
+    assert "no ONNX twin" in compare_detections(ref, bad)
+
+
+def test_export_errors(tmp_path, weights):
+    with pytest.raises(UserError, match="multiple of 32"):
+        export_onnx(weights, tmp_path / "x.onnx", imgsz=70)
+    with pytest.raises(UserError, match="needs a CUDA device"):
+        export_onnx(weights, tmp_path / "x.onnx", half=True, device="cpu")
