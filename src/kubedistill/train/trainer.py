@@ -39,6 +39,7 @@ from kubedistill.model.yolo import DetectionModel, parse_scale
 from kubedistill.train import dist as du
 from kubedistill.train.checkpoint import atomic_torch_save, load_checkpoint, model_from_checkpoint
 from kubedistill.train.ema import ModelEMA
+from kubedistill.train.loss_health import check_loss_health
 from kubedistill.train.losses import DetectionLoss, progloss_weights
 from kubedistill.train.optim import build_optimizer
 from kubedistill.train.progress import LOGGER, Progress, setup_logging
@@ -94,6 +95,8 @@ class Trainer:
         self.stop = False
         self.distiller = None
         self.best_val = None
+        self.loss_history: dict[str, list[float]] = defaultdict(list)
+        self.health_said: set[str] = set()
         self.plot_files: dict[str, Path] = {}
 
     # ----------------------------------------------------------------------------- extension points
@@ -294,8 +297,7 @@ class Trainer:
             self.epoch = epoch
             t0 = time.perf_counter()
             if cfg.close_mosaic and epoch >= cfg.epochs - cfg.close_mosaic and self.train_set.mosaic_enabled():
-                self.train_set.close_mosaic()
-                self.train_loader = self._train_loader()
+                self.train_set.close_mosaic()  # the sampler carries the flag to (persistent) workers
                 if self.main:
                     LOGGER.info(f"closing mosaic for the last {cfg.close_mosaic} epochs")
             self.train_set.set_epoch(epoch)
@@ -306,6 +308,11 @@ class Trainer:
             train_items, n_img, lrs = self._train_epoch(epoch)
             epoch_s = time.perf_counter() - t0
             self.run_callbacks("on_train_epoch_end")
+            for k, v in train_items.items():
+                self.loss_history[k].append(v)
+            if self.main:
+                for warning in check_loss_health(self.loss_history, self.health_said):
+                    LOGGER.warning(warning)
 
             final = epoch == cfg.epochs - 1
             metrics: dict[str, Any] = {}
