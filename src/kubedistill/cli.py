@@ -300,6 +300,52 @@ def tune_lr(
     typer.echo(f"use it: {res.train_command}")
 
 
+@app.command("serve")
+def serve_cmd(
+    model: str = typer.Option(..., help="Model: a local .onnx file (s3:// and models:/ URIs come with the storage integration)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 in a container)."),
+    port: int = typer.Option(8000),
+    workers: int = typer.Option(1, help="Server processes (each loads the model; prefer 1 and more replicas)."),
+    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads per process (default: CPU cores / workers)."),
+    name: Optional[str] = typer.Option(None, help="Model name in /v2/models/{name} (default: the file name without .onnx)."),
+    max_body_mb: float = typer.Option(20.0, help="Largest request body in MiB (larger: 413)."),
+    max_images: int = typer.Option(32, help="Most images in one /v1/detect request."),
+    graceful_timeout: int = typer.Option(30, help="Seconds in-flight requests get to finish after SIGTERM."),
+    log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log every request."),
+):
+    """Serve an exported ONNX model over HTTP: /v1/detect, Open Inference Protocol v2, /metrics and a page at /."""
+    from kubedistill.serve.server import serve
+
+    serve(model, host=host, port=port, workers=workers, threads=threads, name=name, max_body_mb=max_body_mb,
+          max_images=max_images, graceful_timeout=graceful_timeout, log_level=log_level, access_log=access_log)
+
+
+@bench_app.command("serve")
+def bench_serve(
+    model: str = typer.Option(..., help="Exported .onnx model."),
+    image: Optional[Path] = typer.Option(None, help="Image to post (default: a synthetic 640 px sample)."),
+    requests: int = typer.Option(200, help="Requests per concurrency level."),
+    concurrency: str = typer.Option("1,4,16", help="Comma-separated concurrency levels."),
+    threads: Optional[int] = typer.Option(None, help="onnxruntime threads of the server and the in-process timing."),
+    warmup: int = typer.Option(10, help="Untimed requests before the first level."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON."),
+):
+    """Latency (p50/p99) and requests/s of `kubedistill serve` on loopback, beside the raw model and preprocessing time."""
+    from kubedistill.benchmark.serve import run_serve_benchmark
+
+    try:
+        levels = tuple(int(c) for c in concurrency.split(",") if c.strip())
+    except ValueError:
+        raise UserError(f"--concurrency '{concurrency}' is not a list of integers", "e.g. --concurrency 1,4,16") from None
+    res = run_serve_benchmark(model, image=str(image) if image else None, requests=requests, concurrency=levels,
+                              warmup=warmup, threads=threads, echo=typer.echo)
+    if json_out:
+        from kubedistill.eval.predictions import write_json_atomic
+
+        write_json_atomic(json_out, res)
+
+
 def main(argv: List[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)

@@ -52,10 +52,12 @@ def _sample_image(imgsz: int, seed: int = 0) -> np.ndarray:
 def compare_detections(ref: np.ndarray, got: np.ndarray, min_score: float = 0.01) -> str | None:
     """None if every reference detection above min_score has a twin (same class, score within
     SCORE_ATOL, box within BOX_ATOL_PX) in `got`; else a description of the first mismatch.
-    Matching by content, not position, so ties in score may come out in either order."""
+    Matching by content, not position, so ties in score may come out in either order; a detection
+    tied (within SCORE_ATOL) with the lowest kept score may be swapped for its tie at the cut-off."""
     for b in range(ref.shape[0]):
         cand = got[b]
-        for det in ref[b][ref[b][:, 4] > min_score]:
+        cutoff = cand[:, 4].min() + SCORE_ATOL if len(cand) else -np.inf
+        for det in ref[b][(ref[b][:, 4] > min_score) & (ref[b][:, 4] > cutoff)]:
             ok = (cand[:, 5] == det[5]) & (np.abs(cand[:, 4] - det[4]) <= SCORE_ATOL) & (np.abs(cand[:, :4] - det[:4]).max(1) <= BOX_ATOL_PX)
             if not ok.any():
                 j = np.abs(cand[:, 4] - det[4]).argmin()

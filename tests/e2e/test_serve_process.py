@@ -1,0 +1,183 @@
+"""`kubedistill serve` as a real process on 127.0.0.1: SIGTERM drains in-flight requests and exits 0;
+the page at / draws the demo detections in headless Chromium; `benchmark serve` smoke."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+
+from kubedistill.benchmark.serve import free_port  # noqa: E402
+from tests.integration.test_serve_support import served_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory, tiny_data):
+    return served_model(tmp_path_factory, tiny_data)[1]
+
+
+def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _post(url: str, data: bytes, ctype: str, timeout: float = 30.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": ctype}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+class Server:
+    def __init__(self, model, tmp_path, env: dict | None = None):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = tmp_path / f"server-{self.port}.log"
+        cmd = [sys.executable, "-m", "kubedistill", "serve", "--model", str(model), "--name", "tiny", "--host", "127.0.0.1",
+               "--port", str(self.port), "--threads", "1", "--graceful-timeout", "20"]
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ | (env or {}))
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                if _get(f"{self.base}/v2/health/ready", 1.0)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("server not ready: " + self.log.read_text())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def test_sigterm_drains_in_flight_request(onnx_model, tmp_path):
+    srv = Server(onnx_model, tmp_path, env={"KUBEDISTILL_SERVE_TEST_DELAY_S": "2.0"})
+    try:
+        srv.wait_ready()
+        img = cv2.imencode(".png", np.full((48, 80, 3), 120, np.uint8))[1].tobytes()
+        result = {}
+        t = threading.Thread(target=lambda: result.update(r=_post(f"{srv.base}/v1/detect?conf=0.01", img, "image/png")))
+        t0 = time.monotonic()
+        t.start()
+        time.sleep(0.8)  # the request is inside its 2 s model call now
+        t1 = time.monotonic()
+        assert _get(f"{srv.base}/v2/health/live")[0] == 200  # the event loop is free meanwhile
+        assert time.monotonic() - t1 < 0.5
+        srv.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.4)
+        with pytest.raises(OSError):  # no new connections while draining
+            _get(f"{srv.base}/v2/health/live", 1.0)
+        t.join(30)
+        code, body = result["r"]
+        assert code == 200, body
+        assert json.loads(body)["results"][0]["width"] == 80
+        assert time.monotonic() - t0 >= 2.0
+        assert srv.proc.wait(30) == 0, srv.log.read_text()
+        log = srv.log.read_text()
+        assert "Shutting down" in log and "Traceback" not in log
+    finally:
+        srv.stop()
+
+
+def _chromium_cmd(url: str, out_png, profile) -> list[str]:
+    return ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+            "--hide-scrollbars", "--force-device-scale-factor=1", "--window-size=1000,800", "--virtual-time-budget=5000",
+            f"--screenshot={out_png}", url]
+
+
+def _canvas_origin(shot: np.ndarray) -> tuple[int, int, int]:
+    """(x, y, width) of the canvas content, found by its 1 px CSS border (#d5dae0) in the screenshot."""
+    border = (np.abs(shot.astype(int) - (213, 218, 224)).max(-1) <= 3)
+    cols = np.flatnonzero(border.sum(0) >= 300)  # the canvas's left and right border columns
+    assert len(cols) >= 2, "canvas border not found in the screenshot"
+    x0, x1 = int(cols[0]), int(cols[-1])
+    col = np.r_[0, border[:, x0].astype(np.int8), 0]
+    starts, ends = np.flatnonzero(np.diff(col) == 1), np.flatnonzero(np.diff(col) == -1)
+    y0 = int(starts[np.argmax(ends - starts)])  # the longest run: the canvas edge, not the header's bottom line
+    return x0 + 1, y0 + 1, x1 - x0 - 1
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_page_draws_demo_detections_in_chromium(onnx_model, tmp_path):
+    from kubedistill.eval.predictions import class_color
+
+    srv = Server(onnx_model, tmp_path)
+    try:
+        srv.wait_ready()
+        demo = _get(f"{srv.base}/demo.jpg")[1]
+        res = json.loads(_post(f"{srv.base}/v1/detect?conf=0.01", demo, "image/jpeg")[1])["results"][0]
+        dets = res["detections"]
+        assert dets, "the tiny model found nothing on the demo image"
+        scores = [d["score"] for d in dets]
+        # a conf that lets the fewest boxes through, cutting between two distinct scores
+        cut = next((i for i in range(1, len(scores)) if scores[i - 1] - scores[i] > 1e-5), len(scores))
+        conf = (scores[cut - 1] + scores[cut]) / 2 if cut < len(scores) else 0.0
+        drawn = [d for d in dets if d["score"] > conf]
+        assert drawn
+        out = tmp_path / "page.png"
+        r = subprocess.run(_chromium_cmd(f"{srv.base}/?demo=1&conf={conf!r}", out, tmp_path / f"chrome-{uuid.uuid4().hex}"),
+                           capture_output=True, timeout=90)
+        assert out.exists(), r.stderr.decode(errors="replace")[-2000:]
+        shutil.copy(out, os.environ.get("KUBEDISTILL_SCREENSHOT", tmp_path / "keep.png"))
+    finally:
+        srv.stop()
+    shot = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
+    assert shot.shape[:2] == (800, 1000) and shot.std() > 20  # not blank
+    x0, y0, width = _canvas_origin(shot)
+    scale = width / res["width"]
+    assert scale > 4  # the 64 px image is shown enlarged
+    canvas = shot[y0 : y0 + int(res["height"] * scale), x0 : x0 + width]
+    assert canvas.std() > 10
+    # the last box drawn is on top: its class colour must be on each of its four edges
+    last = drawn[-1]
+    colour = np.array(class_color(last["class_id"]))
+    bx1, by1, bx2, by2 = [v * scale for v in last["box"]]
+    edges = [((bx1 + bx2) / 2, by1), ((bx1 + bx2) / 2, by2), (bx1, (by1 + by2) / 2), (bx2, (by1 + by2) / 2)]
+    for ex, ey in edges:
+        x, y = int(round(x0 + ex)), int(round(y0 + ey))
+        patch = shot[max(0, y - 3) : y + 4, max(0, x - 3) : x + 4].reshape(-1, 3).astype(int)
+        assert (np.abs(patch - colour).max(1) <= 24).any(), f"no {colour.tolist()} pixel near edge point ({x}, {y})"
+    # and a box colour appears nowhere when nothing of that class is drawn
+    for cls in {0, 1} - {d["class_id"] for d in drawn}:
+        near = (np.abs(canvas.astype(int) - class_color(cls)).max(-1) <= 12).sum()
+        assert near < 200, f"class {cls} colour drawn although no box of that class passes conf"
+
+
+@pytest.mark.slow
+def test_benchmark_serve_smoke(onnx_model, tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "-m", "kubedistill", "benchmark", "serve", "--model", str(onnx_model), "--requests", "6",
+                        "--concurrency", "1,2", "--warmup", "2", "--threads", "1", "--json", str(out)],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(out.read_text())
+    assert [row["concurrency"] for row in res["rows"]] == [1, 2]
+    assert all(row["errors"] == 0 and row["requests"] == 6 and row["rps"] > 0 for row in res["rows"])
+    assert res["model_ms"] > 0 and res["decode_letterbox_ms"] > 0 and res["server_exit_code"] == 0
+    assert "p50 ms" in r.stdout
