@@ -74,3 +74,11 @@ def test_import_is_cheap():
     code = "import sys, kubedistill, kubedistill.config, kubedistill.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_benchmark_train_smoke(tmp_path):
+    out = kd("benchmark", "train", "--scales", "n", "--imgsz", "64", "--iters", "1", "--batch", "2", "--workers", "0",
+             "--out", tmp_path / "b.json").stdout
+    assert "yolo-n  imgsz=64" in out
+    rows = json.loads((tmp_path / "b.json").read_text())
+    assert rows[0]["scale"] == "yolo-n" and rows[0]["train_img_s"] > 0 and rows[0]["loader_img_s"] > 0

@@ -10,11 +10,11 @@ arithmetic distillation cannot avoid).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
 
+from kubedistill.benchmark.timing import time_steps
 from kubedistill.config import TrainConfig, train_config
 from kubedistill.data.check import check_dataset
 from kubedistill.data.dataset import DetectionDataset, build_dataloader
@@ -60,16 +60,7 @@ def step_times(student_scale: str, teacher_path: str, data: str, imgsz: int, bat
             loss.backward()
             opt.step()
 
-        for _ in range(2):
-            step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        out[mode] = (time.perf_counter() - t0) / steps
+        out[mode] = time_steps(step, steps, dev)
         if distiller is not None:
             distiller.close()
     teacher, _ = load_model(teacher_path)

@@ -17,6 +17,7 @@ from kubedistill.config import TrainConfig
 from kubedistill.data.check import check_dataset
 from kubedistill.data.dataset import DetectionDataset, build_dataloader
 from kubedistill.data.dataset_yaml import load_data_yaml
+from kubedistill.benchmark.timing import time_steps
 from kubedistill.data.synth import make_synth
 from kubedistill.model.yolo import DetectionModel
 from kubedistill.train.dist import select_device
@@ -54,16 +55,7 @@ def model_speed(scale: str, imgsz: int, batch: int, iters: int, device, batch_da
         loss.backward()
         opt.step()
 
-    for _ in range(2):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return iters * img.shape[0] / (time.perf_counter() - t0)
+    return img.shape[0] / time_steps(step, iters, device)
 
 
 def run_train_benchmark(scales, sizes, batch=8, iters=5, workers=2, device="", echo=print) -> list[dict]:
