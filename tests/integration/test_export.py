@@ -45,6 +45,12 @@ def test_compare_detections_flags_mismatch():
     bad = ref.copy()
     bad[0, 0, 2] += 1.0
     assert "no ONNX twin" in compare_detections(ref, bad)
+    # an untrained model's scores all lie below 0.01: its top detections are still compared
+    low = ref.copy()
+    low[..., 4] = [0.004, 0.003]
+    wrong = low.copy()
+    wrong[0, 0, 5] = 0  # class differs
+    assert "no ONNX twin" in compare_detections(low, wrong)
     # a tie at the max_det cut-off may keep a different anchor
     tied = np.array([[[0, 0, 10, 10, 0.9, 1], [5, 5, 8, 8, 0.5, 0], [20, 20, 30, 30, 0.5, 0]]], dtype=np.float32)
     assert compare_detections(tied[:, :2], tied[:, [0, 2]]) is None

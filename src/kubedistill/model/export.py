@@ -49,15 +49,18 @@ def _sample_image(imgsz: int, seed: int = 0) -> np.ndarray:
     return (img.transpose(2, 0, 1)[None].astype(np.float32) / 255.0).copy()
 
 
-def compare_detections(ref: np.ndarray, got: np.ndarray, min_score: float = 0.01) -> str | None:
-    """None if every reference detection above min_score has a twin (same class, score within
+def compare_detections(ref: np.ndarray, got: np.ndarray, min_score: float = 0.01, min_count: int = 20) -> str | None:
+    """None if every reference detection above min_score (and at least the top `min_count`, so an
+    untrained model with low scores is still checked) has a twin (same class, score within
     SCORE_ATOL, box within BOX_ATOL_PX) in `got`; else a description of the first mismatch.
     Matching by content, not position, so ties in score may come out in either order; a detection
     tied (within SCORE_ATOL) with the lowest kept score may be swapped for its tie at the cut-off."""
     for b in range(ref.shape[0]):
         cand = got[b]
         cutoff = cand[:, 4].min() + SCORE_ATOL if len(cand) else -np.inf
-        for det in ref[b][(ref[b][:, 4] > min_score) & (ref[b][:, 4] > cutoff)]:
+        scores = ref[b][:, 4]
+        floor = min(min_score, np.sort(scores)[-min(min_count, len(scores))]) if len(scores) else min_score
+        for det in ref[b][(scores >= floor) & (scores > cutoff)]:
             ok = (cand[:, 5] == det[5]) & (np.abs(cand[:, 4] - det[4]) <= SCORE_ATOL) & (np.abs(cand[:, :4] - det[:4]).max(1) <= BOX_ATOL_PX)
             if not ok.any():
                 j = np.abs(cand[:, 4] - det[4]).argmin()
@@ -118,6 +121,6 @@ def export_onnx(weights: str | Path, out: str | Path | None = None, *, imgsz: in
                 f"ONNX export of '{weights}' does not match torch ({problem})",
                 "Report this with the checkpoint; the ONNX file was not kept",
             )
-    top = ref[..., 4] > 0.01
+    top = ref[..., 4] >= np.minimum(0.01, np.sort(ref[..., 4], axis=-1)[..., -min(20, ref.shape[1]), None])
     return {"path": str(out), "imgsz": imgsz, "max_det": max_det, "dynamic": dynamic, "half": half, "opset": opset,
             "checked_detections": int(top.sum()), "score_atol": SCORE_ATOL, "box_atol_px": BOX_ATOL_PX, "metadata": meta}
