@@ -14,7 +14,6 @@ the current mosaic probability, as long as the trainer calls ``dataset.set_epoch
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import cv2
@@ -22,26 +21,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from kubedistill.config import TrainConfig
 from kubedistill.data.augment import hflip, mosaic4, random_affine, random_hsv
 from kubedistill.data.check import Sample
 from kubedistill.data.images import read_image
 from kubedistill.data.letterbox import letterbox, letterbox_params
 
 FILL = 114
-
-
-@dataclass
-class _Hyp:
-    """Default augmentation settings (TrainConfig's defaults)."""
-
-    mosaic: float = 1.0
-    degrees: float = 0.0
-    translate: float = 0.1
-    scale: float = 0.5
-    fliplr: float = 0.5
-    hsv_h: float = 0.015
-    hsv_s: float = 0.7
-    hsv_v: float = 0.4
 
 
 class DetectionDataset(Dataset):
@@ -62,7 +48,7 @@ class DetectionDataset(Dataset):
         self.samples = list(samples)
         self.imgsz = int(imgsz)
         self.augment = bool(augment)
-        h = hyp if hyp is not None else _Hyp()
+        h = hyp if hyp is not None else TrainConfig()  # the training defaults, from their one place
         self.mosaic = float(h.mosaic) if augment else 0.0
         self.degrees = float(h.degrees)
         self.translate = float(h.translate)

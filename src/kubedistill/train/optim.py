@@ -61,6 +61,17 @@ def zeropower_via_newtonschulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-
     return X.reshape(G.shape).to(G.dtype)
 
 
+def _momentum(state: dict, key: str, g: torch.Tensor, mom: float, nesterov: bool) -> torch.Tensor:
+    """Heavy-ball buffer `state[key]` = mom * buf + g; returns the (Nesterov) update direction."""
+    if mom == 0:
+        return g
+    buf = state.get(key)
+    if buf is None:
+        buf = state[key] = torch.zeros_like(g, memory_format=torch.preserve_format)
+    buf.mul_(mom).add_(g)
+    return g.add(buf, alpha=mom) if nesterov else buf
+
+
 class MuSGD(Optimizer):
     """Muon (orthogonalised momentum) plus Nesterov SGD; see the module docstring for the exact update.
 
@@ -125,23 +136,12 @@ class MuSGD(Optimizer):
 
                 # SGD part (L2 weight decay in the gradient)
                 d = g.add(p, alpha=wd) if wd != 0 else g
-                if mom != 0:
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    buf.mul_(mom).add_(d)
-                    d = d.add(buf, alpha=mom) if nesterov else buf
+                d = _momentum(state, "momentum_buffer", d, mom, nesterov)
 
                 # Muon part (no weight decay)
                 o = None
                 if use_muon and p.ndim >= 2 and muon_scale != 0:
-                    u = g
-                    if mom != 0:
-                        mbuf = state.get("muon_buffer")
-                        if mbuf is None:
-                            mbuf = state["muon_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                        mbuf.mul_(mom).add_(g)
-                        u = g.add(mbuf, alpha=mom) if nesterov else mbuf
+                    u = _momentum(state, "muon_buffer", g, mom, nesterov)
                     o = zeropower_via_newtonschulz(u, steps=group.get("ns_steps", 5))
                     rows, cols = p.shape[0], p[0].numel()
                     shape_scale = max(1.0, rows / cols) ** 0.5
