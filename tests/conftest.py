@@ -21,3 +21,29 @@ def easy_data(tmp_path_factory):
 
 
 TINY_TRAIN = dict(imgsz=64, batch=8, nbs=8, workers=0, optimizer="AdamW", lr0=0.002, warmup_epochs=0.5, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible store (SeaweedFS `weed mini`) on loopback, shared by the session."""
+    from tests.servers import seaweedfs
+
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """Point boto3 (and MLflow's S3 client) at the loopback store for one test."""
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    return s3_server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server, tmp_path_factory):
+    """A real `mlflow server` (sqlite backend, artifacts proxied to the SeaweedFS store), shared by the session."""
+    from tests.servers import mlflow_server as start
+
+    with start(tmp_path_factory.mktemp("mlflow-server"), s3_server) as server:
+        yield server
