@@ -1,4 +1,4 @@
-# kubedistill: `make demo` runs the engine end to end on the built-in demo data; `make test` runs the suite.
+# kubedistill: `make demo` runs the training pipeline end to end on the built-in demo data; `make test` runs the suite.
 # Both create .venv and install what they need (CPU torch first, then the package with its extras).
 PYTHON ?= python3
 VENV ?= .venv
@@ -6,10 +6,9 @@ PY := $(VENV)/bin/python
 KD := $(VENV)/bin/kubedistill
 STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
-DEMO_DIR ?= datasets/demo
-DEMO_EPOCHS ?= 25
+DEMO_OUT ?= runs/pipeline
 
-.PHONY: install lint test test-fast demo benchmark clean
+.PHONY: install lint test test-fast demo benchmark images clean
 
 install: $(STAMP)
 
@@ -29,16 +28,18 @@ test: install lint
 test-fast: install
 	$(PY) -m pytest -m "not slow"
 
+# The whole pipeline on the built-in demo data, run here through kfp.local (docs/pipeline.md):
+# data -> teacher (yolo-s) -> distilled student (yolo-n) -> evaluate -> register in MLflow -> promotion gate.
 demo: install
-	$(KD) data synth $(DEMO_DIR) --train 240 --val 60 --imgsz 160 --classes 3 --min-size 8 --seed 0
-	$(KD) train data=$(DEMO_DIR)/data.yaml model=yolo-n epochs=$(DEMO_EPOCHS) imgsz=160 batch=16 nbs=16 \
-		optimizer=AdamW lr0=0.004 warmup_epochs=1 close_mosaic=5 workers=2 project=runs name=demo exist_ok=True
-	$(KD) val --weights runs/demo/weights/best.pt --data $(DEMO_DIR)/data.yaml --out runs/demo/val_metrics.json
-	$(KD) predict --weights runs/demo/weights/best.pt --source $(DEMO_DIR)/images/val --out runs/demo/preds.json --save-images
-	$(KD) export --weights runs/demo/weights/best.pt --format onnx --out runs/demo/weights/best.onnx
+	$(KD) run --out $(DEMO_OUT)
 
 benchmark: install
 	$(KD) benchmark train --scales n,s,m,l --imgsz 320,640
 
+# Container images (needs docker); their references come from charts/kubedistill/values.yaml (docs/deploy.md).
+images: install
+	docker build -f docker/Dockerfile.serve -t "$$($(PY) -m kubedistill.images serve)" .
+	docker build -f docker/Dockerfile.train --build-arg TORCH_VERSION=$(TORCH_VERSION) --build-arg GIT_COMMIT="$$(git rev-parse HEAD)" -t "$$($(PY) -m kubedistill.images train)" .
+
 clean:
-	rm -rf runs $(DEMO_DIR) .pytest_cache
+	rm -rf runs .pytest_cache

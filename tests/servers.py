@@ -28,11 +28,12 @@ def free_port() -> int:
 
 
 def _free_ports(n: int) -> list[int]:
-    """n distinct free ports below 55000, so SeaweedFS's default "+10000" gRPC offsets can never overflow."""
+    """n distinct free ports, no two of them 10000 apart (SeaweedFS reserves port+10000 for gRPC and refuses
+    to start when another component's port sits there)."""
     ports: set[int] = set()
     while len(ports) < n:
         p = free_port()
-        if p < 55000:
+        if p < 55000 and not ({p - 10000, p + 10000} & ports):
             ports.add(p)
     return sorted(ports)
 
@@ -99,10 +100,11 @@ class S3Server:
 def seaweedfs(workdir: Path, timeout: float = 60.0):
     """A SeaweedFS `weed mini` with S3 on a free loopback port; yields an S3Server."""
     workdir.mkdir(parents=True, exist_ok=True)
-    s3, master, volume, filer, admin, metrics = _free_ports(6)
+    s3, master, volume, filer, admin, metrics, *grpc = _free_ports(11)
     cmd = [_bin("weed"), "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
            "-webdav=false", "-admin.ui=false", f"-s3.port={s3}", f"-master.port={master}", f"-volume.port={volume}",
-           f"-filer.port={filer}", f"-admin.port={admin}", f"-metricsPort={metrics}", "-s3.port.iceberg=0", "-s3.port.lance=0"]
+           f"-filer.port={filer}", f"-admin.port={admin}", f"-metricsPort={metrics}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+           *(f"-{c}.port.grpc={p}" for c, p in zip(("s3", "master", "volume", "filer", "admin"), grpc))]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
     log = workdir / "weed.log"
     with open(log, "wb") as fh:

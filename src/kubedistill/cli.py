@@ -12,7 +12,7 @@ import typer
 from kubedistill.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, distill, evaluate and serve YOLO-style detectors.")
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: a built-in demo set and a checker.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: a built-in demo set, fetching (S3, archives) and a checker.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (figures go to docs/benchmarks.md).")
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="benchmark")
@@ -47,9 +47,20 @@ def data_synth(
     typer.echo(f"wrote {path} ({train} train, {val} val images at {imgsz}px)")
 
 
+@data_app.command("fetch")
+def data_fetch(
+    uri: str = typer.Argument(..., help="s3://bucket/prefix/, a local or s3:// .zip/.tar/.tar.gz archive, or a local data.yaml or folder."),
+    dest: Path = typer.Argument(..., help="Folder to fetch into (unchanged files are reused on the next fetch)."),
+):
+    """Fetch a dataset (S3 prefix or archive, extracted safely) into DEST; prints the path of its data.yaml."""
+    from kubedistill.data.fetch import fetch_dataset
+
+    typer.echo(str(fetch_dataset(uri, dest)))
+
+
 @data_app.command("check")
 def data_check(
-    data: Path = typer.Argument(..., help="data.yaml"),
+    data: str = typer.Argument(..., help="data.yaml, a folder holding one, an s3:// prefix or an archive (fetched into the cache first)."),
     splits: str = typer.Option("train,val", help="Comma-separated splits to check."),
     min_usable: float = typer.Option(0.5, help="Fail when less than this fraction of a split is usable."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full report as JSON."),
@@ -57,8 +68,9 @@ def data_check(
     """Check a dataset: every problem with file and line; exit 1 when too little is usable."""
     from kubedistill.data.check import check_dataset
     from kubedistill.data.dataset_yaml import load_data_yaml
+    from kubedistill.data.fetch import resolve_data
 
-    spec = load_data_yaml(data)
+    spec = load_data_yaml(resolve_data(data))
     wanted = tuple(s for s in splits.split(",") if s)
     report = check_dataset(spec, splits=tuple(s for s in wanted if s in spec.splits), min_usable=min_usable)
     for p in report.problems:
@@ -83,7 +95,7 @@ def _train_help() -> str:
         "Options:",
     ]
     for name, f in TrainConfig.model_fields.items():
-        default = f.default
+        default = f.get_default(call_default_factory=True)
         lines.append(f"  --{name.replace('_', '-'):<18} {f.description} [default: {default!r}]")
     return "\n".join(lines)
 
@@ -302,7 +314,7 @@ def tune_lr(
 
 @app.command("serve")
 def serve_cmd(
-    model: str = typer.Option(..., help="Model: a local .onnx file (s3:// and models:/ URIs come with the storage integration)."),
+    model: str = typer.Option(..., help="Model: a local .onnx file, s3://bucket/key.onnx, or a registered model models:/NAME/VERSION (or @ALIAS)."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 in a container)."),
     port: int = typer.Option(8000),
     workers: int = typer.Option(1, help="Server processes (each loads the model; prefer 1 and more replicas)."),
@@ -346,6 +358,120 @@ def bench_serve(
         write_json_atomic(json_out, res)
 
 
+mlflow_app = typer.Typer(no_args_is_help=True, help="MLflow helpers: send records kept locally while the server was down.")
+app.add_typer(mlflow_app, name="mlflow")
+_TRACKING = typer.Option("", "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite in ./runs).")
+
+
+@app.command("register")
+def register_cmd(
+    weights: Path = typer.Option(..., help="Student checkpoint (best.pt)."),
+    model_name: str = typer.Option(..., help="Registered model name."),
+    onnx: Optional[Path] = typer.Option(None, help="Its ONNX export (default: exported now)."),
+    run_id: Optional[str] = typer.Option(None, help="Log the model into this MLflow run (default: the training run's, if any)."),
+    tag: List[str] = typer.Option([], help="Version tag KEY=VALUE (repeatable)."),
+    tracking_uri: str = _TRACKING,
+):
+    """Register a student in the MLflow registry (a pyfunc running its ONNX model); the version gets alias `challenger`."""
+    from kubedistill.track.registry import register_student
+    from kubedistill.track.runs import run_info
+
+    tags = {}
+    for t in tag:
+        if "=" not in t:
+            raise UserError(f"--tag '{t}' is not KEY=VALUE", "e.g. --tag data_fingerprint=abc123")
+        k, v = t.split("=", 1)
+        tags[k] = v
+    if run_id is None:  # weights/best.pt of a tracked run: register into that run
+        info = run_info(weights.resolve().parent.parent)
+        run_id = info["run_id"] if info and (not tracking_uri or info["tracking_uri"] == tracking_uri) else None
+    version = register_student(weights, model_name, run_id=run_id, onnx=onnx, tags=tags, tracking_uri=tracking_uri)
+    _echo_json({"model_name": model_name, "version": version, "model_uri": f"models:/{model_name}/{version}", "alias": "challenger"})
+
+
+@app.command("promote")
+def promote_cmd(
+    model_name: str = typer.Option(..., help="Registered model name."),
+    version: str = typer.Option(..., help="Candidate version."),
+    data: str = typer.Option(..., help="Validation data (data.yaml) both models are scored on now."),
+    metric: str = typer.Option("mAP50-95", help="Metric the gate compares."),
+    min_delta: float = typer.Option(0.0, help="Candidate must reach champion + min_delta."),
+    imgsz: Optional[int] = typer.Option(None, help="Evaluation size (default: each model's training size)."),
+    batch: int = typer.Option(16),
+    workers: int = typer.Option(2),
+    device: str = typer.Option(""),
+    tracking_uri: str = _TRACKING,
+):
+    """The promotion gate: evaluate champion and candidate now; move `champion` only if the candidate is not worse."""
+    from kubedistill.track.promote import promote
+
+    _echo_json(promote(model_name, version, data, metric=metric, min_delta=min_delta, tracking_uri=tracking_uri, imgsz=imgsz,
+                       batch=batch, workers=workers, device=device))
+
+
+@mlflow_app.command("sync")
+def mlflow_sync_cmd(
+    run_dir: Path = typer.Argument(..., help="Training run folder holding mlflow_pending.jsonl."),
+    tracking_uri: str = _TRACKING,
+):
+    """Send the MLflow records a training run kept locally while the tracking server was unreachable."""
+    from kubedistill.track.logger import sync
+
+    if not run_dir.is_dir():
+        raise UserError(f"Run folder '{run_dir}' does not exist", "Pass runs/<name>")
+    res = sync(run_dir, tracking_uri or None, log=typer.echo)
+    _echo_json(res)
+    if not res["ok"]:
+        raise UserError(f"{res['pending']} record(s) still pending: the tracking server did not accept them", "Try again later")
+
+
+@app.command("deploy")
+def deploy_cmd(
+    release: str = typer.Option(..., "--release", help="Helm release name."),
+    namespace: str = typer.Option(..., "--namespace", "-n", help="Kubernetes namespace."),
+    model_uri: str = typer.Option(..., "--model-uri", help="Pinned model: models:/NAME/VERSION or s3://bucket/key.onnx (no @alias, no latest)."),
+    canary_uri: Optional[str] = typer.Option(None, "--canary-uri", help="Candidate model for a canary Deployment behind the same Service."),
+    canary_weight: Optional[int] = typer.Option(None, "--canary-weight", help="The canary's share of requests in percent (1-99), set as replica counts."),
+    values_files: List[Path] = typer.Option([], "--values", "-f", help="Chart values file (repeatable; later ones win)."),
+    sets: List[str] = typer.Option([], "--set", help="Chart value name=value, Helm syntax (repeatable; after the files)."),
+    chart: Optional[Path] = typer.Option(None, "--chart", help="Chart folder (default: $KUBEDISTILL_CHART, else the chart shipped with kubedistill)."),
+    timeout: float = typer.Option(300, help="Seconds for the rollout, and again for the helm test."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the values and the rendered manifests; contact no cluster."),
+    kubeconfig: Optional[Path] = typer.Option(None, "--kubeconfig", help="kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster)."),
+    kube_context: Optional[str] = typer.Option(None, "--kube-context", help="kubeconfig context."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the summary as JSON."),
+):
+    """helm upgrade --install the server chart with a pinned model, wait for the rollout, run helm test; roll back on failure (docs/deploy.md)."""
+    from kubedistill.deploy.helm import user_values
+    from kubedistill.deploy.run import deploy, dry_run_text, log_to_stderr
+
+    log_to_stderr()
+    res = deploy(release, namespace, model_uri, canary_uri=canary_uri, canary_weight=canary_weight, values=user_values(values_files, sets),
+                 dry_run=dry_run, timeout=timeout, chart=chart, kubeconfig=str(kubeconfig) if kubeconfig else None, kube_context=kube_context)
+    if json_out:
+        from kubedistill.atomic import atomic_write_text
+
+        atomic_write_text(json_out, json.dumps(res, indent=2, default=str))
+    if dry_run:
+        typer.echo(dry_run_text(res), nl=False)
+        return
+    _echo_json(res)
+    if res["status"] != "deployed":
+        raise typer.Exit(1)
+
+
+# `kubedistill run`, `kubedistill pipeline ...`, `kubedistill schedule ...` (kubedistill/pipeline/cli.py)
+from kubedistill.pipeline.cli import add_pipeline_commands  # noqa: E402
+
+add_pipeline_commands(app)
+
+
+# optional packages -> the extra that brings them
+_EXTRA_OF = {"torch": "train", "cv2": "train", "matplotlib": "train", "faster_coco_eval": "train", "onnx": "train",
+             "onnxscript": "train", "mlflow": "track", "boto3": "track", "botocore": "track", "kfp": "pipeline",
+             "kubernetes": "deploy", "helm_python": "deploy", "onnxruntime": "serve", "fastapi": "serve", "uvicorn": "serve"}
+
+
 def main(argv: List[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
@@ -355,6 +481,13 @@ def main(argv: List[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted; finished epochs are saved in weights/last.pt (continue with resume=True)", err=True)
         sys.exit(130)
+    except ModuleNotFoundError as e:  # a command whose extra is not installed (e.g. training in the serve image)
+        extra = _EXTRA_OF.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        typer.echo(f"error: this command needs the '{e.name}' package, which is not installed. "
+                   f"Install it with: pip install 'kubedistill[{extra}]'.", err=True)
+        sys.exit(2)
     except SystemExit:
         raise
     except Exception as e:  # click usage errors come as exceptions with standalone_mode=False

@@ -80,7 +80,7 @@ class TrainConfig(BaseModel):
     stal: bool = Field(True, description="Small-target-aware assignment: tiny objects still get anchors.")
 
     # distillation (see the distillation docs)
-    distill_model: str | None = Field(None, description="Teacher checkpoint for feature distillation.")
+    distill_model: str | None = Field(None, description="Teacher for feature distillation: a checkpoint path or a registered model models:/NAME/VERSION.")
     dis: float = Field(6.0, ge=0.0, description="Distillation loss gain.")
 
     # augmentation
@@ -114,6 +114,13 @@ class TrainConfig(BaseModel):
     plots: bool = Field(True, description="Write plots into the run folder.")
     verbose: bool = Field(True, description="Log progress.")
 
+    # MLflow tracking (on with mlflow=True or when MLFLOW_TRACKING_URI is set)
+    mlflow: bool = Field(False, description="Track the run in MLflow (also on when MLFLOW_TRACKING_URI is set).")
+    mlflow_uri: str = Field("", description="Tracking URI; default MLFLOW_TRACKING_URI, else a sqlite file in the project folder.")
+    mlflow_experiment: str = Field("", description="Experiment name; default MLFLOW_EXPERIMENT_NAME, else 'kubedistill'.")
+    mlflow_parent: str = Field("", description="Parent run id: this run becomes a nested child (pipelines set it).")
+    mlflow_tags: dict[str, str] = Field(default_factory=dict, description="Extra tags on the run, e.g. {pipeline_run_id: abc}.")
+
     @field_validator("optimizer", mode="before")
     @classmethod
     def _optimizer_case(cls, v: Any) -> Any:
@@ -135,6 +142,26 @@ class TrainConfig(BaseModel):
     def _none_strings(cls, v: Any) -> Any:
         if isinstance(v, str) and v.strip().lower() in _NONE_STRINGS:
             return None
+        return v
+
+    @field_validator("mlflow_tags", mode="before")
+    @classmethod
+    def _tags_text(cls, v: Any) -> Any:
+        """From the CLI a mapping arrives as text: `{a: b}` (YAML) or `a=b,c=d`."""
+        if isinstance(v, str):
+            text = v.strip()
+            if not text:
+                return {}
+            if "=" in text and not text.startswith("{"):
+                pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+                if all(len(p) == 2 for p in pairs):
+                    return {k.strip(): val.strip() for k, val in pairs}
+            try:
+                v = yaml.safe_load(text)
+            except yaml.YAMLError:
+                raise ValueError("write {key: value, ...} or key=value,key2=value2") from None
+        if isinstance(v, dict):  # tags are strings: {run: 3} means "3"
+            return {str(k): "" if val is None else str(val) for k, val in v.items()}
         return v
 
     @field_validator("resume", mode="before")

@@ -71,9 +71,26 @@ def test_train_help_lists_every_option():
 
 
 def test_import_is_cheap():
-    code = "import sys, kubedistill, kubedistill.config, kubedistill.cli; print('torch' in sys.modules)"
+    code = ("import sys, kubedistill, kubedistill.config, kubedistill.cli; "
+            "print(sorted(m for m in ('torch', 'mlflow', 'kfp', 'kubernetes', 'boto3', 'cv2', 'helm_python') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
-    assert out.stdout.strip() == "False", out.stderr
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_missing_extra_is_one_line(tmp_path):
+    """`kubedistill train` where torch is not installed (the serve image): one line naming the extra."""
+    code = ("import sys, importlib.abc\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.split('.')[0] == 'torch':\n"
+            "            raise ModuleNotFoundError(f\"No module named '{name}'\", name=name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from kubedistill.cli import main\n"
+            "main(['train', 'data=x.yaml', 'epochs=1'])\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0] == "error: this command needs the 'torch' package, which is not installed. Install it with: pip install 'kubedistill[train]'."
 
 
 def test_benchmark_train_smoke(tmp_path):

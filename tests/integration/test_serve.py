@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import subprocess
 import sys
 import threading
@@ -288,6 +289,21 @@ def test_page_and_demo_image(client):
     assert info["names"] == ["circle", "square"] and info["imgsz"] == 64 and info["name"] == "tiny" and "/" not in info["path"]
 
 
+def test_packaged_demo_image_is_the_documented_drawing():
+    """serve/demo.jpg is what `demo_image_bytes` says it is: synth's drawing, redrawn here (JPEG loss only)."""
+    from kubedistill.data.images import decode_image
+    from kubedistill.data.synth import _make_image
+
+    want, labels, _ = _make_image(np.random.default_rng(24), app_module.DEMO_SIZE, ["circle", "square", "triangle", "cross"],
+                                  min_size=32, max_objects=6)
+    assert {c for c, *_ in labels} == {0, 1, 2, 3}  # every demo class is on it
+    got = decode_image(app_module.demo_image_bytes(app_module.DEMO_SIZE))
+    # JPEG loss on the sensor noise: a mean of about 4 grey levels; another seed's drawing differs by about 50
+    assert got.shape == want.shape and np.abs(got.astype(int) - want).mean() < 8
+    small = decode_image(app_module.demo_image_bytes(64))
+    assert small.shape == (64, 64, 3) and np.abs(small.astype(int) - cv2.resize(want, (64, 64), interpolation=cv2.INTER_AREA)).mean() < 8
+
+
 # -- fuzz: malformed requests never give a 5xx -------------------------------------------------------
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -393,42 +409,59 @@ def test_fuzz_detect_never_5xx(client, req, query):
     assert r.status_code == 200 or "error" in r.json()
 
 
-# -- the serving path never imports torch -------------------------------------------------------------
+# -- the serving path never imports torch, nor OpenCV (the serve image has neither) ----------------------
 def test_serving_never_imports_torch(model_files, tmp_path):
     script = f"""
 import sys, warnings
 warnings.simplefilter("ignore")
+class NoCv2:  # the serve image has no OpenCV: any attempt to import it (even a caught one) is recorded and fails
+    tried = []
+    def find_spec(self, name, path=None, target=None):
+        if name == "cv2" or name.startswith("cv2."):
+            self.tried.append(name)
+            raise ImportError("cv2 is not installed in the serve image")
+sys.meta_path.insert(0, NoCv2())
+import io
 import kubedistill.cli, kubedistill.serve.server, kubedistill.benchmark.serve
 from kubedistill.serve.app import create_app
 from fastapi.testclient import TestClient
-import numpy as np, cv2
-img = cv2.imencode(".png", np.full((50, 80, 3), 90, np.uint8))[1].tobytes()
+import numpy as np
+from PIL import Image
+def enc(a, fmt):
+    buf = io.BytesIO(); Image.fromarray(a).save(buf, format=fmt); return buf.getvalue()
+rng = np.random.default_rng(0)
+small, big = enc(np.full((50, 80, 3), 90, np.uint8), "PNG"), enc(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8), "JPEG")
 with TestClient(create_app({str(model_files[1])!r}, background_load=False)) as c:
-    assert c.post("/v1/detect", content=img, headers={{"content-type": "image/png"}}).status_code == 200
+    for img, ctype in ((small, "image/png"), (big, "image/jpeg")):  # letterbox enlarges one, shrinks the other
+        assert c.post("/v1/detect", content=img, headers={{"content-type": ctype}}).status_code == 200
     x = [0.5] * (3 * 64 * 64)
     assert c.post("/v2/models/tiny/infer", json={{"inputs": [{{"name": "images", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": x}}]}}).status_code == 200
-    assert c.get("/demo.jpg").status_code == 200 and c.get("/metrics").status_code == 200
+    assert c.get("/demo.jpg").status_code == 200 and c.get("/metrics").status_code == 200 and c.get("/").status_code == 200
 bad = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
 print("TORCH_MODULES", bad)
-sys.exit(1 if bad else 0)
+print("CV2_IMPORTS", sorted(set(NoCv2.tried) | {{m for m in sys.modules if m == "cv2" or m.startswith("cv2.")}}))
+sys.exit(1 if bad or NoCv2.tried else 0)
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "TORCH_MODULES []" in r.stdout
+    assert "TORCH_MODULES []" in r.stdout and "CV2_IMPORTS []" in r.stdout
 
 
-def test_resolve_model_uri(tmp_path, model_files):
+def test_resolve_model_uri(tmp_path, model_files, monkeypatch):
     from kubedistill.errors import UserError
     from kubedistill.serve.resolve import resolve_model_uri
 
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'none.db'}")
     assert resolve_model_uri(str(model_files[1])) == model_files[1].resolve()
-    for uri, needle in [("s3://bucket/m.onnx", "storage integration"), ("models:/det/3", "storage integration"),
-                        ("models:/det@champion", "storage integration"), (str(tmp_path / "nope.onnx"), "does not exist"),
+    for uri, needle in [("models:/det/3", "No MLflow registry at sqlite"), ("models:/det/latest", "not pinned"),
+                        ("models:/det@champion", "No MLflow registry"), (str(tmp_path / "nope.onnx"), "does not exist"),
                         (str(model_files[0]), "export it first")]:
         with pytest.raises(UserError, match=needle):
             resolve_model_uri(uri)
 
 
 def test_cli_serve_user_errors(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "kubedistill", "serve", "--model", "models:/det/1"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "storage integration" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'none.db'}"}
+    r = subprocess.run([sys.executable, "-m", "kubedistill", "serve", "--model", "models:/det/1"], capture_output=True, text=True,
+                       timeout=60, env=env, cwd=tmp_path)
+    assert r.returncode == 2 and "No MLflow registry" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -50,3 +50,14 @@ def test_cli_overrides():
 
 def test_model_is_an_ordinary_option():
     assert train_config(None, model="yolo-s").model == "yolo-s"
+
+
+def test_mlflow_tags_from_text():
+    from kubedistill.config import train_config
+    from kubedistill.errors import ConfigError
+
+    assert train_config(mlflow_tags="{a: b, n: 3}").mlflow_tags == {"a": "b", "n": "3"}
+    assert train_config(mlflow_tags="a=b,c=d=e").mlflow_tags == {"a": "b", "c": "d=e"}
+    assert train_config(mlflow_tags="").mlflow_tags == {}
+    with pytest.raises(ConfigError, match="mlflow_tags"):
+        train_config(mlflow_tags="[1, 2]")

@@ -1,4 +1,4 @@
-"""images.py: RGB uint8 reading, EXIF orientation, odd modes, truncated files."""
+"""images.py: RGB uint8 reading, EXIF orientation, odd modes, truncated files, same pixels as OpenCV."""
 
 from __future__ import annotations
 
@@ -92,3 +92,23 @@ def test_jpeg_with_trailing_bytes_still_reads(tmp_path):
     data = cv2.imencode(".jpg", _pattern(16, 16))[1].tobytes()
     (tmp_path / "x.jpg").write_bytes(data + b"\x00\x00garbage")
     assert read_image(tmp_path / "x.jpg").shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize("fmt", ["cv2.jpg", "pil420.jpg", "pil444.jpg", "grey.jpg", "png"])
+def test_decode_matches_opencv(tmp_path, fmt):
+    """Pillow decodes to the pixels OpenCV's imdecode gave training before the switch (within 1, in practice equal)."""
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:97, 0:131]
+    img = np.clip(np.dstack([x * 1.9, y * 2.5, (x + y) * 1.1]) + rng.normal(0, 20, (97, 131, 3)), 0, 255).astype(np.uint8)
+    f = tmp_path / ("x.png" if fmt == "png" else "x.jpg")
+    if fmt == "cv2.jpg":
+        cv2.imwrite(str(f), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    elif fmt == "grey.jpg":
+        Image.fromarray(img[..., 0]).save(f, quality=90)
+    elif fmt == "png":
+        Image.fromarray(img).save(f)
+    else:
+        Image.fromarray(img).save(f, quality=90, subsampling=2 if fmt == "pil420.jpg" else 0)
+    want = cv2.cvtColor(cv2.imread(str(f), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    got = read_image(f)
+    assert got.shape == want.shape and np.abs(got.astype(int) - want.astype(int)).max() <= 1

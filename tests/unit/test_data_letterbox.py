@@ -81,3 +81,80 @@ def test_torch_free_imports():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- the resize (numpy, no cv2) against OpenCV, which training used before --------------------------------
+def _smooth(h: int, w: int, c: int | None, seed: int) -> np.ndarray:
+    """Noise plus gradients plus a hard-edged block: exercises both flat areas and edges."""
+    rng = np.random.default_rng(seed)
+    shape = (h, w) if c is None else (h, w, c)
+    y, x = np.mgrid[0:h, 0:w]
+    base = (x * 255 / max(1, w - 1) * 0.6 + y * 255 / max(1, h - 1) * 0.3)
+    base = base if c is None else base[:, :, None]
+    img = np.clip(base + rng.normal(0, 25, shape), 0, 255)
+    img[h // 4 : h // 2, w // 3 : w // 2] = 255
+    return img.astype(np.uint8)
+
+
+@pytest.mark.parametrize("src,dst", [
+    ((720, 1280), (360, 640)), ((1080, 1920), (180, 320)), ((427, 640), (43, 64)), ((480, 640), (240, 321)),  # shrink
+    ((300, 200), (97, 64)), ((1000, 13), (64, 1)), ((13, 1000), (1, 64)), ((5, 7), (5, 3)),  # odd shrinks
+    ((48, 64), (480, 640)), ((31, 17), (64, 35)), ((2, 3), (64, 96)), ((1, 1), (9, 9)),  # enlarge
+    ((40, 60), (80, 30)),  # one side grows, the other shrinks: bilinear, as cv2 INTER_LINEAR
+])
+@pytest.mark.parametrize("channels", [3, None])
+def test_resize_matches_cv2_within_one_grey_level(src, dst, channels):
+    cv2 = pytest.importorskip("cv2")  # a dev install has it (train extra); the serve image does not
+    from kubedistill.data.resize import resize
+
+    img = _smooth(*src, channels, seed=src[0] * 7 + src[1])
+    (h, w), (nh, nw) = src, dst
+    interp = cv2.INTER_AREA if nh <= h and nw <= w else cv2.INTER_LINEAR
+    want = cv2.resize(img, (nw, nh), interpolation=interp)
+    got = resize(img, (nw, nh))
+    assert got.shape == want.shape and got.dtype == np.uint8
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_resize_random_sizes_match_cv2():
+    cv2 = pytest.importorskip("cv2")
+    from kubedistill.data.resize import resize
+
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        h, w = (int(v) for v in rng.integers(1, 120, 2))
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)  # pure noise: the worst case for rounding
+        r, (rw, rh), _ = letterbox_params((h, w), int(rng.integers(1, 160)))
+        want = cv2.resize(img, (rw, rh), interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)
+        got = resize(img, (rw, rh))
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, (h, w, rw, rh)
+
+
+def test_resize_keeps_flat_images_flat_and_rejects_bad_input():
+    from kubedistill.data.resize import resize
+
+    img = np.full((37, 53, 3), 200, np.uint8)
+    for size in ((10, 7), (200, 140), (53, 37)):
+        out = resize(img, size)
+        assert out.shape == (size[1], size[0], 3) and (out == 200).all()
+    assert resize(img, (53, 37)) is not img
+    with pytest.raises(ValueError, match="uint8"):
+        resize(img.astype(np.float32), (10, 10))
+    with pytest.raises(ValueError, match="at least 1"):
+        resize(img, (0, 10))
+
+
+def test_letterbox_and_images_need_no_opencv():
+    code = (
+        "import sys\n"
+        "class NoCv2:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'cv2': raise ImportError('no cv2 here')\n"
+        "sys.meta_path.insert(0, NoCv2())\n"
+        "import numpy as np\n"
+        "from kubedistill.data.letterbox import letterbox\n"
+        "from kubedistill.data.images import decode_image\n"
+        "for shape in ((30, 50, 3), (300, 500, 3)):\n"
+        "    assert letterbox(np.zeros(shape, np.uint8), 64)[0].shape == (64, 64, 3)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -140,7 +140,7 @@ def run_serve_benchmark(model: str, *, image: str | None = None, requests: int =
         from kubedistill.serve.model import OnnxDetector
 
         det = OnnxDetector(path, threads=1)
-        data, filename = demo_image_bytes(max(det.imgsz, 640), tuple(det.names)), "demo.jpg"
+        data, filename = demo_image_bytes(max(det.imgsz, 640)), "demo.jpg"
         del det
     local = in_process_times(path, data, threads)
     port = free_port()

@@ -1,10 +1,9 @@
-"""Reading images: RGB uint8, EXIF orientation applied. Torch-free (the inference server uses it).
+"""Reading images: RGB uint8, EXIF orientation applied. Torch-free and OpenCV-free (the inference server uses it).
 
-Decoding goes through OpenCV (fast, handles grey, RGBA and 16-bit input) with its own EXIF handling
-switched off; the orientation tag is read from the header with Pillow and applied here, so that
-`read_image`, `image_size` and `verify_image` agree on every format. Files OpenCV cannot decode, and
-JPEGs without an end marker (possibly truncated: OpenCV would silently return a half-grey picture),
-go through Pillow's full decoder, which raises on truncation.
+Decoding goes through Pillow's full decoder (it raises on truncated files; its libjpeg-turbo gives the
+same pixels as OpenCV's `imdecode`, checked in tests/unit/test_data_images.py), grey, RGBA, palette and
+16-bit input become RGB uint8, and the EXIF orientation tag is applied here, so that `read_image`,
+`image_size` and `verify_image` agree on every format.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -57,35 +55,18 @@ def _orientation(im: Image.Image) -> int:
         return 1
 
 
-_CV2_ORIENT = {
-    2: lambda a: cv2.flip(a, 1),
-    3: lambda a: cv2.rotate(a, cv2.ROTATE_180),
-    4: lambda a: cv2.flip(a, 0),
-    5: lambda a: cv2.transpose(a),
-    6: lambda a: cv2.rotate(a, cv2.ROTATE_90_CLOCKWISE),
-    7: lambda a: cv2.flip(cv2.transpose(a), -1),
-    8: lambda a: cv2.rotate(a, cv2.ROTATE_90_COUNTERCLOCKWISE),
+_ORIENT_FLIPS = {  # after a transpose for 5..8: which axes to reverse
+    2: (slice(None), slice(None, None, -1)), 3: (slice(None, None, -1),) * 2, 4: (slice(None, None, -1),),
+    5: (), 6: (slice(None), slice(None, None, -1)), 7: (slice(None, None, -1),) * 2, 8: (slice(None, None, -1),),
 }
 
 
 def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
     """Apply an EXIF orientation value (1..8) to an HxW[xC] array, as `PIL.ImageOps.exif_transpose` does."""
-    if orientation not in _CV2_ORIENT:
+    if orientation not in _ORIENT_FLIPS:
         return img
-    if img.dtype == np.uint8 and (img.ndim == 2 or img.shape[2] <= 4):
-        out = _CV2_ORIENT[orientation](np.ascontiguousarray(img))
-        return out if out.ndim == img.ndim else out.reshape(*out.shape[:2], img.shape[2])
     t = img.swapaxes(0, 1) if orientation >= 5 else img
-    flips = {2: (slice(None), slice(None, None, -1)), 3: (slice(None, None, -1),) * 2, 4: (slice(None, None, -1),),
-             5: (), 6: (slice(None), slice(None, None, -1)), 7: (slice(None, None, -1),) * 2,
-             8: (slice(None, None, -1),)}[orientation]
-    return np.ascontiguousarray(t[flips])
-
-
-def _jpeg_looks_complete(data: bytes) -> bool:
-    if data[:2] != b"\xff\xd8":
-        return True  # not a JPEG
-    return data.rstrip(b"\x00\r\n \t")[-2:] == b"\xff\xd9"
+    return np.ascontiguousarray(t[_ORIENT_FLIPS[orientation]])
 
 
 def _to_rgb_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
@@ -142,19 +123,7 @@ def decode_image(data: bytes, path: str | Path = "<bytes>") -> np.ndarray:
     path = Path(path)
     if not data:
         raise ImageReadError(f"Image '{path}' is an empty file", "Re-export the file or remove it from the split")
-    img = None
-    if _jpeg_looks_complete(data):
-        buf = np.frombuffer(data, dtype=np.uint8)
-        img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if img is None or img.ndim != 3 or img.shape[0] == 0 or img.shape[1] == 0:
-        return _pil_decode(data, path)
-    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            orientation = _orientation(im)
-    except Exception:
-        orientation = 1
-    return apply_orientation(img, orientation)
+    return _pil_decode(data, path)
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -1,18 +1,22 @@
-"""Letterbox: resize keeping the aspect ratio, pad to a square. numpy + cv2 only, never torch.
+"""Letterbox: resize keeping the aspect ratio, pad to a square. numpy only (no cv2, never torch).
 
 The training data pipeline, validation and the inference server all use these functions, so boxes
 mapped with `boxes_to_letterbox` / `scale_boxes_to_original` match the pixels `letterbox` makes.
 
 Mapping (pixel coordinates, x to the right, y down):  canvas = original * ratio + pad,
 where pad = (left, top) is the integer offset of the resized image on the canvas.
+
+The resize is `kubedistill.data.resize.resize` (cv2's INTER_AREA to shrink, INTER_LINEAR to enlarge,
+reimplemented in numpy), one code path for training and serving: the serving image carries no OpenCV.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import cv2
 import numpy as np
+
+from kubedistill.data.resize import resize
 
 
 def _hw(new_shape: int | tuple[int, int]) -> tuple[int, int]:
@@ -51,8 +55,7 @@ def letterbox(
     nh, nw = _hw(new_shape)
     r, (rw, rh), (left, top) = letterbox_params((h, w), (nh, nw), scaleup)
     if (rw, rh) != (w, h):
-        interp = cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR
-        img = cv2.resize(img, (rw, rh), interpolation=interp)
+        img = resize(img, (rw, rh))  # area filter when shrinking (r < 1), bilinear when enlarging
     if (rw, rh) == (nw, nh):
         return np.ascontiguousarray(img), r, (float(left), float(top))
     channels = img.shape[2] if img.ndim == 3 else None

@@ -7,6 +7,7 @@ from pathlib import Path
 from kubedistill.data.check import check_dataset
 from kubedistill.data.dataset import DetectionDataset, build_dataloader
 from kubedistill.data.dataset_yaml import load_data_yaml
+from kubedistill.data.fetch import resolve_data
 from kubedistill.errors import DataError
 from kubedistill.eval.predictions import write_json_atomic
 from kubedistill.eval.validator import validate
@@ -19,7 +20,7 @@ def run_val(model, data: str | Path, *, imgsz: int = 640, batch: int = 16, devic
     """-> metrics dict (COCO metrics, per-class AP, P/R at best F1, ms/img); also written to `out` if given."""
     from kubedistill.train.dist import select_device
 
-    spec = load_data_yaml(data)
+    spec = load_data_yaml(resolve_data(data))
     if split not in spec.splits:
         raise DataError(f"Split '{split}' is not in {data}", f"Use one of: {', '.join(spec.splits)}")
     report = check_dataset(spec, splits=(split,), min_usable=0.0)

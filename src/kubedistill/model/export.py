@@ -85,7 +85,7 @@ def export_onnx(weights: str | Path, out: str | Path | None = None, *, imgsz: in
     if half and dev.type != "cuda":
         raise UserError("--half exports an fp16 model, which needs a CUDA device to trace", "Drop --half or add --device cuda")
     out = Path(out) if out else Path(weights).with_suffix(".onnx")
-    wrapper = End2End(model, max_det).to(dev)
+    wrapper = End2End(model, max_det).to(dev).eval()
     dtype = torch.float16 if half else torch.float32
     wrapper = wrapper.to(dtype)
     x = torch.from_numpy(_sample_image(imgsz)).to(dev, dtype)

@@ -1,9 +1,9 @@
-"""The inference server: FastAPI app factory `create_app(model_path, ...)`. Never imports torch.
+"""The inference server: FastAPI app factory `create_app(model_path, ...)`. Never imports torch or OpenCV.
 
 Endpoints (docs/serving.md has curl examples):
 
     GET  /                                  page to try the model (?demo=1: runs on /demo.jpg)
-    GET  /demo.jpg                          a synthetic sample image (kubedistill.data.synth)
+    GET  /demo.jpg                          a sample image (shapes on clutter) at the model's size
     POST /v1/detect                         images (multipart, JSON base64 or a raw image body) -> detections
     GET  /v1/model                          model metadata (class names, imgsz, version, ...)
     GET  /metrics                           Prometheus metrics
@@ -200,23 +200,29 @@ def _available_formats() -> tuple[str, ...]:
     return tuple(f for f in IMAGE_FORMATS if f in Image.OPEN)
 
 
+DEMO_SIZE = 320  # side of the packaged sample image, serve/demo.jpg
+
+
 @lru_cache(maxsize=8)
-def demo_image_bytes(imgsz: int, names: tuple[str, ...], seed: int = 0) -> bytes:
-    """A synthetic sample (shapes on clutter) drawn with the model's classes where they are shapes."""
-    import cv2
+def demo_image_bytes(imgsz: int) -> bytes:
+    """The packaged sample image, a JPEG of imgsz x imgsz (at least 32): the demo set's four shapes
+    (circle, square, triangle, cross) on clutter, drawn by `kubedistill.data.synth._make_image` with
+    `np.random.default_rng(24)`, 320 px, min_size=32, max_objects=6 (tests/integration/test_serve.py redraws
+    it), scaled with the letterbox resize. A file rather than a drawing: the server carries no OpenCV."""
+    from importlib.resources import files
 
-    from kubedistill.data.synth import SHAPES, _make_image, _shape_kinds
+    from PIL import Image
 
-    try:
-        kinds = _shape_kinds(list(names)) if names else list(SHAPES[:4])
-    except ValueError:
-        kinds = list(SHAPES[:4])
-    rng = np.random.default_rng(seed)
-    img, _, _ = _make_image(rng, max(32, int(imgsz)), kinds)
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
-    if not ok:  # pragma: no cover
-        raise ServeError(500, "could not encode the demo image")
-    return buf.tobytes()
+    from kubedistill.data.images import decode_image
+    from kubedistill.data.resize import resize
+
+    data = files("kubedistill.serve").joinpath("demo.jpg").read_bytes()
+    size = max(32, int(imgsz))
+    if size == DEMO_SIZE:
+        return data
+    buf = io.BytesIO()
+    Image.fromarray(resize(decode_image(data), (size, size))).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
 
 
 @lru_cache(maxsize=1)
@@ -309,9 +315,7 @@ def create_app(
     @app.get("/demo.jpg", include_in_schema=False)
     async def demo_jpg():
         det = holder.detector
-        imgsz = det.imgsz if det else 320
-        names = tuple(det.names) if det else ()
-        data = await run_in_threadpool(demo_image_bytes, imgsz, names)
+        data = await run_in_threadpool(demo_image_bytes, det.imgsz if det else DEMO_SIZE)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
 
     @app.get("/metrics", include_in_schema=False)

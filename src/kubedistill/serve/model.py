@@ -1,11 +1,11 @@
-"""The served model: an onnxruntime session around an exported end-to-end detector. Never imports torch.
+"""The served model: an onnxruntime session around an exported end-to-end detector. Never imports torch or OpenCV.
 
 `OnnxDetector` loads the file written by `kubedistill export` (input `images` [B, 3, S, S] float 0..1,
 letterboxed RGB; output `detections` [B, K, 6] = x1, y1, x2, y2 in input pixels, score, class,
 sorted by score), reads its metadata and does what `kubedistill predict` does with torch:
 
-    decode (bytes -> RGB uint8, EXIF applied)  ->  letterbox to S (kubedistill.data.letterbox, the
-    training code)  ->  /255, CHW  ->  session.run  ->  keep score > conf, first max_det  ->  map boxes
+    decode (bytes -> RGB uint8, EXIF applied; Pillow)  ->  letterbox to S (kubedistill.data.letterbox, the
+    training code; numpy resize)  ->  /255, CHW  ->  session.run  ->  keep score > conf, first max_det  ->  map boxes
     back to the original image (scale_boxes_to_original) and clip.
 
 One session is shared by all requests (onnxruntime's `run` is thread-safe); `threads` sets its

@@ -1,8 +1,10 @@
 """Where a served model comes from: `resolve_model_uri` turns a --model value into a local file.
 
-This is the one place to extend for remote models. Today only local `.onnx` files are accepted;
-`s3://...` and `models:/NAME/VERSION` / `models:/NAME@ALIAS` (MLflow registry) URIs are recognised
-and refused with a clear message until the storage integration lands.
+This is the one place to extend for remote models. Local `.onnx` files (or a folder holding one) are
+used in place; `s3://bucket/model.onnx` (or a prefix holding one .onnx) is downloaded into the model
+cache, keyed by its ETag. `models:/NAME/VERSION` / `models:/NAME@ALIAS` (MLflow registry, at
+MLFLOW_TRACKING_URI) download the registered version's ONNX model into the same cache; an alias is resolved
+once, at start, so a running server never changes model under its clients.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ def resolve_model_uri(uri: str | Path) -> Path:
     m = _REMOTE.match(text)
     if m:
         scheme = m.group(1).lower()
-        if scheme in ("s3", "models"):
-            raise UserError(
-                f"--model '{text}': {scheme}:// URIs arrive with the MLflow/S3 storage integration and are not supported yet",
-                "Download the .onnx file and pass its local path",
-            )
-        raise UserError(f"--model '{text}': {scheme}:// URIs are not supported", "Pass a local .onnx file")
+        if scheme == "s3":
+            text = str(_fetch_s3_model(text))
+        elif scheme == "models":
+            from kubedistill.cache import cache_dir
+            from kubedistill.track.registry import fetch_model
+
+            text = str(fetch_model(text, cache_dir("models"), kind="onnx"))
+        else:
+            raise UserError(f"--model '{text}': {scheme}:// URIs are not supported", "Pass a local .onnx file")
     path = Path(text).expanduser()
     if not path.exists():
         raise UserError(f"Model '{path}' does not exist", "Export one with `kubedistill export --weights best.pt`")
@@ -44,3 +49,24 @@ def resolve_model_uri(uri: str | Path) -> Path:
     if path.stat().st_size == 0:
         raise UserError(f"Model '{path}' is an empty file", "Export it again")
     return path.resolve()
+
+
+def _fetch_s3_model(uri: str) -> Path:
+    """s3://bucket/model.onnx (or a prefix holding exactly one .onnx) -> its copy in the model cache.
+
+    The cache ($KUBEDISTILL_CACHE/models, default ~/.cache/kubedistill/models) is keyed by the URI and the
+    object's ETag: an unchanged object is not downloaded again, a changed one is.
+    """
+    from kubedistill.cache import cache_dir
+    from kubedistill.storage import download_cached, join_uri, list_files
+
+    if not uri.lower().endswith(".onnx"):
+        files = list_files(uri)
+        one_object = len(files) == 1 and not uri.endswith("/") and uri.endswith("/" + files[0].rel)
+        if not one_object:
+            found = [f.rel for f in files if f.rel.lower().endswith(".onnx") and "/" not in f.rel]
+            if len(found) != 1:
+                what = "no .onnx file" if not found else f"{len(found)} .onnx files"
+                raise UserError(f"Model folder '{uri}' holds {what}", "Pass the .onnx object itself")
+            uri = join_uri(uri, found[0])
+    return download_cached(uri, cache_dir("models"))

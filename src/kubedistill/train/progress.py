@@ -10,14 +10,14 @@ import time
 LOGGER = logging.getLogger("kubedistill")
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    """Plain 'message' lines on stdout for the kubedistill logger, once."""
-    if not LOGGER.handlers:
-        h = logging.StreamHandler(sys.stdout)
+def setup_logging(level: int = logging.INFO, *, logger: logging.Logger = LOGGER, stream=None) -> None:
+    """Plain 'message' lines for `logger` (default: the kubedistill logger, on stdout), set up once."""
+    if not logger.handlers:
+        h = logging.StreamHandler(stream or sys.stdout)
         h.setFormatter(logging.Formatter("%(message)s"))
-        LOGGER.addHandler(h)
-        LOGGER.propagate = False
-    LOGGER.setLevel(level)
+        logger.addHandler(h)
+        logger.propagate = False
+    logger.setLevel(level)
 
 
 def _fmt(postfix: dict) -> str:

@@ -32,6 +32,7 @@ from kubedistill.config import TrainConfig
 from kubedistill.data.check import check_dataset
 from kubedistill.data.dataset import DetectionDataset, build_dataloader
 from kubedistill.data.dataset_yaml import load_data_yaml
+from kubedistill.data.fetch import resolve_data
 from kubedistill.errors import ConfigError, UserError
 from kubedistill.eval.predictions import write_json_atomic
 from kubedistill.eval.validator import validate
@@ -45,7 +46,8 @@ from kubedistill.train.optim import build_optimizer
 from kubedistill.train.progress import LOGGER, Progress, setup_logging
 from kubedistill.train.schedule import LRSchedule
 
-CALLBACK_EVENTS = ("on_train_start", "on_train_epoch_end", "on_fit_epoch_end", "on_model_save", "on_fit_end")
+# on_train_end always runs last, also after a failure or an interrupt (trainer.error holds the exception, else None)
+CALLBACK_EVENTS = ("on_train_start", "on_train_epoch_end", "on_fit_epoch_end", "on_model_save", "on_fit_end", "on_train_end")
 MAX_NONFINITE = 10
 GRAD_CLIP = 10.0
 
@@ -98,6 +100,9 @@ class Trainer:
         self.loss_history: dict[str, list[float]] = defaultdict(list)
         self.health_said: set[str] = set()
         self.plot_files: dict[str, Path] = {}
+        self.error: BaseException | None = None
+        self.teacher_source: str | None = None
+        self.resumed = False
 
     # ----------------------------------------------------------------------------- extension points
     def add_callback(self, event: str, fn: Callable) -> None:
@@ -129,7 +134,16 @@ class Trainer:
         if self.cfg.distill_model:
             from kubedistill.train.distill import FeatureDistiller
 
-            self.distiller = FeatureDistiller(self.cfg.distill_model, self.model, self.cfg.dis, self.device)
+            teacher = self.cfg.distill_model
+            self.teacher_source = teacher
+            if teacher.startswith("models:/"):  # a registered teacher: its checkpoint, fetched once into the cache
+                from kubedistill.cache import cache_dir
+                from kubedistill.track.registry import fetch_model
+                from kubedistill.track.settings import resolve_uri
+
+                uri = resolve_uri(self.cfg.mlflow_uri, self.cfg.project)[0]
+                teacher = str(fetch_model(teacher, cache_dir("models"), kind="pt", tracking_uri=uri))
+            self.distiller = FeatureDistiller(teacher, self.model, self.cfg.dis, self.device)
             if self.main:
                 LOGGER.info(f"distilling from teacher {self.cfg.distill_model} (yolo-{self.distiller.teacher.scale}), dis={self.cfg.dis}")
 
@@ -152,9 +166,10 @@ class Trainer:
         # Where it runs may change on resume; what it trains may not.
         for key in ("device", "workers", "verbose"):
             args[key] = getattr(cfg, key)
-        args.update(resume=False, exist_ok=True)
+        args.update(resume=False, exist_ok=True, mlflow=args.get("mlflow", False) or cfg.mlflow)
         self.cfg = TrainConfig(**args)
         self.save_dir = last.parent.parent
+        self.resumed = True
         if ckpt["epoch"] + 1 >= self.cfg.epochs:
             raise UserError(f"Run in '{self.save_dir}' already finished all {self.cfg.epochs} epochs", "Start a new run instead of resume")
         return ckpt
@@ -176,7 +191,7 @@ class Trainer:
             atomic_write_text(self.save_dir / "args.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
 
         # data: check first, skip what is bad, stop only when too little is usable
-        self.spec = load_data_yaml(cfg.data)
+        self.spec = load_data_yaml(resolve_data(cfg.data))  # s3:// prefixes and archives: fetched into the cache first
         report = check_dataset(self.spec, splits=("train", "val"), min_usable=cfg.min_usable)
         if self.main:
             report.write(self.save_dir / "data_check.json")
@@ -271,10 +286,16 @@ class Trainer:
             self._setup()
             self.run_callbacks("on_train_start")
             self._fit()
+        except BaseException as e:
+            self.error = e
+            raise
         finally:
-            if self.distiller is not None:
-                self.distiller.close()
-            du.cleanup()
+            try:
+                self.run_callbacks("on_train_end")
+            finally:
+                if self.distiller is not None:
+                    self.distiller.close()
+                du.cleanup()
         return self.results()
 
     def results(self) -> dict:

@@ -1,0 +1,208 @@
+"""Wait for Deployments to roll out, with the Kubernetes Python client; say why when they do not.
+
+A Deployment is rolled out when its controller has seen the newest spec (observedGeneration), every
+replica runs the new pod template (updatedReplicas), no old replica is left (replicas) and the new
+ones are ready and available (readyReplicas, availableReplicas): the checks `kubectl rollout
+status` makes. It has failed when its Progressing condition says ProgressDeadlineExceeded, when a
+pod cannot start for a reason that does not go away by itself (a bad image name, a missing
+Secret), when a container keeps crashing, or when an image cannot be pulled for `pull_grace`
+seconds. The pods' own words (waiting reasons, the last lines a crashed container wrote) go into
+the reason.
+
+`apps` is a `kubernetes.client.AppsV1Api` (read_namespaced_deployment_status) and `core` a
+`CoreV1Api` (list_namespaced_pod); tests pass objects that answer with recorded API responses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+log = logging.getLogger("kubedistill.deploy")
+
+FATAL_WAITING = {"InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError", "CreateContainerError"}
+PULL_WAITING = {"ErrImagePull", "ImagePullBackOff"}
+CRASH_WAITING = {"CrashLoopBackOff"}
+RETRY_STATUS = {0, 404, 408, 409, 429, 500, 502, 503, 504}  # 404: the Deployment may not be visible yet
+
+
+@dataclass
+class RolloutResult:
+    ok: bool
+    reason: str
+    states: dict[str, str] = field(default_factory=dict)  # Deployment name -> last progress message
+    seconds: float = 0.0
+
+
+def deployment_progress(dep) -> tuple[str, str]:
+    """("done" | "waiting" | "failed", message) for a V1Deployment."""
+    meta, spec, st = dep.metadata, dep.spec, dep.status
+    name = meta.name
+    if st is None or (st.observed_generation or 0) < (meta.generation or 0):
+        return "waiting", f"{name}: waiting for the controller to see generation {meta.generation}"
+    for c in st.conditions or []:
+        if c.type == "Progressing" and c.reason == "ProgressDeadlineExceeded":
+            return "failed", f"{name}: {c.message or 'progress deadline exceeded'}"
+    want = 1 if spec.replicas is None else spec.replicas
+    updated, total = st.updated_replicas or 0, st.replicas or 0
+    ready, available = st.ready_replicas or 0, st.available_replicas or 0
+    if updated < want:
+        return "waiting", f"{name}: {updated} of {want} replicas updated"
+    if total > updated:
+        return "waiting", f"{name}: {total - updated} old replica(s) still running"
+    if ready < want or available < want:
+        return "waiting", f"{name}: {min(ready, available)} of {want} updated replicas ready and available"
+    return "done", f"{name}: {want} of {want} replicas updated, ready and available"
+
+
+@dataclass
+class PodProblem:
+    pod: str
+    container: str
+    reason: str
+    message: str
+    restarts: int = 0
+
+    def __str__(self) -> str:
+        extra = f" after {self.restarts} restart{'s' if self.restarts != 1 else ''}" if self.restarts else ""
+        msg = " ".join(self.message.split())[-300:] if self.message else ""
+        return f"pod {self.pod}: {self.container}: {self.reason}{extra}" + (f": {msg}" if msg else "")
+
+
+def pod_problems(pods) -> list[PodProblem]:
+    """What keeps the pods of a V1PodList from running: waiting reasons, crashes, scheduling."""
+    out = []
+    for pod in pods.items or []:
+        name = pod.metadata.name
+        st = pod.status
+        if st is None:
+            continue
+        for c in st.conditions or []:
+            if c.type == "PodScheduled" and c.status == "False" and c.reason:
+                out.append(PodProblem(name, "-", c.reason, c.message or ""))
+        for cs in list(st.init_container_statuses or []) + list(st.container_statuses or []):
+            waiting = cs.state.waiting if cs.state else None
+            if waiting is None or not waiting.reason or waiting.reason in ("ContainerCreating", "PodInitializing"):
+                continue
+            msg = waiting.message or ""
+            last = cs.last_state.terminated if cs.last_state else None
+            if last is not None:  # the crashed run: exit code and the last lines it wrote (FallbackToLogsOnError)
+                said = (last.message or "").strip()
+                msg = f"last exit code {last.exit_code} ({last.reason or 'terminated'})" + (f": {said}" if said else "")
+            out.append(PodProblem(name, cs.name, waiting.reason, msg, cs.restart_count or 0))
+    return out
+
+
+def selector_string(dep) -> str:
+    labels = (dep.spec.selector.match_labels or {}) if dep.spec and dep.spec.selector else {}
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _api_status(e: Exception) -> int | None:
+    """The HTTP status of a kubernetes ApiException (0 for no response), None for anything else."""
+    try:
+        from kubernetes.client.exceptions import ApiException
+    except ImportError:  # pragma: no cover - the deploy extra is installed with kubernetes
+        return None
+    return (e.status or 0) if isinstance(e, ApiException) else None
+
+
+def _transient(e: Exception) -> bool:
+    status = _api_status(e)
+    if status is not None:
+        return status in RETRY_STATUS
+    try:
+        import urllib3
+
+        if isinstance(e, urllib3.exceptions.HTTPError):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(e, (OSError, TimeoutError))
+
+
+def _short(e: Exception) -> str:
+    """"403 Forbidden (deployments.apps ... is forbidden: ...)" from an ApiException and its Status body."""
+    status = _api_status(e)
+    if status is None:
+        return f"{type(e).__name__}: {e}"
+    said = ""
+    try:
+        said = json.loads(e.body or "{}").get("message", "")
+    except (ValueError, TypeError, AttributeError):
+        pass
+    return " ".join(x for x in (str(status), getattr(e, "reason", "") or "", f"({said})" if said else "") if x)
+
+
+def wait_for_rollout(apps, core, namespace: str, names: list[str], *, timeout: float = 300.0, poll: float = 2.0,
+                     crash_restarts: int = 3, pull_grace: float = 60.0, clock: Callable[[], float] = time.monotonic,
+                     sleep: Callable[[float], None] = time.sleep) -> RolloutResult:
+    """Poll every `poll` seconds until all `names` are rolled out, one has failed, or `timeout` passes."""
+    start = clock()
+    deadline = start + timeout
+    states: dict[str, str] = {n: "not read yet" for n in names}
+    pull_seen: dict[tuple[str, str], float] = {}
+    last_error = ""
+    last_logged = ""
+    while True:
+        now = clock()
+        done, problems = 0, []
+        for name in names:
+            try:
+                dep = apps.read_namespaced_deployment_status(name, namespace)
+                pods = core.list_namespaced_pod(namespace, label_selector=selector_string(dep))
+            except Exception as e:  # the API server: retry what may pass, stop on the rest (e.g. 403)
+                if not _transient(e):
+                    return RolloutResult(False, f"cannot read Deployment {name}: {_short(e)}", states, now - start)
+                last_error = f"reading {name}: {_short(e)}"
+                states[name] = f"{name}: not readable ({_short(e)})"
+                continue
+            state, msg = deployment_progress(dep)
+            states[name] = msg
+            if state == "failed":
+                return RolloutResult(False, "; ".join([msg] + [str(p) for p in pod_problems(pods)][:3]), states, now - start)
+            if state == "done":
+                done += 1
+                continue
+            for p in pod_problems(pods):
+                problems.append(p)
+                if p.reason in FATAL_WAITING or (p.reason in CRASH_WAITING and p.restarts >= crash_restarts):
+                    return RolloutResult(False, f"{msg}; {p}", states, now - start)
+                if p.reason in PULL_WAITING:
+                    first = pull_seen.setdefault((p.pod, p.container), now)
+                    if now - first >= pull_grace:
+                        return RolloutResult(False, f"{msg}; {p} (for {now - first:.0f} s)", states, now - start)
+        if done == len(names):
+            return RolloutResult(True, "; ".join(states[n] for n in names), states, now - start)
+        line = "; ".join(states[n] for n in names)
+        if line != last_logged:
+            log.info("rollout: %s", line)
+            last_logged = line
+        if now >= deadline:
+            why = [f"timed out after {timeout:.0f} s", line] + [str(p) for p in problems[:3]]
+            if last_error:
+                why.append(f"last API error: {last_error}")
+            return RolloutResult(False, "; ".join(why), states, now - start)
+        sleep(max(0.0, min(poll, deadline - now)))
+
+
+def kube_clients(kubeconfig: str | None = None, context: str | None = None):
+    """(AppsV1Api, CoreV1Api) from a kubeconfig (KUBECONFIG, ~/.kube/config) or, inside a pod, its service account."""
+    import os
+
+    from kubernetes import client, config
+
+    from kubedistill.errors import UserError
+
+    try:
+        if kubeconfig or context or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            api = config.new_client_from_config(config_file=kubeconfig, context=context)
+        else:
+            config.load_incluster_config()
+            api = client.ApiClient()
+    except (config.ConfigException, OSError) as e:
+        raise UserError(f"No usable Kubernetes configuration: {e}", "Set KUBECONFIG or pass --kubeconfig / --kube-context") from None
+    return client.AppsV1Api(api), client.CoreV1Api(api)

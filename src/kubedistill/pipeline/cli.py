@@ -1,0 +1,205 @@
+"""The pipeline's commands (`kubedistill run`, `kubedistill pipeline ...`, `kubedistill schedule ...`), added to the
+main CLI by `add_pipeline_commands(app)`. Only typer is imported here; kfp and the rest load when a command runs."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from kubedistill.errors import UserError
+
+pipeline_app = typer.Typer(no_args_is_help=True, help="The Kubeflow pipeline: compile, upload, submit, list its parameters.")
+schedule_app = typer.Typer(no_args_is_help=True, help="Recurring runs of the pipeline, declared in a schedules.yaml (docs/pipeline.md).")
+
+_HOST = typer.Option(None, "--host", envvar="KF_PIPELINES_ENDPOINT", help="KFP endpoint URL (in a pod: the in-cluster service).")
+_NS = typer.Option(None, "--namespace", envvar="KFP_NAMESPACE", help="Kubeflow profile namespace (multi-user Kubeflow).")
+_TOKEN = typer.Option(None, "--token", envvar="KFP_TOKEN", help="Bearer token for the endpoint.")
+_SA = typer.Option(None, "--sa-token", envvar="KFP_SA_TOKEN_PATH", help="Service-account token file (projected; re-read on each call).")
+_PACKAGE_HELP = "Compiled pipeline (default: pipelines/compiled/training.yaml if present, else compiled now)."
+
+
+def _echo_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _client(host, namespace, token, sa_token):
+    from kubedistill.pipeline.kfp_client import Endpoint, connect
+
+    return connect(Endpoint(host=host, namespace=namespace, token=token, sa_token_path=str(sa_token) if sa_token else None))
+
+
+def _package(package: Optional[Path], tmp: str) -> Path:
+    from kubedistill.pipeline.kfp_client import DEFAULT_PACKAGE, compile_pipeline
+
+    if package is not None:
+        if not package.is_file():
+            raise UserError(f"Pipeline package '{package}' does not exist", "Run `kubedistill pipeline compile` or fix --package")
+        return package
+    if DEFAULT_PACKAGE.is_file():
+        return DEFAULT_PACKAGE
+    return compile_pipeline(Path(tmp) / "training.yaml")
+
+
+def _values(params_file: Optional[Path], assignments: List[str], package: Optional[Path]) -> dict:
+    from kubedistill.pipeline.params import check_params, parse_assignments, pipeline_parameters, read_params_file
+
+    raw = dict(read_params_file(params_file)) if params_file else {}
+    raw.update(parse_assignments(assignments))
+    return check_params(raw, pipeline_parameters(package))
+
+
+def run_cmd(
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset URI (folder, data.yaml, s3://, archive; default: the built-in demo)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of pipeline parameters (`kubedistill pipeline params` lists them)."),
+    sets: List[str] = typer.Option([], "--set", help="Pipeline parameter NAME=VALUE (repeatable; after --config)."),
+    out: Path = typer.Option(Path("runs/pipeline"), "--out", help="Folder for step outputs, MLflow (sqlite), datasets and logs."),
+):
+    """Run the Kubeflow pipeline here through kfp.local: demo data and small settings unless told otherwise."""
+    from kubedistill.pipeline.local import LOCAL_DEFAULTS, run_local
+    from kubedistill.pipeline.params import check_params, parse_assignments, pipeline_parameters, read_params_file
+
+    values = dict(LOCAL_DEFAULTS)
+    if config:
+        values.update(read_params_file(config))
+    if data:
+        values["dataset_uri"] = data
+    values.update(parse_assignments(sets))
+    params = check_params(values, pipeline_parameters())
+    res = run_local(params, out, echo=typer.echo)
+    typer.echo("")
+    for line in res["summary"]:
+        typer.echo(line)
+
+
+@pipeline_app.command("compile")
+def compile_cmd(
+    out: Path = typer.Option(Path("pipelines/compiled/training.yaml"), "--out", help="Where to write the pipeline YAML."),
+    components_dir: Optional[Path] = typer.Option(None, "--components-dir", help="Also write each step's component YAML here."),
+):
+    """Compile the pipeline to a YAML package (what `upload` sends; committed under pipelines/compiled/)."""
+    from kubedistill.pipeline.kfp_client import compile_components, compile_pipeline
+
+    typer.echo(f"wrote {compile_pipeline(out)}")
+    if components_dir:
+        typer.echo(f"wrote {len(compile_components(components_dir))} component specs in {components_dir}")
+
+
+@pipeline_app.command("params")
+def params_cmd(package: Optional[Path] = typer.Option(None, "--package", help="Compiled pipeline (default: the one in this kubedistill).")):
+    """List the pipeline's parameters: name, type, default, description."""
+    from kubedistill.pipeline.params import pipeline_parameters
+
+    for name, p in pipeline_parameters(package).items():
+        typer.echo(f"{name} ({p['type'].lower()}, default {json.dumps(p['default'])}): {p['description']}")
+
+
+@pipeline_app.command("upload")
+def upload_cmd(
+    package: Optional[Path] = typer.Option(None, "--package", help=_PACKAGE_HELP),
+    name: str = typer.Option("kubedistill-training", "--name", help="Pipeline name in the dashboard."),
+    version: Optional[str] = typer.Option(None, "--version", help="Version name (default: v<kubedistill version>-<content hash>)."),
+    description: str = typer.Option("", "--description", help="Description (default: the pipeline's)."),
+    host: Optional[str] = _HOST, namespace: Optional[str] = _NS, token: Optional[str] = _TOKEN, sa_token: Optional[Path] = _SA,
+):
+    """Create the pipeline (first time) and a new version of it; the same content twice is not uploaded again."""
+    from kubedistill.pipeline.kfp_client import upload
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pkg = _package(package, tmp)
+        res = upload(_client(host, namespace, token, sa_token), pkg, name=name, version=version, description=description,
+                     namespace=namespace)
+    _echo_json(res)
+
+
+@pipeline_app.command("submit")
+def submit_cmd(
+    param: List[str] = typer.Option([], "--param", help="Pipeline parameter NAME=VALUE (repeatable)."),
+    params_file: Optional[Path] = typer.Option(None, "--params-file", help="YAML file of pipeline parameters (--param wins)."),
+    experiment: str = typer.Option("kubedistill", "--experiment", help="Experiment (made on first use)."),
+    run_name: Optional[str] = typer.Option(None, "--run-name", help="Run name (default: pipeline name and time)."),
+    name: str = typer.Option("kubedistill-training", "--name", help="Pipeline name (runs an uploaded version)."),
+    version: Optional[str] = typer.Option(None, "--version", help="Version name (default: the newest)."),
+    package: Optional[Path] = typer.Option(None, "--package", help="Run this compiled YAML instead of an uploaded version."),
+    caching: Optional[bool] = typer.Option(None, "--caching/--no-caching", help="Override the steps' caching for this run."),
+    service_account: Optional[str] = typer.Option(None, "--service-account", help="Kubernetes service account of the run."),
+    host: Optional[str] = _HOST, namespace: Optional[str] = _NS, token: Optional[str] = _TOKEN, sa_token: Optional[Path] = _SA,
+):
+    """Start a run of the pipeline (the newest uploaded version unless told otherwise)."""
+    from kubedistill.pipeline.kfp_client import submit
+
+    values = _values(params_file, param, package)
+    res = submit(_client(host, namespace, token, sa_token), params=values, experiment=experiment, run_name=run_name, pipeline_name=name,
+                 version=version, package=package, namespace=namespace, enable_caching=caching, service_account=service_account)
+    _echo_json(res)
+
+
+def _experiment(experiment: Optional[str], file: Optional[Path]) -> str:
+    if experiment:
+        return experiment
+    if file:
+        from kubedistill.pipeline.schedule import load_schedules
+
+        return load_schedules(file).experiment
+    return "kubedistill"
+
+
+_FILE = typer.Option(None, "--file", "-f", help="schedules.yaml (its experiment is used).")
+_EXP = typer.Option(None, "--experiment", help="Experiment holding the recurring runs (default: the file's, else kubedistill).")
+
+
+@schedule_app.command("apply")
+def schedule_apply(
+    file: Path = typer.Option(..., "--file", "-f", help="schedules.yaml"),
+    prune: bool = typer.Option(False, "--prune", help="Delete kubedistill-made recurring runs the file no longer lists."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would change; change nothing."),
+    package: Optional[Path] = typer.Option(None, "--package", help="Check parameters against this compiled pipeline."),
+    host: Optional[str] = _HOST, namespace: Optional[str] = _NS, token: Optional[str] = _TOKEN, sa_token: Optional[Path] = _SA,
+):
+    """Make the recurring runs match the file: create, replace changed ones (delete + create), leave unchanged ones alone."""
+    from kubedistill.pipeline.schedule import apply, load_schedules
+
+    spec = load_schedules(file, package)
+    apply(_client(host, namespace, token, sa_token), spec, prune=prune, dry_run=dry_run, namespace=namespace, echo=typer.echo)
+
+
+@schedule_app.command("list")
+def schedule_list(
+    experiment: Optional[str] = _EXP, file: Optional[Path] = _FILE,
+    host: Optional[str] = _HOST, namespace: Optional[str] = _NS, token: Optional[str] = _TOKEN, sa_token: Optional[Path] = _SA,
+):
+    """The experiment's recurring runs: trigger, enabled, whether kubedistill manages them, parameters."""
+    from kubedistill.pipeline.schedule import list_schedules
+
+    _echo_json(list_schedules(_client(host, namespace, token, sa_token), _experiment(experiment, file), namespace))
+
+
+@schedule_app.command("delete")
+def schedule_delete(
+    name: str = typer.Argument(..., help="Recurring run name."), experiment: Optional[str] = _EXP, file: Optional[Path] = _FILE,
+    host: Optional[str] = _HOST, namespace: Optional[str] = _NS, token: Optional[str] = _TOKEN, sa_token: Optional[Path] = _SA,
+):
+    """Delete one recurring run (by name)."""
+    from kubedistill.pipeline.schedule import delete
+
+    _echo_json(delete(_client(host, namespace, token, sa_token), _experiment(experiment, file), name, namespace))
+
+
+@schedule_app.command("trigger")
+def schedule_trigger(
+    name: str = typer.Argument(..., help="Recurring run name."), experiment: Optional[str] = _EXP, file: Optional[Path] = _FILE,
+    host: Optional[str] = _HOST, namespace: Optional[str] = _NS, token: Optional[str] = _TOKEN, sa_token: Optional[Path] = _SA,
+):
+    """Start one run now with the schedule's pipeline version and parameters."""
+    from kubedistill.pipeline.schedule import trigger
+
+    _echo_json(trigger(_client(host, namespace, token, sa_token), _experiment(experiment, file), name, namespace))
+
+
+def add_pipeline_commands(app: typer.Typer) -> None:
+    app.command("run")(run_cmd)
+    app.add_typer(pipeline_app, name="pipeline")
+    app.add_typer(schedule_app, name="schedule")

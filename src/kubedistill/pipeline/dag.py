@@ -1,0 +1,188 @@
+"""The Kubeflow pipeline: prepare_data -> check_unchanged -> train_teacher -> distill_student -> evaluate ->
+register -> promotion_gate -> deploy, inside an exit handler that closes the MLflow run.
+
+    prepare_data ─ check_unchanged ─┬─ (data changed or skip_if_unchanged off)
+                                    │   importer(dataset by fingerprint) ─ train_teacher ─ distill_student
+                                    │   ─ evaluate ─ register ─ promotion_gate ─┬─ (promoted) ─┬─ (deploy on) ─ deploy
+    finish_tracking (exit handler: always runs last)
+
+The same function runs on a cluster (compiled: `kubedistill pipeline compile`, committed as
+pipelines/compiled/training.yaml) and locally (`kubedistill run`, through kfp.local). Locally the Kubernetes
+settings (resources, GPU, PVC, Secrets, node selector, tolerations, retries) are ignored by kfp.local;
+everything else, conditions included, runs as on the cluster.
+
+Conditions test the return value of a step (`task.outputs["Output"]`): kfp 2.17's local runner resolves only those in a
+dsl.If; it cannot resolve a named output of a multi-output step there.
+
+No `from __future__ import annotations` here: KFP reads the pipeline's real parameter annotations.
+"""
+
+from kfp import dsl, kubernetes
+
+from kubedistill.pipeline import PIPELINE_NAME
+from kubedistill.pipeline.prepare import PVC_CACHE
+from kubedistill.pipeline.components import (
+    check_unchanged,
+    deploy,
+    distill_student,
+    evaluate,
+    finish_tracking,
+    prepare_data,
+    promotion_gate,
+    register,
+    train_teacher,
+)
+
+# Cluster settings (docs/pipeline.md says how to create these).
+S3_SECRET = "kubedistill-s3"
+MLFLOW_SECRET = "kubedistill-mlflow"
+S3_REQUIRED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_OPTIONAL = ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION")
+MLFLOW_REQUIRED = ("MLFLOW_TRACKING_URI",)
+MLFLOW_OPTIONAL = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+CACHE_PVC = "kubedistill-dataset-cache"
+CACHE_MOUNT = PVC_CACHE  # prepare_data keeps fetched datasets there when it is mounted
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_NODE_LABEL = ("nvidia.com/gpu.present", "true")
+RUN_ID_ENV = "KUBEDISTILL_PIPELINE_RUN_ID"
+RUN_ID_FIELD = "metadata.labels['pipeline/runid']"  # KFP labels every pod of a run with its run id
+
+# Per step: (cpu request, cpu limit, memory request, memory limit, gpus, retries).
+RESOURCES = {
+    "prepare-data": ("1", "4", "2Gi", "8Gi", 0, 3),
+    "check-unchanged": ("250m", "1", "512Mi", "2Gi", 0, 2),
+    "train-teacher": ("4", "8", "16Gi", "32Gi", 1, 0),
+    "distill-student": ("4", "8", "16Gi", "32Gi", 1, 0),
+    "evaluate": ("2", "8", "8Gi", "16Gi", 1, 0),
+    "register": ("500m", "2", "2Gi", "4Gi", 0, 3),
+    "promotion-gate": ("2", "8", "8Gi", "16Gi", 1, 2),  # scores champion and candidate on the val split
+    "deploy": ("250m", "1", "512Mi", "1Gi", 0, 1),
+    "finish-tracking": ("100m", "500m", "256Mi", "1Gi", 0, 2),
+}
+CACHED = ("train-teacher", "distill-student", "evaluate")  # keyed on the dataset (by fingerprint) and the config
+
+
+def configure(task: dsl.PipelineTask, step: str, *, s3: bool = True, mlflow: bool = True, pvc: bool = False,
+              retry: bool = True) -> dsl.PipelineTask:
+    """Resources, GPU scheduling, Secrets as env, retries and caching for one step (see RESOURCES)."""
+    cpu, cpu_max, mem, mem_max, gpus, retries = RESOURCES[step]
+    task.set_cpu_request(cpu).set_cpu_limit(cpu_max).set_memory_request(mem).set_memory_limit(mem_max)
+    if gpus:
+        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
+        kubernetes.add_node_selector(task, *GPU_NODE_LABEL)
+        kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+    if retries and retry:
+        task.set_retry(num_retries=retries, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
+    task.set_caching_options(step in CACHED)
+    if s3:
+        kubernetes.use_secret_as_env(task, S3_SECRET, {k: k for k in S3_REQUIRED})
+        kubernetes.use_secret_as_env(task, S3_SECRET, {k: k for k in S3_OPTIONAL}, optional=True)
+    if mlflow:
+        kubernetes.use_secret_as_env(task, MLFLOW_SECRET, {k: k for k in MLFLOW_REQUIRED})
+        kubernetes.use_secret_as_env(task, MLFLOW_SECRET, {k: k for k in MLFLOW_OPTIONAL}, optional=True)
+        kubernetes.use_field_path_as_env(task, RUN_ID_ENV, RUN_ID_FIELD)
+    if pvc:
+        kubernetes.mount_pvc(task, pvc_name=CACHE_PVC, mount_path=CACHE_MOUNT)
+    return task.set_display_name(step.replace("-", " "))
+
+
+def make_pipeline(*, retries: bool = True):
+    """The pipeline function; `retries=False` (what `kubedistill run` uses) leaves out the retry policies, so a
+    local mistake fails at once instead of after minutes of backoff. Nothing else differs."""
+
+    @dsl.pipeline(name=PIPELINE_NAME, description="Train a teacher, distill a small student from it, evaluate both, register the "
+                  "student in MLflow, promote it if it is not worse than the champion, and optionally roll it out with Helm.")
+    def training_pipeline(
+        dataset_uri: str = "demo",
+        class_names: str = "",
+        imgsz: int = 640,
+        teacher_model: str = "yolo-s",
+        teacher_epochs: int = 100,
+        teacher_uri: str = "",
+        student_model: str = "yolo-n",
+        student_epochs: int = 100,
+        dis: float = 6.0,
+        optimizer: str = "auto",
+        lr0: float = 0.01,
+        lrf: float = 0.01,
+        label_smoothing: float = 0.0,
+        box_loss: str = "ciou",
+        cls_loss: str = "bce",
+        extra_config: dict = {},
+        registered_model_name: str = "kubedistill-student",
+        promotion_metric: str = "mAP50-95",
+        promotion_min_delta: float = 0.0,
+        deploy_model: bool = False,
+        release: str = "kubedistill",
+        namespace: str = "kubedistill",
+        skip_if_unchanged: bool = False,
+        dataset_store: str = "",
+        mlflow_experiment: str = "kubedistill",
+    ):
+        """Teacher -> distilled student -> evaluation -> registry -> promotion gate -> Helm rollout.
+
+        Args:
+            dataset_uri: The dataset: a data.yaml or folder, an s3:// prefix, a .zip/.tar archive (local or s3://), or 'demo' (the built-in synthetic set; demo?train=160&val=40&imgsz=96&classes=2 sets its size).
+            class_names: Comma-separated class names. For 'demo' they choose the shapes; otherwise, when given, they must equal the dataset's names. Empty: the dataset's own.
+            imgsz: Training and evaluation image size (a multiple of 32).
+            teacher_model: Teacher scale: yolo-n, yolo-s, yolo-m or yolo-l.
+            teacher_epochs: Teacher training epochs.
+            teacher_uri: A registered teacher (models:/NAME/VERSION or models:/NAME@ALIAS): used as is, no teacher training. Empty: train one.
+            student_model: Student scale (smaller than the teacher): yolo-n, yolo-s, yolo-m or yolo-l.
+            student_epochs: Student training epochs.
+            dis: Distillation loss gain (0 turns distillation off).
+            optimizer: SGD, AdamW, MuSGD or auto.
+            lr0: Initial learning rate.
+            lrf: Final learning rate as a fraction of lr0.
+            label_smoothing: Classification target smoothing (0 to <1).
+            box_loss: Box loss: iou, giou, diou, ciou, eiou, siou, wiou, alpha_iou, or a plugin.
+            cls_loss: Class loss: bce, focal, varifocal, qfl, ghm, or a plugin.
+            extra_config: Any other training options as a JSON object, e.g. {"batch": 32, "mosaic": 0.5} (the names of `kubedistill train --help`).
+            registered_model_name: Name of the student in the MLflow model registry.
+            promotion_metric: Metric of the promotion gate: mAP50-95, mAP50, mAP75, AP_small, AP_medium, AP_large, precision, recall or f1.
+            promotion_min_delta: The new version must reach the champion's score plus this to be promoted.
+            deploy_model: Roll the promoted version out with the Helm chart.
+            release: Helm release name for the rollout.
+            namespace: Kubernetes namespace of the rollout.
+            skip_if_unchanged: For scheduled retraining: end the run early when the data's fingerprint equals the one the champion was trained on.
+            dataset_store: Where prepared datasets are kept by fingerprint (s3://, minio:// or a folder). Empty: the pipeline root's bucket, under kubedistill/datasets.
+            mlflow_experiment: MLflow experiment of the runs.
+        """
+        exit_task = configure(finish_tracking(mlflow_experiment=mlflow_experiment), "finish-tracking", s3=False, retry=retries)
+        with dsl.ExitHandler(exit_task, name="kubedistill"):
+            prep = configure(prepare_data(dataset_uri=dataset_uri, class_names=class_names, dataset_store=dataset_store),
+                             "prepare-data", mlflow=False, pvc=True, retry=retries)
+            gate_data = configure(check_unchanged(fingerprint=prep.outputs["fingerprint"], dataset_uri=prep.outputs["dataset_uri"],
+                                                  data_report=prep.outputs["report"], registered_model_name=registered_model_name,
+                                                  skip_if_unchanged=skip_if_unchanged, mlflow_experiment=mlflow_experiment),
+                                  "check-unchanged", retry=retries)
+            with dsl.If(gate_data.outputs["Output"] == True, name="data-changed"):  # noqa: E712 (a KFP condition, not a Python test)
+                dataset = dsl.importer(artifact_uri=prep.outputs["dataset_uri"], artifact_class=dsl.Dataset, reimport=False,
+                                       metadata={"fingerprint": prep.outputs["fingerprint"]})
+                dataset.set_display_name("dataset (by fingerprint)")
+                train_args = dict(imgsz=imgsz, optimizer=optimizer, lr0=lr0, lrf=lrf, label_smoothing=label_smoothing, box_loss=box_loss,
+                                  cls_loss=cls_loss, extra_config=extra_config, mlflow_experiment=mlflow_experiment)
+                teacher = configure(train_teacher(dataset=dataset.output, fingerprint=prep.outputs["fingerprint"], teacher_model=teacher_model,
+                                                  epochs=teacher_epochs, teacher_uri=teacher_uri, **train_args), "train-teacher", retry=retries)
+                student = configure(distill_student(dataset=dataset.output, teacher=teacher.outputs["model"],
+                                                    fingerprint=prep.outputs["fingerprint"], student_model=student_model,
+                                                    epochs=student_epochs, dis=dis, **train_args), "distill-student", retry=retries)
+                scores = configure(evaluate(dataset=dataset.output, student=student.outputs["model"], student_onnx=student.outputs["onnx"],
+                                            teacher=teacher.outputs["model"], fingerprint=prep.outputs["fingerprint"],
+                                            mlflow_experiment=mlflow_experiment), "evaluate", retry=retries)
+                version = configure(register(student=student.outputs["model"], student_onnx=student.outputs["onnx"],
+                                             metrics=scores.outputs["metrics"], fingerprint=prep.outputs["fingerprint"],
+                                             registered_model_name=registered_model_name, mlflow_experiment=mlflow_experiment),
+                                    "register", retry=retries)
+                gate = configure(promotion_gate(dataset=dataset.output, version=version.output, registered_model_name=registered_model_name,
+                                                promotion_metric=promotion_metric, promotion_min_delta=promotion_min_delta,
+                                                mlflow_experiment=mlflow_experiment), "promotion-gate", retry=retries)
+                with dsl.If(gate.outputs["Output"] == True, name="promoted"):  # noqa: E712
+                    with dsl.If(deploy_model == True, name="deploy-on"):  # noqa: E712
+                        configure(deploy(version=version.output, registered_model_name=registered_model_name, release=release,
+                                         namespace=namespace), "deploy", s3=False, retry=retries)
+
+    return training_pipeline
+
+
+training_pipeline = make_pipeline()

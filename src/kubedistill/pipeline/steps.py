@@ -1,0 +1,477 @@
+"""What each pipeline step does after prepare_data, as plain functions with plain arguments.
+
+The KFP components (`pipeline/components/`) only unpack artifacts and call these, so every step runs and
+is tested without KFP. MLflow: when `MLFLOW_TRACKING_URI` is set, a pipeline run gets one parent MLflow
+run, found by the tag `pipeline_run_id` (`KUBEDISTILL_PIPELINE_RUN_ID`: the KFP run id, set from the pod
+label on a cluster and by `kubedistill run` locally); training, evaluation and registration become its
+children, and the exit step ends it with the run's final state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from kubedistill.atomic import atomic_write_text
+from kubedistill.errors import ConfigError, UserError
+
+RUN_ID_ENV = "KUBEDISTILL_PIPELINE_RUN_ID"
+KIND_TAG = "kubedistill_kind"
+# Pipeline parameters of their own: extra_config must not set them a second time.
+OWN_OPTIONS = ("model", "epochs", "imgsz", "optimizer", "lr0", "lrf", "label_smoothing", "box_loss", "cls_loss", "dis")
+# Set by the step itself.
+RESERVED_OPTIONS = ("data", "project", "name", "exist_ok", "resume", "distill_model", "mlflow", "mlflow_uri", "mlflow_parent",
+                    "mlflow_experiment")
+FINAL_STATES = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}
+
+
+def run(fn: Callable, *args, **kwargs):
+    """Call a step; a UserError ends the process with its one line on stderr and exit code 2 (no traceback)."""
+    try:
+        return fn(*args, **kwargs)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def _log(msg: str) -> None:
+    from kubedistill.train.progress import LOGGER, setup_logging
+
+    setup_logging()
+    LOGGER.info(msg)
+
+
+def data_yaml(dataset_path: str | Path) -> Path:
+    """The data.yaml inside a Dataset artifact's folder."""
+    p = Path(dataset_path)
+    y = p / "data.yaml" if p.is_dir() else p
+    if not y.is_file():
+        raise UserError(f"The dataset artifact at '{dataset_path}' holds no data.yaml", "Run prepare_data first")
+    return y
+
+
+def default_store(artifact_uri: str) -> str:
+    """Where prepared datasets go when the dataset_store parameter is empty: next to the pipeline's own
+    artifacts on a cluster (same bucket, so KFP can read them back), else the local cache."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(artifact_uri or "")
+    if parts.scheme in ("s3", "minio", "gs") and parts.netloc:
+        return f"{parts.scheme}://{parts.netloc}/kubedistill/datasets"
+    from kubedistill.cache import cache_dir
+
+    return str(cache_dir("store"))
+
+
+# ------------------------------------------------------------------------------------------ tracking
+
+
+def tracking_on() -> bool:
+    return bool(os.environ.get("MLFLOW_TRACKING_URI"))
+
+
+def _need_tracking(what: str) -> None:
+    if not tracking_on():
+        raise UserError(f"{what} needs the MLflow model registry, but MLFLOW_TRACKING_URI is not set",
+                        "Set it (on a cluster: the kubedistill-mlflow Secret; `kubedistill run` sets a local one)")
+
+
+def parent_run(experiment: str = "", *, create: bool = True, tags: dict | None = None) -> str | None:
+    """The MLflow run of this pipeline run (made on first use), or None when tracking is off or no run id is known."""
+    rid = os.environ.get(RUN_ID_ENV, "")
+    if not rid or not tracking_on():
+        return None
+    from kubedistill.track import start_parent_run
+    from kubedistill.track.settings import client, experiment_id, resolve_uri
+
+    uri, artifacts = resolve_uri()
+    cl = client(uri)
+    exp = experiment_id(cl, experiment, artifacts)
+    safe = rid.replace("'", "")
+    found = cl.search_runs([exp], filter_string=f"tags.{KIND_TAG} = 'pipeline' and tags.pipeline_run_id = '{safe}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    if not create:
+        return None
+    all_tags = {KIND_TAG: "pipeline", "pipeline_run_id": rid, **{k: str(v) for k, v in (tags or {}).items()}}
+    return start_parent_run(f"pipeline-{rid[:12]}", experiment=experiment or None, tags=all_tags)
+
+
+def _parent_tags(parent: str | None, tags: dict) -> None:
+    if not parent:
+        return
+    from kubedistill.track.settings import client, resolve_uri
+
+    cl = client(resolve_uri()[0])
+    for k, v in tags.items():
+        cl.set_tag(parent, k, str(v))
+
+
+def _parent_artifacts(parent: str | None, paths: list[Path], folder: str) -> None:
+    if not parent:
+        return
+    from kubedistill.track.settings import client, resolve_uri
+
+    cl = client(resolve_uri()[0])
+    for p in paths:
+        if Path(p).is_file():
+            cl.log_artifact(parent, str(p), folder)
+
+
+def finish_tracking(state: str, *, experiment: str = "", error: str = "") -> dict:
+    """The exit step: end the pipeline's MLflow run (if still running) with the KFP run's final state."""
+    parent = parent_run(experiment, create=False)
+    if parent is None:
+        return {"parent_run_id": None, "status": None}
+    from kubedistill.track import end_run
+    from kubedistill.track.settings import client, resolve_uri
+
+    cl = client(resolve_uri()[0])
+    run_ = cl.get_run(parent)
+    status = FINAL_STATES.get(state.upper(), "FAILED")
+    if run_.info.status == "RUNNING":
+        if error:
+            cl.set_tag(parent, "pipeline_error", error[:5000])
+        cl.set_tag(parent, "pipeline_state", state)
+        end_run(parent, status)
+    else:
+        status = run_.info.status
+    _log(f"MLflow pipeline run {parent}: {status}")
+    return {"parent_run_id": parent, "status": status}
+
+
+# ------------------------------------------------------------------------------------------ data gate
+
+
+def check_unchanged(fingerprint: str, model_name: str, *, skip_if_unchanged: bool, experiment: str = "",
+                    dataset_uri: str = "", reports: list[Path] = (), out_md: Path | None = None) -> dict:
+    """Should this run train? No only when skip_if_unchanged and the champion was trained on this very data."""
+    parent = parent_run(experiment, tags={"data_fingerprint": fingerprint, "dataset_uri": dataset_uri, "registered_model": model_name})
+    _parent_artifacts(parent, list(reports), "data")
+    res: dict[str, Any] = {"proceed": True, "fingerprint": fingerprint, "champion": None}
+    if not skip_if_unchanged:
+        res["reason"] = "skip_if_unchanged is off: training"
+    else:
+        _need_tracking("skip_if_unchanged")
+        from kubedistill.track.registry import champion
+
+        champ = champion(model_name)
+        if champ is None:
+            res["reason"] = f"no champion of '{model_name}' yet: training"
+        else:
+            res["champion"] = champ["version"]
+            seen = champ.get("tags", {}).get("data_fingerprint", "")
+            if seen == fingerprint:
+                res["proceed"] = False
+                res["reason"] = (f"data unchanged since champion version {champ['version']} of '{model_name}' "
+                                 f"(fingerprint {fingerprint[:12]}): nothing to retrain, the run ends here")
+            else:
+                was = f"{seen[:12]}" if seen else "unknown"
+                res["reason"] = f"data changed since champion version {champ['version']} (fingerprint {was} -> {fingerprint[:12]}): training"
+    _log(f"data gate: {res['reason']}")
+    if out_md:
+        atomic_write_text(out_md, f"# Data gate\n\n**{'Training' if res['proceed'] else 'Skipped'}**: {res['reason']}.\n")
+    if parent and not res["proceed"]:
+        from kubedistill.track import end_run
+
+        _parent_tags(parent, {"outcome": "skipped: data unchanged", "champion_version": res["champion"]})
+        end_run(parent, "FINISHED")
+    return res
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def build_train_config(extra: dict | None, **options) -> dict:
+    """The training options: extra_config plus the step's own; a clash or a wrong name stops with a clear message."""
+    extra = {str(k).replace("-", "_"): v for k, v in (extra or {}).items()}
+    for k in extra:
+        if k in OWN_OPTIONS:
+            raise ConfigError(f"extra_config sets '{k}', which is a pipeline parameter of its own", f"Set the '{k}' parameter instead")
+        if k in RESERVED_OPTIONS:
+            raise ConfigError(f"extra_config sets '{k}', which the pipeline sets itself", f"Remove '{k}' from extra_config")
+    # KFP passes JSON numbers as floats: 16.0 -> 16 so integer options accept them
+    extra = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in extra.items()}
+    return {**extra, **options}
+
+
+def _check_names(weights: Path, data: Path, what: str) -> None:
+    from kubedistill.data.dataset_yaml import load_data_yaml
+    from kubedistill.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(weights)
+    names = list(ckpt["model"]["meta"]["names"])
+    want = load_data_yaml(data).names
+    if names and list(names) != list(want):
+        raise UserError(f"{what} was trained on classes {names}, the dataset has {list(want)}",
+                        "Use a teacher trained on these classes or leave teacher_uri empty to train one")
+
+
+def train_step(data: str | Path, out_weights: str | Path, *, role: str, model: str, epochs: int, imgsz: int, optimizer: str,
+               lr0: float, lrf: float, label_smoothing: float, box_loss: str, cls_loss: str, extra_config: dict | None,
+               fingerprint: str, experiment: str = "", teacher: str | Path | None = None, dis: float = 6.0,
+               teacher_uri: str = "", work: str | Path | None = None) -> dict:
+    """Train the teacher (or, with `teacher`, distill the student); best.pt is copied to `out_weights`.
+
+    With `teacher_uri` (teacher role only) nothing is trained: that registered model is fetched instead.
+    """
+    data = data_yaml(data)
+    out_weights = Path(out_weights)
+    if role == "teacher" and teacher_uri.strip():
+        from kubedistill.cache import cache_dir
+        from kubedistill.track.registry import fetch_model
+
+        pt = fetch_model(teacher_uri.strip(), cache_dir("models"), kind="pt")
+        _check_names(pt, data, f"Teacher {teacher_uri}")
+        out_weights.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(pt, out_weights)
+        _log(f"train_teacher: teacher_uri {teacher_uri} given: using that registered teacher, no training")
+        return {"role": role, "source": teacher_uri.strip(), "trained": False, "metrics": {}, "mlflow_run_id": ""}
+    from kubedistill.config import train_config
+    from kubedistill.train import build_trainer
+
+    work = Path(work) if work else Path(tempfile.mkdtemp(prefix=f"kubedistill-{role}-"))  # the training run folder goes here
+    parent = parent_run(experiment)
+    tags = {"pipeline_step": role, "data_fingerprint": fingerprint}
+    opts = build_train_config(extra_config, data=str(data), model=model, epochs=int(epochs), imgsz=int(imgsz), optimizer=optimizer,
+                              lr0=lr0, lrf=lrf, label_smoothing=label_smoothing, box_loss=box_loss, cls_loss=cls_loss,
+                              project=str(work), name=role, exist_ok=True, mlflow_parent=parent or "", mlflow_tags=tags,
+                              mlflow_experiment=experiment)
+    if teacher is not None:
+        opts.update(distill_model=str(teacher), dis=float(dis))
+    cfg = train_config(**opts)
+    res = build_trainer(cfg).train()
+    best = Path(res["best"])
+    if not best.is_file():
+        raise UserError(f"Training the {role} wrote no best.pt in {res['save_dir']}", "See the training log above")
+    out_weights.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(best, out_weights)
+    from kubedistill.track import run_info
+
+    info = run_info(res["save_dir"]) or {}
+    onnx = best.with_suffix(".onnx")  # exported by the MLflow callback when tracking is on
+    return {"role": role, "source": f"trained ({model}, {epochs} epochs)", "trained": True, "model": model,
+            "onnx": str(onnx) if onnx.is_file() and onnx.stat().st_mtime >= best.stat().st_mtime else "",
+            "metrics": {k: v for k, v in (res.get("metrics") or {}).items() if isinstance(v, (int, float)) and v is not None},
+            "best_epoch": res.get("best_epoch"), "epochs_run": res.get("epochs_run"), "mlflow_run_id": info.get("run_id", ""),
+            "run_dir": res["save_dir"]}
+
+
+def export_step(weights: str | Path, out_onnx: str | Path, *, done: str | Path = "") -> dict:
+    """The end-to-end ONNX model of `weights` at `out_onnx`: a copy of `done` when that export of the same
+    checkpoint exists (the MLflow callback makes one), else exported and checked against torch now."""
+    from kubedistill.model.export import export_onnx
+
+    if done and Path(done).is_file():
+        import onnx
+
+        meta = {p.key: p.value for p in onnx.load(str(done), load_external_data=False).metadata_props}
+        from kubedistill.train.checkpoint import file_sha256
+
+        if meta.get("source_sha256") == file_sha256(weights):
+            shutil.copyfile(done, out_onnx)
+            return {"path": str(out_onnx), "imgsz": int(meta.get("imgsz", 0)), "max_det": int(meta.get("max_det", 0)),
+                    "checked_detections": None, "reused": str(done)}
+    return export_onnx(weights, out_onnx)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def _latency_ms(model, imgsz: int, device, iters: int) -> float:
+    import torch
+
+    from kubedistill.benchmark.timing import time_steps
+    from kubedistill.model.decode import decode
+
+    model.eval()
+    model.set_eval_head(False)
+    x = torch.zeros(1, 3, imgsz, imgsz, device=device)
+
+    def step():
+        with torch.no_grad():
+            decode(model(x), (imgsz, imgsz), model.strides)
+
+    return time_steps(step, iters, device) * 1000.0
+
+
+def _onnx_latency_ms(path: Path, imgsz: int, iters: int) -> float:
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    x = np.zeros((1, 3, imgsz, imgsz), np.float32)
+    for _ in range(2):
+        sess.run(None, {name: x})
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        sess.run(None, {name: x})
+    return (time.perf_counter() - t0) / iters * 1000.0
+
+
+def score_model(weights: str | Path, data: str | Path, *, batch: int = 16, device: str = "", workers: int = 2,
+                latency_iters: int = 20):
+    """(figures, Validation, names, imgsz) of a checkpoint on the val split: COCO metrics, size, speed."""
+    from kubedistill.data.check import check_dataset
+    from kubedistill.data.dataset import DetectionDataset, build_dataloader
+    from kubedistill.data.dataset_yaml import load_data_yaml
+    from kubedistill.errors import DataError
+    from kubedistill.eval.validator import validate
+    from kubedistill.model.info import model_info
+    from kubedistill.train.checkpoint import load_model
+    from kubedistill.train.dist import select_device
+
+    model, ckpt = load_model(weights)
+    imgsz = int(ckpt["train_args"]["imgsz"])
+    spec = load_data_yaml(data)
+    if list(spec.names) != list(model.names):
+        raise DataError(f"'{weights}' predicts classes {list(model.names)}, the dataset has {list(spec.names)}",
+                        "Evaluate on the dataset the models were trained for")
+    samples = check_dataset(spec, splits=("val",), min_usable=0.0).samples["val"]
+    if not samples:
+        raise DataError(f"No usable images in the val split of {data}", f"Run `kubedistill data check {data}`")
+    dev = select_device(device)
+    model.to(dev)
+    loader = build_dataloader(DetectionDataset(samples, imgsz, augment=False, hyp=None, seed=0), batch, workers, shuffle=False, seed=0)
+    val = validate(model, loader, samples, list(model.names), dev)
+    info = model_info(model, imgsz)
+    m = val.metrics.to_dict()
+    fig = {k: m.get(k) for k in ("mAP50-95", "mAP50", "mAP75", "AP_small", "AP_medium", "AP_large", "precision", "recall", "f1")}
+    fig.update(model=f"yolo-{model.scale}", imgsz=imgsz, params_M=info["params_inference"] / 1e6, gflops=info["gflops"],
+               latency_ms=_latency_ms(model, imgsz, dev, latency_iters), device=str(dev), file_mb=Path(weights).stat().st_size / 1e6,
+               per_class=m["per_class"], images=len(samples))
+    return fig, val, list(model.names), imgsz
+
+
+def evaluate_step(data: str | Path, student: str | Path, teacher: str | Path, *, student_onnx: str | Path | None = None,
+                  out_dir: str | Path, experiment: str = "", fingerprint: str = "", batch: int = 16, device: str = "",
+                  latency_iters: int = 20, report_html: Path | None = None) -> dict:
+    """Teacher vs student on the val split; writes report.html, report.md and the figures into `out_dir`."""
+    from kubedistill.eval.plots import plot_pr_curves, plot_val_mosaic
+    from kubedistill.pipeline.report import eval_report
+
+    data = data_yaml(data)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results, images = {}, {}
+    names: list[str] = []
+    for label, weights in (("teacher", teacher), ("student", student)):
+        fig, val, names, imgsz = score_model(weights, data, batch=batch, device=device, latency_iters=latency_iters)
+        if label == "student" and student_onnx and Path(student_onnx).is_file():
+            fig["onnx_mb"] = Path(student_onnx).stat().st_size / 1e6
+            fig["onnx_latency_ms"] = _onnx_latency_ms(Path(student_onnx), imgsz, latency_iters)
+        results[label] = fig
+        try:
+            images[f"PR curves: {label}"] = plot_pr_curves(val.metrics, out / f"pr_curves_{label}.png")
+            if label == "student":
+                images["Sample predictions: student (ground truth left, predictions right)"] = plot_val_mosaic(
+                    val.gts, val.preds, names, out / "sample_predictions.png")
+        except Exception as e:  # a figure must never fail the step
+            _log(f"evaluate: a figure failed: {e.__class__.__name__}: {e}")
+    dev = results["student"]["device"]
+    note = (f"Validation split of {data}, {results['student']['images']} images; latency: batch 1 on {dev}, model + decode, "
+            f"mean of {latency_iters} runs after warm-up.")
+    html, md = eval_report(results, names=names, images=images, note=note)
+    atomic_write_text(out / "report.html", html)
+    atomic_write_text(out / "report.md", md)
+    if report_html:
+        atomic_write_text(report_html, html)
+    flat = flat_metrics(results)
+    atomic_write_text(out / "metrics.json", json.dumps({"flat": flat, "results": results}, indent=2, default=str))
+    child = ""
+    parent = parent_run(experiment)
+    if parent:
+        from kubedistill.track import log_child_run
+
+        child = log_child_run(parent, "evaluate", params={"data_fingerprint": fingerprint, "latency_device": dev}, metrics=flat,
+                              artifacts=[out / "report.html", out / "metrics.json", *[Path(p) for p in images.values()]],
+                              tags={"pipeline_step": "evaluate", "data_fingerprint": fingerprint})
+    _log("evaluate: " + ", ".join(f"{k} {results[k]['model']} mAP50-95 {results[k]['mAP50-95']}" for k in results))
+    return {"results": results, "flat": flat, "names": names, "mlflow_run_id": child}
+
+
+def flat_metrics(results: dict) -> dict[str, float]:
+    """{'student_mAP50-95': .., 'teacher_latency_ms': .., 'delta_mAP50-95': ..}: numbers only, for KFP and MLflow."""
+    out: dict[str, float] = {}
+    keys = ("mAP50-95", "mAP50", "mAP75", "AP_small", "AP_medium", "AP_large", "precision", "recall", "params_M", "gflops",
+            "latency_ms", "file_mb", "onnx_mb", "onnx_latency_ms")
+    for label, fig in results.items():
+        for k in keys:
+            v = fig.get(k)
+            if isinstance(v, (int, float)) and math.isfinite(float(v)):
+                out[f"{label}_{k}"] = float(v)
+    for k in ("mAP50-95", "mAP50"):
+        if f"student_{k}" in out and f"teacher_{k}" in out:
+            out[f"delta_{k}"] = out[f"student_{k}"] - out[f"teacher_{k}"]
+    return out
+
+
+# ------------------------------------------------------------------------------------------ registry and rollout
+
+
+def register_step(student: str | Path, model_name: str, *, onnx: str | Path | None = None, fingerprint: str = "",
+                  student_run_id: str = "", teacher_run_id: str = "", metrics: dict | None = None, experiment: str = "") -> dict:
+    """Register the student as a new version of `model_name` (alias challenger); returns {"version", "model_uri"}."""
+    _need_tracking("register")
+    from kubedistill.track.registry import register_student
+
+    tags = {"data_fingerprint": fingerprint, "pipeline_run_id": os.environ.get(RUN_ID_ENV, ""), "teacher_run_id": teacher_run_id}
+    for k in ("student_mAP50-95", "teacher_mAP50-95", "student_latency_ms"):
+        if metrics and k in metrics:
+            tags[k] = f"{float(metrics[k]):.6f}"
+    with tempfile.TemporaryDirectory() as tmp:  # artifact files are named after their outputs ("model"): give them suffixes
+        weights = Path(tmp) / "best.pt"
+        shutil.copyfile(student, weights)
+        onnx_file = None
+        if onnx:
+            onnx_file = Path(tmp) / "model.onnx"
+            shutil.copyfile(onnx, onnx_file)
+        version = register_student(weights, model_name, run_id=student_run_id or None, onnx=onnx_file,
+                                   tags={k: v for k, v in tags.items() if v}, experiment=experiment)
+    _parent_tags(parent_run(experiment), {"registered_model": model_name, "registered_version": version,
+                                          "student_run_id": student_run_id, "teacher_run_id": teacher_run_id})
+    _log(f"register: {model_name} version {version} (alias challenger)")
+    return {"version": version, "model_uri": f"models:/{model_name}/{version}"}
+
+
+def gate_step(model_name: str, version: str, data: str | Path, *, metric: str = "mAP50-95", min_delta: float = 0.0,
+              experiment: str = "", out_md: Path | None = None) -> dict:
+    """The promotion gate (`track.promote.promote`): champion and candidate scored now on this data."""
+    _need_tracking("The promotion gate")
+    from kubedistill.track.promote import promote
+
+    res = promote(model_name, str(version), data_yaml(data), metric=metric, min_delta=float(min_delta))
+    champ = res.get("champion") or {}
+    _parent_tags(parent_run(experiment), {"promoted": str(bool(res["promoted"])).lower(), "promotion_reason": res["reason"]})
+    line = f"version {version} {'promoted to champion' if res['promoted'] else 'not promoted'}: {res['reason']}"
+    _log(f"promotion gate: {line}")
+    if out_md:
+        rows = [f"| candidate v{version} | {res['candidate']['value']:.4f} |"]
+        if champ:
+            rows.append(f"| champion v{champ.get('version')} | {float(champ.get('value') or float('nan')):.4f} |")
+        atomic_write_text(out_md, f"# Promotion gate\n\n**{line}**\n\n| model | {metric} |\n|---|---|\n" + "\n".join(rows)
+                          + f"\n\nmin_delta {min_delta:g}\n")
+    return res
+
+
+def deploy_step(model_name: str, version: str, *, release: str, namespace: str) -> dict:
+    """Roll the pinned version out with the Helm chart (`kubedistill.deploy.deploy`)."""
+    from kubedistill.deploy import deploy
+
+    uri = f"models:/{model_name}/{version}"
+    _log(f"deploy: {uri} -> release {release} in namespace {namespace}")
+    res = deploy(release, namespace, uri)
+    if res.get("status") != "deployed":  # a failed rollout fails the step (and the run), like `kubedistill deploy`
+        back = " (rolled back)" if res.get("rolled_back") else ""
+        raise UserError(f"Rollout of {uri} as release '{release}' in '{namespace}' ended '{res.get('status')}'{back}: "
+                        f"{res.get('reason') or 'no reason given'}", "See the deploy step's log and docs/deploy.md")
+    return res

@@ -1,0 +1,108 @@
+"""MLflow tracking of a training run, as trainer callbacks (attached by `build_trainer` when tracking is on).
+
+- params: the full resolved training config;
+- metrics each epoch with step=epoch: every sub-loss (dis_loss included), lr per group, mAP50-95, mAP50,
+  AP by size, P/R, ProgLoss weights, img/s, epoch seconds; the best epoch's figures as `best/...` at the end;
+- the dataset as an MLflow dataset input (content fingerprint as digest, source URI);
+- tags: git commit, pipeline run id, teacher, kubedistill version, data fingerprint, plus `mlflow_tags`;
+- artifacts at the end: results.csv, args.yaml, metrics.json, data_check.json, plots, weights/best.pt and
+  weights/best.onnx.
+Only the main process logs. Nothing here can stop training: see `track.logger.RunLogger`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kubedistill.track.logger import RunLogger, flatten, read_run_file
+from kubedistill.track.settings import git_commit, resolve_uri
+
+
+class MlflowCallback:
+    def __init__(self, close_timeout: float = 120.0):
+        self.logger: RunLogger | None = None
+        self.close_timeout = close_timeout
+
+    def attach(self, trainer) -> None:
+        for event in ("on_train_start", "on_fit_epoch_end", "on_fit_end", "on_train_end"):
+            trainer.add_callback(event, getattr(self, event))
+
+    # ------------------------------------------------------------------ events
+    def on_train_start(self, trainer) -> None:
+        if not trainer.main:
+            return
+        from kubedistill.data.check import fingerprint
+        from kubedistill.train.progress import LOGGER
+
+        cfg = trainer.cfg
+        uri, artifacts = resolve_uri(cfg.mlflow_uri, cfg.project)
+        previous = read_run_file(trainer.save_dir) if trainer.resumed else None
+        digest = fingerprint(trainer.spec)
+        tags = {
+            "kubedistill.version": _version(),
+            "git_commit": git_commit(),
+            "data_fingerprint": digest,
+            "model_scale": str(cfg.model),
+            **({"pipeline_run_id": os.environ["KUBEDISTILL_PIPELINE_RUN_ID"]} if os.environ.get("KUBEDISTILL_PIPELINE_RUN_ID") else {}),
+            **({"teacher": trainer.teacher_source} if getattr(trainer, "teacher_source", None) else {}),
+            **({"mlflow.parentRunId": cfg.mlflow_parent} if cfg.mlflow_parent else {}),
+            **{str(k): str(v) for k, v in cfg.mlflow_tags.items()},
+        }
+        tags = {k: v for k, v in tags.items() if v}
+        self.logger = RunLogger(trainer.save_dir, uri, experiment=cfg.mlflow_experiment, artifact_location=artifacts,
+                                run_name=trainer.save_dir.name, run_id=(previous or {}).get("run_id"), tags=tags, log=LOGGER.info)
+        if previous and previous.get("run_id"):
+            self.logger.set_tags({"resumed": "true"})
+        else:
+            self.logger.log_params(flatten(cfg.model_dump()))
+        source = str(cfg.mlflow_tags.get("data_source") or Path(cfg.data).expanduser().resolve())
+        self.logger.log_dataset(Path(trainer.spec.yaml_path).parent.name or "dataset", digest, source)
+        LOGGER.info(f"MLflow: tracking to {uri} (experiment {cfg.mlflow_experiment or os.environ.get('MLFLOW_EXPERIMENT_NAME') or 'kubedistill'})")
+
+    def on_fit_epoch_end(self, trainer) -> None:
+        if self.logger is None:
+            return
+        m = {k: v for k, v in trainer.metrics.items() if k != "epoch"}
+        self.logger.log_metrics(m, step=trainer.epoch)
+
+    def on_fit_end(self, trainer) -> None:
+        if self.logger is None:
+            return
+        from kubedistill.train.progress import LOGGER
+
+        best = {f"best/{k}": v for k, v in trainer.best_metrics.items() if not isinstance(v, (dict, list))}
+        self.logger.log_metrics({**best, "best/epoch": trainer.best_epoch + 1}, step=trainer.epoch)
+        d = trainer.save_dir
+        for name in ("results.csv", "args.yaml", "metrics.json", "data_check.json"):
+            self.logger.log_artifact(d / name)
+        for png in sorted(d.glob("*.png")):
+            self.logger.log_artifact(png, "plots")
+        best_pt = trainer.wdir / "best.pt"
+        if best_pt.exists():
+            self.logger.log_artifact(best_pt, "weights")
+            try:
+                from kubedistill.model.export import export_onnx
+
+                onnx = export_onnx(best_pt, trainer.wdir / "best.onnx", imgsz=trainer.cfg.imgsz)
+                self.logger.log_artifact(onnx["path"], "weights")
+            except Exception as e:  # the run's results stay logged; the model can be exported later
+                LOGGER.warning(f"MLflow: ONNX export of {best_pt} failed ({e.__class__.__name__}: {str(e)[:200]}); not logged")
+
+    def on_train_end(self, trainer) -> None:
+        if self.logger is None:
+            return
+        err = trainer.error
+        status = "FINISHED" if err is None else ("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        if err is not None:
+            self.logger.set_tags({"error": f"{err.__class__.__name__}: {str(err)[:500]}"})
+        self.logger.end(status)
+        self.logger.close(self.close_timeout)
+        trainer.mlflow_run = read_run_file(trainer.save_dir)
+
+
+def _version() -> str:
+    from kubedistill import __version__
+
+    return __version__
+

@@ -1,0 +1,261 @@
+"""A run logger that never holds training up and never loses a record.
+
+Every call (create the run, params, metrics, tags, artifacts, end) becomes an operation on a queue that a
+background thread sends to MLflow, retrying with exponential backoff. When the server stays down the
+operation goes to a spool file (`mlflow_pending.jsonl` in the run folder) and the logger goes offline: it
+tries again at most every `probe_s` seconds and, once the server answers, replays the spool in order.
+Whatever is still pending when training ends stays in the spool, the log says so once, and
+`kubedistill mlflow sync RUN_DIR` sends it later. The run id (once known) is kept in `mlflow.json`, so a
+resumed training run logs into the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from kubedistill.atomic import atomic_write_text
+from kubedistill.track.settings import client, experiment_id, explain
+
+SPOOL = "mlflow_pending.jsonl"
+RUN_FILE = "mlflow.json"
+_STOP = object()
+
+
+def read_run_file(run_dir: str | Path) -> dict | None:
+    p = Path(run_dir) / RUN_FILE
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class RunLogger:
+    """Asynchronous, retrying logger for one MLflow run. See the module docstring."""
+
+    def __init__(self, run_dir: str | Path, uri: str, *, experiment: str = "", artifact_location: str | None = None, run_name: str = "",
+                 run_id: str | None = None, tags: dict[str, str] | None = None, retries: int = 4, backoff: float = 1.0,
+                 probe_s: float = 30.0, log: Callable[[str], None] = print, background: bool = True):
+        self.run_dir = Path(run_dir)
+        self.uri = uri
+        self.retries, self.backoff, self.probe_s = retries, backoff, probe_s
+        self.log = log
+        self.client = client(uri)
+        self.run_id = run_id
+        self.offline_since: float | None = None
+        self.last_try = 0.0
+        self.failures = 0
+        self.sent = 0
+        self._said_offline = False
+        self._q: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not background:  # `sync`: replays the spool in the caller's thread
+            return
+        if run_id is None:
+            # the URI is on disk from the start, so `kubedistill mlflow sync` knows where to send a spool
+            atomic_write_text(self.run_dir / RUN_FILE, json.dumps({"run_id": None, "experiment_id": None, "tracking_uri": uri}, indent=2))
+            self._put({"op": "create_run", "experiment": experiment, "artifact_location": artifact_location, "run_name": run_name,
+                       "tags": tags or {}})
+        self._thread = threading.Thread(target=self._worker, name="mlflow-logger", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ public API (non-blocking)
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._put({"op": "log_batch", "params": [[k, param_text(v)] for k, v in params.items()]})
+
+    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+        ts = int(time.time() * 1000)
+        items = [[k, float(v), ts, int(step)] for k, v in metrics.items() if is_number(v)]
+        if items:
+            self._put({"op": "log_batch", "metrics": items})
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._put({"op": "log_batch", "tags": [[k, str(v)] for k, v in tags.items()]})
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._put({"op": "log_artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path})
+
+    def log_dataset(self, name: str, digest: str, source: str, context: str = "train") -> None:
+        self._put({"op": "log_dataset", "name": name, "digest": digest, "source": source, "context": context})
+
+    def end(self, status: str = "FINISHED") -> None:
+        self._put({"op": "end", "status": status})
+
+    def close(self, timeout: float = 60.0) -> int:
+        """Wait up to `timeout` s for the queue to drain; spool what is left. Returns the number of pending ops."""
+        self._q.put(_STOP)
+        self._thread.join(timeout)
+        left = []
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                left.append(item)
+        with self._lock:
+            for op in left:
+                self._spool(op)
+        pending = self.pending()
+        if pending:
+            self.log(f"MLflow: {pending} record(s) could not be sent and are kept in {self.run_dir / SPOOL}; "
+                     f"send them later with `kubedistill mlflow sync {self.run_dir}`")
+        return pending
+
+    def pending(self) -> int:
+        p = self.run_dir / SPOOL
+        return sum(1 for line in p.read_text().splitlines() if line.strip()) if p.exists() else 0
+
+    # ------------------------------------------------------------------ worker
+    def _put(self, op: dict) -> None:
+        self._q.put(op)
+
+    def _worker(self) -> None:
+        while True:
+            op = self._q.get()
+            if op is _STOP:
+                return
+            with self._lock:
+                self._handle(op)
+
+    def _handle(self, op: dict) -> None:
+        if self.offline_since is not None and time.monotonic() - self.last_try < self.probe_s:
+            self._spool(op)
+            return
+        if self.offline_since is not None:
+            # probe: replay the spool first (order matters for create_run/end), then this op
+            if not self._replay():
+                self._spool(op)
+                return
+        if not self._send_with_retry(op, self.retries if self.offline_since is None else 1):
+            self._spool(op)
+
+    def _send_with_retry(self, op: dict, tries: int) -> bool:
+        for attempt in range(max(1, tries)):
+            self.last_try = time.monotonic()
+            try:
+                self._send(op)
+                self.sent += 1
+                if self.offline_since is not None:
+                    self.log(f"MLflow: tracking server reachable again ({self.uri})")
+                self.offline_since = None
+                self._said_offline = False
+                return True
+            except Exception as e:  # any transport or server error: retry, then spool
+                self.failures += 1
+                last = e
+                if attempt + 1 < tries:
+                    time.sleep(self.backoff * 2**attempt)
+        if self.offline_since is None:
+            self.offline_since = time.monotonic()
+        if not self._said_offline:
+            self.log(f"MLflow: logging failed after {tries} tries ({explain(last, self.uri)}); training goes on, "
+                     f"records are kept in {self.run_dir / SPOOL}")
+            self._said_offline = True
+        return False
+
+    def _replay(self) -> bool:
+        p = self.run_dir / SPOOL
+        if not p.exists():
+            return True
+        ops = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        for i, op in enumerate(ops):
+            if not self._send_with_retry(op, 1):
+                atomic_write_text(p, "".join(json.dumps(o) + "\n" for o in ops[i:]))
+                return False
+        p.unlink(missing_ok=True)
+        return True
+
+    def _spool(self, op: dict) -> None:
+        with open(self.run_dir / SPOOL, "a") as f:  # append-only: a crash loses at most the line being written
+            f.write(json.dumps(op) + "\n")
+            f.flush()
+
+    def _send(self, op: dict) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        kind = op["op"]
+        if kind == "create_run":
+            exp = experiment_id(self.client, op.get("experiment", ""), op.get("artifact_location"))
+            run = self.client.create_run(exp, run_name=op.get("run_name") or None, tags=op.get("tags") or None)
+            self.run_id = run.info.run_id
+            atomic_write_text(self.run_dir / RUN_FILE, json.dumps({
+                "run_id": self.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": self.uri}, indent=2))
+            return
+        if self.run_id is None:
+            raise RuntimeError("the MLflow run is not created yet")
+        if kind == "log_batch":
+            self.client.log_batch(
+                self.run_id,
+                metrics=[Metric(k, v, ts, step) for k, v, ts, step in op.get("metrics", [])],
+                params=[Param(k, v) for k, v in op.get("params", [])],
+                tags=[RunTag(k, v) for k, v in op.get("tags", [])],
+            )
+        elif kind == "log_artifact":
+            path = Path(op["path"])
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), op.get("artifact_path"))
+            elif path.exists():
+                self.client.log_artifact(self.run_id, str(path), op.get("artifact_path"))
+        elif kind == "log_dataset":
+            from mlflow.data.dataset_source_registry import resolve_dataset_source
+            from mlflow.data.meta_dataset import MetaDataset
+            from mlflow.entities import DatasetInput, InputTag
+
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways": any local-path source will do
+                warnings.simplefilter("ignore")
+                source = resolve_dataset_source(op["source"])
+            ds = MetaDataset(source, name=op["name"], digest=op["digest"][:36])
+            tags = [InputTag("mlflow.data.context", op["context"]), InputTag("fingerprint", op["digest"])]
+            self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=tags)])
+        elif kind == "end":
+            self.client.set_terminated(self.run_id, op["status"])
+        else:
+            raise ValueError(f"unknown op {kind}")
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1} (MLflow params and metrics are flat)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def is_number(v: Any) -> bool:
+    if isinstance(v, bool) or v is None:
+        return False
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return False
+    return f == f and abs(f) != float("inf")
+
+
+def param_text(v: Any) -> str:
+    text = v if isinstance(v, str) else json.dumps(v, default=str)
+    return text[:6000]
+
+
+def sync(run_dir: str | Path, uri: str | None = None, log: Callable[[str], None] = print) -> dict:
+    """Send a run folder's spooled MLflow records (after the server was down). Returns {sent, pending, run_id}."""
+    run_dir = Path(run_dir)
+    info = read_run_file(run_dir) or {}
+    args_uri = uri or info.get("tracking_uri")
+    if not args_uri:
+        from kubedistill.track.settings import resolve_uri
+
+        args_uri = resolve_uri("", run_dir.parent)[0]
+    logger = RunLogger(run_dir, args_uri, run_id=info.get("run_id"), retries=3, probe_s=0.0, log=log, background=False)
+    ok = logger._replay()
+    return {"sent": logger.sent, "pending": logger.pending(), "run_id": logger.run_id, "ok": ok}

@@ -1,0 +1,169 @@
+"""The MLflow model registry: register a student, find the champion, fetch a registered model's files.
+
+A registered version is an MLflow pyfunc (see `track.pyfunc`) holding `model.onnx` and the `.pt`
+checkpoint; new versions get the alias `challenger`; `kubedistill promote` moves `champion`.
+Model URIs: `models:/NAME/VERSION` (pinned) or `models:/NAME@ALIAS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from kubedistill.errors import UserError
+from kubedistill.track.settings import client, import_mlflow, resolve_uri, using
+
+CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous-champion"
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/@]+)|@(?P<alias>[^/@]+))/?$")
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """models:/NAME/VERSION or models:/NAME@ALIAS -> (name, version, alias)."""
+    m = _MODEL_URI.match(uri.strip())
+    if not m:
+        raise UserError(f"'{uri}' is not a registered-model URI", "Write models:/NAME/VERSION or models:/NAME@ALIAS")
+    return m["name"], m["version"], m["alias"]
+
+
+def _mlflow_error(e: Exception, what: str, uri: str) -> UserError:
+    """An MLflow failure -> a one-line UserError (missing model/version, auth, unreachable server)."""
+    code = getattr(e, "error_code", "")
+    text = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300]
+    if code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or "not found" in text.lower():
+        return UserError(f"{what}: not found in the registry at {uri} ({text})", "Check the model name, version or alias")
+    if code in ("PERMISSION_DENIED", "UNAUTHENTICATED") or "401" in text or "403" in text:
+        return UserError(f"{what}: the MLflow server at {uri} refused the credentials ({text})",
+                         "Set MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD")
+    return UserError(f"{what}: MLflow at {uri} failed ({e.__class__.__name__}: {text})",
+                     "Check MLFLOW_TRACKING_URI and that the server is up")
+
+
+def existing_uri(tracking_uri: str = "") -> str:
+    """The tracking URI for reading the registry; a local sqlite store that does not exist is an error
+    (rather than an empty registry created on the spot)."""
+    uri = resolve_uri(tracking_uri)[0]
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise UserError(f"No MLflow registry at {uri}", "Set MLFLOW_TRACKING_URI (or --tracking-uri) to your MLflow server")
+    return uri
+
+
+def version_info(name: str, version: str, *, tracking_uri: str = "") -> dict:
+    uri = existing_uri(tracking_uri)
+    try:
+        mv = client(uri).get_model_version(name, str(version))
+    except Exception as e:
+        raise _mlflow_error(e, f"models:/{name}/{version}", uri) from None
+    return {"name": name, "version": str(mv.version), "run_id": mv.run_id, "source": mv.source, "tags": dict(mv.tags),
+            "aliases": list(mv.aliases)}
+
+
+def resolve_version(uri_or_name: str, *, tracking_uri: str = "") -> tuple[str, str]:
+    """A models:/ URI -> (name, pinned version), resolving an alias through the registry."""
+    name, version, alias = parse_model_uri(uri_or_name)
+    if version is not None:
+        if version == "latest":
+            raise UserError(f"'{uri_or_name}' is not pinned", "Name a version: models:/NAME/VERSION")
+        return name, version
+    uri = existing_uri(tracking_uri)
+    try:
+        mv = client(uri).get_model_version_by_alias(name, alias)
+    except Exception as e:
+        raise _mlflow_error(e, uri_or_name, uri) from None
+    return name, str(mv.version)
+
+
+def champion(name: str, *, tracking_uri: str = "") -> dict | None:
+    """The version holding the `champion` alias ({"version", "tags", "run_id", ...}), or None when there is none."""
+    uri = existing_uri(tracking_uri)
+    cl = client(uri)
+    try:
+        mv = cl.get_model_version_by_alias(name, CHAMPION)
+    except Exception as e:
+        if getattr(e, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise _mlflow_error(e, f"models:/{name}@{CHAMPION}", uri) from None
+    return version_info(name, str(mv.version), tracking_uri=uri)
+
+
+def register_student(weights: str | Path, name: str, *, run_id: str | None = None, onnx: str | Path | None = None,
+                     tags: dict | None = None, tracking_uri: str = "", experiment: str = "") -> str:
+    """Log `weights` (and its ONNX export) as a pyfunc model and register it as a new version of `name`.
+
+    Logged into run `run_id` when given (the training run), else into a new run. The version gets the alias
+    `challenger` and the tags given (e.g. data_fingerprint) plus the checkpoint's sha256. Returns the version.
+    """
+    from kubedistill import __version__
+    from kubedistill.train.checkpoint import file_sha256
+
+    weights = Path(weights)
+    if not weights.is_file():
+        raise UserError(f"Checkpoint '{weights}' does not exist", "Pass the best.pt of a finished training run")
+    uri, artifacts = resolve_uri(tracking_uri)
+    mlflow = import_mlflow()
+    from kubedistill.track.pyfunc import OnnxDetectorModel, pyfunc_signature
+    from kubedistill.track.settings import experiment_id
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if onnx is None:
+            from kubedistill.model.export import export_onnx
+
+            onnx = export_onnx(weights, Path(tmp) / "model.onnx")["path"]
+        onnx = Path(onnx)
+        if not onnx.is_file():
+            raise UserError(f"ONNX model '{onnx}' does not exist", "Export it with `kubedistill export` or leave it out")
+        cl = client(uri)
+        try:
+            exp = None if run_id else experiment_id(cl, experiment, artifacts)
+            with using(uri), mlflow.start_run(run_id=run_id, experiment_id=exp, run_name=None if run_id else f"register-{name}"):
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=OnnxDetectorModel(),
+                    artifacts={"onnx": str(onnx), "checkpoint": str(weights)},
+                    pip_requirements=[f"kubedistill[serve]=={__version__}", "pandas"],
+                    registered_model_name=name,
+                    metadata={"kubedistill_version": __version__, "weights_sha256": file_sha256(weights)},
+                    signature=pyfunc_signature(),
+                )
+                active_run = mlflow.active_run().info.run_id
+        except UserError:
+            raise
+        except Exception as e:
+            raise _mlflow_error(e, f"registering '{weights}' as '{name}'", uri) from None
+    version = str(info.registered_model_version)
+    all_tags = {"weights_sha256": file_sha256(weights), "source_run_id": active_run, "kubedistill_version": __version__,
+                **{str(k): str(v) for k, v in (tags or {}).items()}}
+    for k, v in all_tags.items():
+        cl.set_model_version_tag(name, version, k, v)
+    cl.set_registered_model_alias(name, CHALLENGER, version)
+    return version
+
+
+def fetch_model(uri: str, dest: str | Path, *, kind: str = "pt", tracking_uri: str = "") -> Path:
+    """Download a registered model (models:/NAME/VERSION or @ALIAS) and return its `.pt` or `.onnx` file."""
+    if kind not in ("pt", "onnx"):
+        raise ValueError(f"kind must be 'pt' or 'onnx', not {kind!r}")
+    name, version = resolve_version(uri, tracking_uri=tracking_uri)
+    turi = existing_uri(tracking_uri)
+    # keyed by server too: the same name and version on two tracking servers are different models
+    dest = Path(dest) / hashlib.sha256(turi.encode()).hexdigest()[:12] / f"{name}-v{version}"
+    found = sorted(dest.rglob(f"*.{kind}")) if dest.exists() else []
+    if not found:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=dest.parent))
+        try:
+            with using(turi) as mlflow:
+                mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp))
+        except Exception as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _mlflow_error(e, f"downloading models:/{name}/{version}", turi) from None
+        if dest.exists():  # a concurrent fetch finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.rename(dest)  # whole folder or nothing: an interrupted download never looks complete
+        found = sorted(dest.rglob(f"*.{kind}"))
+    if not found:
+        raise UserError(f"models:/{name}/{version} holds no .{kind} file", "Register it with `kubedistill register`")
+    return found[0]

@@ -1,0 +1,35 @@
+"""`kubedistill train data=s3://...`: the trainer fetches the dataset into the cache before it checks it."""
+
+import pytest
+import yaml
+
+from kubedistill import storage
+from kubedistill.config import train_config
+from kubedistill.train import build_trainer
+from tests.conftest import TINY_TRAIN
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_trainer_fetches_s3_dataset(s3_env, tiny_data, tmp_path, monkeypatch):
+    s3_env.bucket("kd-train")
+    monkeypatch.setenv("KUBEDISTILL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    storage._client.cache_clear()
+    uri = storage.upload(tiny_data.parent, "s3://kd-train/datasets/tiny")
+    seen = {}
+
+    def stop(trainer):  # after setup (data fetched and checked, model built), before the first step
+        seen["spec"] = trainer.spec
+        raise _Stop
+
+    cfg = train_config(data=uri, project=str(tmp_path), name="s3", epochs=1, **TINY_TRAIN)
+    with pytest.raises(_Stop):
+        build_trainer(cfg, {"on_train_start": [stop]}).train()
+    spec = seen["spec"]
+    assert (tmp_path / "cache" / "datasets") in spec.yaml_path.parents
+    assert (len(spec.splits["train"]), len(spec.splits["val"])) == (16, 8)
+    assert yaml.safe_load((tmp_path / "s3" / "args.yaml").read_text())["data"] == uri  # the run records the URI, not the cache
+    storage._client.cache_clear()

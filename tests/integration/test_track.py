@@ -1,0 +1,282 @@
+"""MLflow tracking, registry and the promotion gate, against MLflow's real stores.
+
+Most tests use the embedded default (a sqlite file in the runs folder); the `server` tests use a real
+`mlflow server` on loopback whose artifacts live in SeaweedFS (S3).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+
+from tests.conftest import TINY_TRAIN
+
+pytestmark = pytest.mark.slow
+
+mlflow = pytest.importorskip("mlflow")  # the `track` extra; installed by `make install`
+
+
+def _train(data, project, name, epochs=3, **kw):
+    from kubedistill.config import train_config
+    from kubedistill.train import build_trainer
+
+    cfg = train_config(data=str(data), model="yolo-n", epochs=epochs, project=str(project), name=name, exist_ok=True,
+                       **{**TINY_TRAIN, "plots": True, **kw})
+    trainer = build_trainer(cfg)
+    trainer.train()
+    return trainer
+
+
+def _zero_head(src, dst):
+    """A copy of a checkpoint whose head is zeroed: it detects nothing, so it scores 0 on any data."""
+    import torch
+
+    from kubedistill.train.checkpoint import atomic_torch_save, load_checkpoint
+
+    ckpt = load_checkpoint(src)
+    sd = ckpt["model"]["state_dict"]
+    for k, v in sd.items():
+        if k.startswith("head.") and v.is_floating_point():
+            sd[k] = torch.zeros_like(v)
+    atomic_torch_save({k: v for k, v in ckpt.items() if k in ("model", "train_args", "version", "epoch", "metrics")}, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def tracked(tiny_data, tmp_path_factory, monkeypatch_module):
+    """One tiny training run tracked into the embedded default store (no env: mlflow=True)."""
+    monkeypatch_module.delenv("MLFLOW_TRACKING_URI", raising=False)
+    project = tmp_path_factory.mktemp("tracked") / "runs"
+    trainer = _train(tiny_data, project, "student", mlflow=True, mlflow_tags={"pipeline_run_id": "run-42"})
+    uri = f"sqlite:///{project.resolve() / 'mlflow.db'}"
+    return trainer, uri, project
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def test_training_run_is_tracked_in_the_embedded_store(tracked):
+    trainer, uri, project = tracked
+    assert (project / "mlflow.db").is_file() and (project / "mlartifacts").is_dir()
+    info = trainer.mlflow_run
+    assert info["tracking_uri"] == uri and info["run_id"]
+    cl = mlflow.MlflowClient(uri)
+    run = cl.get_run(info["run_id"])
+    assert run.info.status == "FINISHED"
+    # params: the full resolved config
+    for key in ("epochs", "imgsz", "lr0", "lrf", "optimizer", "box_loss", "dis", "label_smoothing", "mlflow_tags.pipeline_run_id"):
+        assert key in run.data.params, key
+    assert run.data.params["epochs"] == "3" and run.data.params["optimizer"] == "AdamW"
+    # metrics each epoch with the epoch as step
+    for key in ("train/box_loss", "train/cls_loss", "lr/weights", "metrics/mAP50-95", "metrics/mAP50", "metrics/AP_small", "img_s", "epoch_s"):
+        hist = cl.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in hist) == [0, 1, 2], key
+    assert run.data.metrics["best/mAP50-95"] == pytest.approx(trainer.best_metrics["mAP50-95"])
+    # tags
+    tags = run.data.tags
+    assert tags["pipeline_run_id"] == "run-42" and len(tags["data_fingerprint"]) == 64 and tags["kubedistill.version"]
+    # dataset input with the content fingerprint
+    ds = run.inputs.dataset_inputs[0]
+    assert tags["data_fingerprint"].startswith(ds.dataset.digest)
+    assert {t.key: t.value for t in ds.tags}["fingerprint"] == tags["data_fingerprint"]
+    assert "data.yaml" in ds.dataset.source
+    # artifacts
+    top = {a.path for a in cl.list_artifacts(run.info.run_id)}
+    assert {"results.csv", "args.yaml", "metrics.json", "data_check.json", "plots", "weights"} <= top
+    assert {a.path for a in cl.list_artifacts(run.info.run_id, "weights")} == {"weights/best.pt", "weights/best.onnx"}
+    assert any(a.path.endswith("results.png") for a in cl.list_artifacts(run.info.run_id, "plots"))
+    assert not (trainer.save_dir / "mlflow_pending.jsonl").exists()
+
+
+def test_a_killed_run_is_marked_killed_and_resume_logs_into_the_same_run(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from kubedistill.config import train_config
+    from kubedistill.train import build_trainer
+
+    def kill_after_second_epoch(trainer):
+        if trainer.epoch == 1:
+            raise KeyboardInterrupt
+
+    cfg = train_config(data=str(tiny_data), model="yolo-n", epochs=3, project=str(tmp_path / "runs"), name="r", mlflow=True,
+                       plots=False, **TINY_TRAIN)
+    first = build_trainer(cfg, {"on_fit_epoch_end": [kill_after_second_epoch]})
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    cl = mlflow.MlflowClient(first.mlflow_run["tracking_uri"])
+    run_id = first.mlflow_run["run_id"]
+    assert cl.get_run(run_id).info.status == "KILLED"
+
+    second = build_trainer(train_config(resume=str(first.wdir / "last.pt"), mlflow=True))
+    second.train()
+    assert second.mlflow_run["run_id"] == run_id
+    run = cl.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "true"
+    assert sorted({m.step for m in cl.get_metric_history(run_id, "train/box_loss")}) == [0, 1, 2]
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again at once: connections are refused
+
+
+def test_server_down_never_loses_the_run_and_sync_sends_it_later(tiny_data, tmp_path, monkeypatch, mlflow_server):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_dead_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    trainer = _train(tiny_data, tmp_path / "runs", "offline", epochs=2, plots=False)
+    d = trainer.save_dir
+    # training finished and kept everything locally
+    assert (d / "weights" / "best.pt").is_file() and (d / "results.csv").is_file()
+    spool = d / "mlflow_pending.jsonl"
+    ops = [json.loads(line) for line in spool.read_text().splitlines()]
+    kinds = [op["op"] for op in ops]
+    assert kinds[0] == "create_run" and kinds[-1] == "end" and kinds.count("log_artifact") >= 4
+    assert sum(len(op.get("metrics", [])) for op in ops) > 10
+    assert json.loads((d / "mlflow.json").read_text())["run_id"] is None
+    # the server is back (another address here): `kubedistill mlflow sync` sends everything, in order
+    from kubedistill.cli import main
+
+    main(["mlflow", "sync", str(d), "--tracking-uri", mlflow_server.uri])
+    assert not spool.exists()
+    info = json.loads((d / "mlflow.json").read_text())
+    cl = mlflow.MlflowClient(mlflow_server.uri)
+    run = cl.get_run(info["run_id"])
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in cl.get_metric_history(run.info.run_id, "train/box_loss")) == [0, 1]
+    assert "weights" in {a.path for a in cl.list_artifacts(run.info.run_id)}
+
+
+def test_registry_and_promotion_gate_on_a_real_server(tracked, tmp_path, monkeypatch, mlflow_server, s3_server, tiny_data):
+    """register -> pyfunc predict from models:/NAME@champion; a worse model is never promoted."""
+    trainer, _, _ = tracked
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    monkeypatch.setenv("KUBEDISTILL_CACHE", str(tmp_path / "cache"))
+    from kubedistill.track.promote import promote
+    from kubedistill.track.registry import champion, register_student
+
+    name = "student-gate"
+    good = trainer.wdir / "best.pt"
+    v1 = register_student(good, name, onnx=trainer.wdir / "best.onnx", tags={"data_fingerprint": "abc"})
+    cl = mlflow.MlflowClient(mlflow_server.uri)
+    assert str(cl.get_model_version_by_alias(name, "challenger").version) == v1
+    assert champion(name) is None
+    first = promote(name, v1, tiny_data)
+    assert first["promoted"] and first["champion"] is None and first["reason"] == "no champion yet"
+    assert champion(name)["version"] == v1 and champion(name)["tags"]["data_fingerprint"] == "abc"
+    good_score = first["candidate"]["value"]
+    assert good_score > 0
+
+    # the artifacts went to the S3 store behind the server
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket="mlflow").get("Contents", [])]
+    assert any(k.endswith("model.onnx") or k.endswith("best.onnx") for k in keys)
+
+    # a worse candidate: rejected, champion unchanged, both figures and the decision on the version
+    bad = _zero_head(good, tmp_path / "bad.pt")
+    v2 = register_student(bad, name)
+    res = promote(name, v2, tiny_data)
+    assert res["promoted"] is False and res["candidate"]["value"] < res["champion"]["value"]
+    assert res["champion"] == {"version": v1, "value": pytest.approx(good_score)}
+    assert champion(name)["version"] == v1
+    tags = cl.get_model_version(name, v2).tags
+    assert tags["promotion.decision"] == "rejected" and tags["promotion.champion_version"] == v1
+    assert float(tags["promotion.candidate_value"]) == pytest.approx(res["candidate"]["value"], abs=1e-6)
+
+    # an equal candidate passes at min_delta 0 and fails at min_delta 0.01
+    v3 = register_student(good, name)
+    assert promote(name, v3, tiny_data, min_delta=0.01)["promoted"] is False
+    assert champion(name)["version"] == v1
+    res = promote(name, v3, tiny_data, min_delta=0.0)
+    assert res["promoted"] is True and champion(name)["version"] == v3
+    assert str(cl.get_model_version_by_alias(name, "previous-champion").version) == v1
+
+    # the champion as a pyfunc: predict(images) returns detections
+    from kubedistill.data.images import read_image
+
+    images = sorted((tiny_data.parent / "images" / "val").iterdir())[:2]
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    out = model.predict([str(p) for p in images], params={"conf": 0.0, "max_det": 5})
+    assert list(out.columns) == ["image", "class_id", "class_name", "score", "x1", "y1", "x2", "y2"]
+    assert set(out["image"]) == {0, 1} and (out.groupby("image").size() <= 5).all()
+    assert set(out["class_name"]) <= {"circle", "square"}
+    arr = np.stack([read_image(images[0])])
+    assert len(model.predict(arr, params={"conf": 0.0})) > 5  # default max_det is larger than 5
+    # the server resolves a registered model to its ONNX file (cached per server, name and version)
+    from kubedistill.serve.model import OnnxDetector
+    from kubedistill.serve.resolve import resolve_model_uri
+
+    onnx = resolve_model_uri(f"models:/{name}@champion")
+    assert onnx.suffix == ".onnx" and f"{name}-v{v3}" in str(onnx) and str(tmp_path / "cache") in str(onnx)
+    assert OnnxDetector(onnx).names == ["circle", "square"]
+    assert resolve_model_uri(f"models:/{name}/{v3}") == onnx
+    # the .pt checkpoint sits beside the ONNX model
+    local = mlflow.artifacts.download_artifacts(f"models:/{name}/{v3}", dst_path=str(tmp_path / "dl"))
+    assert sorted(p.suffix for p in __import__("pathlib").Path(local).rglob("*") if p.suffix in (".pt", ".onnx")) == [".onnx", ".pt"]
+
+
+def test_distill_from_a_registered_teacher_logs_dis_loss(tracked, tmp_path, monkeypatch, tiny_data):
+    trainer, uri, project = tracked
+    monkeypatch.setenv("KUBEDISTILL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from kubedistill.track.registry import register_student
+
+    v = register_student(trainer.wdir / "best.pt", "teacher", tracking_uri=uri, onnx=trainer.wdir / "best.onnx")
+    student = _train(tiny_data, project, "distilled", epochs=1, mlflow=True, distill_model=f"models:/teacher/{v}", plots=False)
+    cl = mlflow.MlflowClient(uri)
+    run = cl.get_run(student.mlflow_run["run_id"])
+    assert "train/dis_loss" in run.data.metrics
+    assert run.data.tags["teacher"] == f"models:/teacher/{v}"
+
+
+def test_cli_promote_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    from kubedistill.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    with pytest.raises(SystemExit) as e:
+        main(["promote", "--model-name", "nope", "--version", "1", "--data", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err == f"error: No MLflow registry at sqlite:///{tmp_path / 'm.db'}. Set MLFLOW_TRACKING_URI (or --tracking-uri) to your MLflow server."
+    import mlflow as _mlflow
+
+    _mlflow.MlflowClient(f"sqlite:///{tmp_path / 'm.db'}").search_experiments()  # now the store exists, the model does not
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["promote", "--model-name", "nope", "--version", "1", "--data", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("error: models:/nope/1: not found in the registry") and "\n" not in err
+    with pytest.raises(SystemExit) as e:
+        main(["promote", "--model-name", "nope", "--version", "1", "--data", str(tmp_path), "--metric", "mAP42"])
+    assert e.value.code == 2 and "Unknown promotion metric 'mAP42'" in capsys.readouterr().err
+
+
+def test_register_cli_uses_the_training_run(tracked, capsys, monkeypatch):
+    trainer, uri, project = tracked
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(project.parent)  # the default store is ./runs/mlflow.db
+    from kubedistill.cli import main
+
+    main(["register", "--weights", str(trainer.wdir / "best.pt"), "--model-name", "cli-model", "--onnx",
+          str(trainer.wdir / "best.onnx"), "--tag", "k=v"])
+    stdout = capsys.readouterr().out
+    out = json.loads(stdout[stdout.index("{"):])
+    assert out["model_uri"] == f"models:/cli-model/{out['version']}" and out["alias"] == "challenger"
+    cl = mlflow.MlflowClient(uri)
+    mv = cl.get_model_version_by_alias("cli-model", "challenger")
+    assert str(mv.version) == out["version"] and mv.run_id == trainer.mlflow_run["run_id"] and mv.tags["k"] == "v"
+
+
+def test_import_track_is_cheap():
+    import subprocess
+    import sys
+
+    code = "import kubedistill.track, kubedistill.track.settings, sys; print('mlflow' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, check=True).stdout.split()
+    assert out == ["False", "False"]
+
