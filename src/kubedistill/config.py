@@ -213,17 +213,23 @@ def normalize_keys(d: dict[str, Any]) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in d.items()}
 
 
-def read_yaml_config(path: str | Path) -> dict[str, Any]:
+def read_yaml_mapping(path: str | Path, what: str = "Config file", missing_fix: str = "Check the path",
+                      item: str = "option") -> dict[str, Any]:
+    """A YAML file holding a mapping (config, parameters, schedules); ConfigError naming the file otherwise."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"Config file '{p}' does not exist", "Check the path given to --cfg")
+        raise ConfigError(f"{what} '{p}' does not exist", missing_fix)
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"Config file '{p}' is not valid YAML ({e.__class__.__name__})", "Fix its syntax") from None
+        raise ConfigError(f"{what} '{p}' is not valid YAML ({e.__class__.__name__})", "Fix its syntax") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"Config file '{p}' must hold a mapping of option: value", "Write one option per line")
-    return normalize_keys(data)
+        raise ConfigError(f"{what} '{p}' must hold a mapping of {item}: value", f"Write one {item} per line")
+    return data
+
+
+def read_yaml_config(path: str | Path) -> dict[str, Any]:
+    return normalize_keys(read_yaml_mapping(path, "Config file", "Check the path given to --cfg"))
 
 
 def make_config(schema: type[BaseModel], cfg: str | Path | dict | None = None, source: str = "config", /, **overrides: Any):

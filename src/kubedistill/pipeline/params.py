@@ -135,13 +135,6 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
 
 
 def read_params_file(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"Parameter file '{p}' does not exist", "Check the path")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"Parameter file '{p}' is not valid YAML ({e.__class__.__name__})", "Fix its syntax") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"Parameter file '{p}' must hold a mapping of parameter: value", "Write one parameter per line")
-    return data
+    from kubedistill.config import read_yaml_mapping
+
+    return read_yaml_mapping(path, "Parameter file", "Check the path", item="parameter")

@@ -118,15 +118,12 @@ def load_schedules(path: str | Path, package: str | Path | None = None) -> Sched
     """Read and check a schedules file; parameters are checked against the pipeline's (typed, unknown names refused)."""
     from kubedistill.pipeline.params import check_params, pipeline_parameters
 
+    from kubedistill.config import read_yaml_mapping
+
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"Schedules file '{p}' does not exist", "Pass -f path/to/schedules.yaml")
+    raw = read_yaml_mapping(p, "Schedules file", "Pass -f path/to/schedules.yaml", item="field")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"Schedules file '{p}' is not valid YAML ({e.__class__.__name__})", "Fix its syntax") from None
-    try:
-        spec = ScheduleFile(**raw) if isinstance(raw, dict) else ScheduleFile.model_validate(raw)
+        spec = ScheduleFile(**raw)
     except ValidationError as e:
         msgs = []
         for err in e.errors():
