@@ -205,6 +205,18 @@ def find_version(client, pid: str, version: str | None = None):
     return found[0] if found else None
 
 
+def require_version(client, name: str, version: str | None, fix: str) -> tuple[str, object]:
+    """(pipeline id, version) of pipeline `name` (its newest version when `version` is empty); a UserError
+    when either is missing, ending with `fix` for a missing version."""
+    pid = pipeline_id(client, name)
+    if pid is None:
+        raise UserError(f"No pipeline '{name}' on this endpoint", "Upload it first: `kubedistill pipeline upload`")
+    v = find_version(client, pid, version)
+    if v is None:
+        raise UserError(f"Pipeline '{name}' has no version {repr(version) if version else 'at all'}", fix)
+    return pid, v
+
+
 def upload(client, package: str | Path = DEFAULT_PACKAGE, *, name: str = PIPELINE_NAME, version: str | None = None,
            description: str = "", namespace: str | None = None) -> dict:
     """Create pipeline `name` if needed, then a version holding `package` unless the same content is there."""
@@ -261,13 +273,7 @@ def submit(client, *, params: dict, experiment: str = DEFAULT_EXPERIMENT, run_na
                                                enable_caching=enable_caching, service_account=service_account), f"starting run '{run_name}'")
         ref = {"package": str(package)}
     else:
-        pid = pipeline_id(client, pipeline_name)
-        if pid is None:
-            raise UserError(f"No pipeline '{pipeline_name}' on this endpoint", "Upload it first: `kubedistill pipeline upload`")
-        v = find_version(client, pid, version)
-        if v is None:
-            raise UserError(f"Pipeline '{pipeline_name}' has no version {repr(version) if version else 'at all'}",
-                            "Upload one with `kubedistill pipeline upload` or check --version")
+        pid, v = require_version(client, pipeline_name, version, "Upload one with `kubedistill pipeline upload` or check --version")
         run = call(lambda: client.run_pipeline(exp_id, run_name, pipeline_id=pid, version_id=v.pipeline_version_id, params=params,
                                                enable_caching=enable_caching, service_account=service_account), f"starting run '{run_name}'")
         ref = {"pipeline_id": pid, "version_id": v.pipeline_version_id, "version": v.display_name}

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kubedistill.errors import ConfigError, UserError
 from kubedistill.pipeline import PIPELINE_NAME
-from kubedistill.pipeline.kfp_client import call, experiment_id, find_version, pipeline_id
+from kubedistill.pipeline.kfp_client import call, experiment_id, require_version
 
 SPEC_MARK = "kubedistill-spec:"
 _INTERVAL = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
@@ -172,13 +172,7 @@ def _resolve_version(client, spec: ScheduleFile, s: Schedule, cache: dict) -> tu
     want = s.pipeline_version or spec.pipeline_version
     if want in cache:
         return cache[want]
-    pid = pipeline_id(client, spec.pipeline)
-    if pid is None:
-        raise UserError(f"No pipeline '{spec.pipeline}' on this endpoint", "Upload it first: `kubedistill pipeline upload`")
-    v = find_version(client, pid, want)
-    if v is None:
-        raise UserError(f"Pipeline '{spec.pipeline}' has no version {repr(want) if want else 'at all'}",
-                        "Upload one with `kubedistill pipeline upload`, or fix pipeline_version")
+    pid, v = require_version(client, spec.pipeline, want, "Upload one with `kubedistill pipeline upload`, or fix pipeline_version")
     cache[want] = (pid, v.pipeline_version_id, v.display_name)
     return cache[want]
 

@@ -224,10 +224,9 @@ def train_step(data: str | Path, out_weights: str | Path, *, role: str, model: s
     data = data_yaml(data)
     out_weights = Path(out_weights)
     if role == "teacher" and teacher_uri.strip():
-        from kubedistill.cache import cache_dir
         from kubedistill.track.registry import fetch_model
 
-        pt = fetch_model(teacher_uri.strip(), cache_dir("models"), kind="pt")
+        pt = fetch_model(teacher_uri.strip(), kind="pt")
         _check_names(pt, data, f"Teacher {teacher_uri}")
         out_weights.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(pt, out_weights)

@@ -28,10 +28,9 @@ def resolve_model_uri(uri: str | Path) -> Path:
         if scheme == "s3":
             text = str(_fetch_s3_model(text))
         elif scheme == "models":
-            from kubedistill.cache import cache_dir
             from kubedistill.track.registry import fetch_model
 
-            text = str(fetch_model(text, cache_dir("models"), kind="onnx"))
+            text = str(fetch_model(text, kind="onnx"))
         else:
             raise UserError(f"--model '{text}': {scheme}:// URIs are not supported", "Pass a local .onnx file")
     path = Path(text).expanduser()

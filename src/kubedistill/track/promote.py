@@ -13,7 +13,6 @@ import math
 import time
 from pathlib import Path
 
-from kubedistill.cache import cache_dir
 from kubedistill.errors import UserError
 from kubedistill.track.registry import CHAMPION, PREVIOUS, champion, client, fetch_model, resolve_uri, version_info
 
@@ -26,7 +25,7 @@ def evaluate_version(name: str, version: str, data: str | Path, *, tracking_uri:
     from kubedistill.eval.run import run_val
     from kubedistill.train.checkpoint import load_model
 
-    pt = fetch_model(f"models:/{name}/{version}", cache or cache_dir("models"), kind="pt", tracking_uri=tracking_uri)
+    pt = fetch_model(f"models:/{name}/{version}", cache, kind="pt", tracking_uri=tracking_uri)
     model, ckpt = load_model(pt)
     size = imgsz or int(ckpt["train_args"]["imgsz"])
     return run_val(model, data, imgsz=size, batch=batch, device=device, workers=workers)

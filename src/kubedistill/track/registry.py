@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from kubedistill.cache import cache_dir
 from kubedistill.errors import UserError
 from kubedistill.track.settings import client, import_mlflow, resolve_uri, using
 
@@ -101,6 +102,7 @@ def register_student(weights: str | Path, name: str, *, run_id: str | None = Non
     weights = Path(weights)
     if not weights.is_file():
         raise UserError(f"Checkpoint '{weights}' does not exist", "Pass the best.pt of a finished training run")
+    sha256 = file_sha256(weights)
     uri, artifacts = resolve_uri(tracking_uri)
     mlflow = import_mlflow()
     from kubedistill.track.pyfunc import OnnxDetectorModel, pyfunc_signature
@@ -124,7 +126,7 @@ def register_student(weights: str | Path, name: str, *, run_id: str | None = Non
                     artifacts={"onnx": str(onnx), "checkpoint": str(weights)},
                     pip_requirements=[f"kubedistill[serve]=={__version__}", "pandas"],
                     registered_model_name=name,
-                    metadata={"kubedistill_version": __version__, "weights_sha256": file_sha256(weights)},
+                    metadata={"kubedistill_version": __version__, "weights_sha256": sha256},
                     signature=pyfunc_signature(),
                 )
                 active_run = mlflow.active_run().info.run_id
@@ -133,7 +135,7 @@ def register_student(weights: str | Path, name: str, *, run_id: str | None = Non
         except Exception as e:
             raise _mlflow_error(e, f"registering '{weights}' as '{name}'", uri) from None
     version = str(info.registered_model_version)
-    all_tags = {"weights_sha256": file_sha256(weights), "source_run_id": active_run, "kubedistill_version": __version__,
+    all_tags = {"weights_sha256": sha256, "source_run_id": active_run, "kubedistill_version": __version__,
                 **{str(k): str(v) for k, v in (tags or {}).items()}}
     for k, v in all_tags.items():
         cl.set_model_version_tag(name, version, k, v)
@@ -141,14 +143,15 @@ def register_student(weights: str | Path, name: str, *, run_id: str | None = Non
     return version
 
 
-def fetch_model(uri: str, dest: str | Path, *, kind: str = "pt", tracking_uri: str = "") -> Path:
-    """Download a registered model (models:/NAME/VERSION or @ALIAS) and return its `.pt` or `.onnx` file."""
+def fetch_model(uri: str, dest: str | Path | None = None, *, kind: str = "pt", tracking_uri: str = "") -> Path:
+    """Download a registered model (models:/NAME/VERSION or @ALIAS) into `dest` (default: the model cache)
+    and return its `.pt` or `.onnx` file."""
     if kind not in ("pt", "onnx"):
         raise ValueError(f"kind must be 'pt' or 'onnx', not {kind!r}")
     name, version = resolve_version(uri, tracking_uri=tracking_uri)
     turi = existing_uri(tracking_uri)
     # keyed by server too: the same name and version on two tracking servers are different models
-    dest = Path(dest) / hashlib.sha256(turi.encode()).hexdigest()[:12] / f"{name}-v{version}"
+    dest = Path(dest if dest is not None else cache_dir("models")) / hashlib.sha256(turi.encode()).hexdigest()[:12] / f"{name}-v{version}"
     found = sorted(dest.rglob(f"*.{kind}")) if dest.exists() else []
     if not found:
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,6 @@ def tracking_enabled(flag: bool = False) -> bool:
 def local_store(project: str | Path) -> tuple[str, str]:
     """The embedded default: (sqlite tracking URI, artifact folder URI) inside the project folder."""
     root = Path(project).expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}", (root / "mlartifacts").as_uri()
 
 
@@ -65,6 +64,8 @@ def resolve_uri(uri: str = "", project: str | Path = "runs") -> tuple[str, str |
 
 def client(uri: str):
     mlflow = import_mlflow()
+    if uri.startswith("sqlite:///"):  # the folder of a new local store (readers check the file exists first)
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

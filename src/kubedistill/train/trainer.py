@@ -137,12 +137,11 @@ class Trainer:
             teacher = self.cfg.distill_model
             self.teacher_source = teacher
             if teacher.startswith("models:/"):  # a registered teacher: its checkpoint, fetched once into the cache
-                from kubedistill.cache import cache_dir
                 from kubedistill.track.registry import fetch_model
                 from kubedistill.track.settings import resolve_uri
 
                 uri = resolve_uri(self.cfg.mlflow_uri, self.cfg.project)[0]
-                teacher = str(fetch_model(teacher, cache_dir("models"), kind="pt", tracking_uri=uri))
+                teacher = str(fetch_model(teacher, kind="pt", tracking_uri=uri))
             self.distiller = FeatureDistiller(teacher, self.model, self.cfg.dis, self.device)
             if self.main:
                 LOGGER.info(f"distilling from teacher {self.cfg.distill_model} (yolo-{self.distiller.teacher.scale}), dis={self.cfg.dis}")
