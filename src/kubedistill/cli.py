@@ -262,22 +262,31 @@ def bench_distill(
     student: str = typer.Option("n", help="Student scale."),
     teacher: str = typer.Option("s", help="Teacher scale (trained here unless --teacher-weights)."),
     teacher_weights: Optional[str] = typer.Option(None, help="Use this teacher checkpoint instead of training one."),
-    epochs: int = typer.Option(30, help="Student epochs, the same for (a) and (b)."),
-    teacher_epochs: int = typer.Option(60),
+    epochs: int = typer.Option(60, help="Student epochs, the same for (a) and (b)."),
+    teacher_epochs: int = typer.Option(150),
     imgsz: int = typer.Option(96),
     batch: int = typer.Option(16),
-    seed: int = typer.Option(0),
-    dis: float = typer.Option(6.0),
+    seeds: str = typer.Option("0,1,2", help="Seeds, comma-separated: every arm trains once per seed; the summary gives the spread."),
+    arm: List[str] = typer.Option([], "--arm", help="A distilled arm's options, e.g. dis=6,dis_o2o=0.125 (repeatable; default: --dis)."),
+    dis: float = typer.Option(6.0, help="Feature distillation gain of the single arm when no --arm is given."),
     steps: int = typer.Option(10, help="Timed steps for the cost measurement."),
+    jobs: int = typer.Option(1, help="Seeds trained at once, in separate processes sharing the CPU threads."),
+    cost_only: bool = typer.Option(False, "--cost-only", help="Only time the training step, plain and per arm (needs --teacher-weights)."),
+    cost_imgsz: Optional[int] = typer.Option(None, help="Image size for the step timing (default: --imgsz)."),
     device: str = typer.Option(""),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON."),
 ):
-    """Student alone vs distilled (mAP50-95 at equal epochs) and the step-time cost against its floor."""
-    from kubedistill.benchmark.distill import run_distill_benchmark
+    """Student alone vs distilled (mAP50-95 at equal epochs, over seeds) and the step-time cost against its floor."""
+    from kubedistill.benchmark.distill import parse_arm, run_distill_benchmark
 
+    try:
+        seed_list = tuple(int(x) for x in seeds.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"--seeds '{seeds}' is not a comma-separated list of integers", "Write it like --seeds 0,1,2") from None
+    arms = [parse_arm(a) for a in arm] or [parse_arm(f"dis={dis}")]
     res = run_distill_benchmark(out, data=data, student=student, teacher=teacher, teacher_weights=teacher_weights, epochs=epochs,
-                                teacher_epochs=teacher_epochs, imgsz=imgsz, batch=batch, seed=seed, dis=dis, steps=steps,
-                                device=device, echo=typer.echo)
+                                teacher_epochs=teacher_epochs, imgsz=imgsz, batch=batch, seeds=seed_list, arms=arms, steps=steps,
+                                device=device, jobs=jobs, cost_only=cost_only, cost_imgsz=cost_imgsz, echo=typer.echo)
     if json_out:
         from kubedistill.eval.predictions import write_json_atomic
 
@@ -472,15 +481,17 @@ _EXTRA_OF = {"torch": "train", "cv2": "train", "matplotlib": "train", "faster_co
              "kubernetes": "deploy", "helm_python": "deploy", "onnxruntime": "serve", "fastapi": "serve", "uvicorn": "serve"}
 
 
+INTERRUPTED = "interrupted; finished training epochs are kept in weights/last.pt (continue with resume=True)"
+
+
 def main(argv: List[str] | None = None) -> None:
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     except UserError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("interrupted; finished epochs are saved in weights/last.pt (continue with resume=True)", err=True)
-        sys.exit(130)
+        rc = 130
     except ModuleNotFoundError as e:  # a command whose extra is not installed (e.g. training in the serve image)
         extra = _EXTRA_OF.get((e.name or "").split(".")[0])
         if extra is None:
@@ -501,6 +512,10 @@ def main(argv: List[str] | None = None) -> None:
         if isinstance(e, click.exceptions.Abort):
             sys.exit(1)
         raise
+    if rc == 130:  # typer turns KeyboardInterrupt (Ctrl-C, or SIGTERM in training and `run`) into exit code 130
+        typer.echo(INTERRUPTED, err=True)
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,8 @@ class TrainConfig(BaseModel):
     # distillation (see the distillation docs)
     distill_model: str | None = Field(None, description="Teacher for feature distillation: a checkpoint path or a registered model models:/NAME/VERSION.")
     dis: float = Field(6.0, ge=0.0, description="Distillation loss gain.")
+    dis_o2o: float = Field(0.0, ge=0.0, description="Gain of the one-to-one head's class-score distillation (0: off).")
+    dis_temp: float = Field(2.0, gt=0.0, le=20.0, description="Temperature of the one-to-one class-score distillation.")
 
     # augmentation
     mosaic: float = Field(1.0, ge=0.0, le=1.0, description="Mosaic probability.")

@@ -14,7 +14,8 @@ from kubedistill.errors import ConfigError, UserError
 from kubedistill.model.yolo import DetectionModel
 from kubedistill.train import build_trainer
 from kubedistill.train.checkpoint import atomic_torch_save, load_checkpoint
-from kubedistill.train.distill import FeatureProjector, anchor_weights, score_weighted_l2
+from kubedistill.benchmark.distill import parse_arm, run_distill_benchmark, summarize
+from kubedistill.train.distill import FeatureProjector, anchor_weights, o2o_score_kl, score_weighted_l2
 from tests.conftest import TINY_TRAIN
 
 
@@ -137,3 +138,100 @@ def test_resume_rebuilds_teacher_and_refuses_changed_one(tmp_path, tiny_data, te
     for k, v in saved_proj.items():
         assert torch.equal(v, restored[k]), k
     assert torch.load(res["last"], weights_only=True)["epoch"] == 1
+
+
+def test_o2o_score_kl_values():
+    t = torch.tensor([[[2.0, -1.0, 0.0]]])  # [B=1, C=1, A=3]
+    assert o2o_score_kl(t.clone(), t, temp=2.0).item() == pytest.approx(0.0, abs=1e-6)  # matching scores cost nothing
+    s = torch.zeros(1, 1, 3)
+    p, q = (t / 2).sigmoid(), torch.full_like(t, 0.5)
+    kl = p * (p / q).log() + (1 - p) * ((1 - p) / (1 - q)).log()
+    expected = (kl.sum() * 4 / p.sum().clamp(min=1.0)).item()  # T^2 = 4, over the teacher's score sum
+    assert o2o_score_kl(s, t, temp=2.0).item() == pytest.approx(expected, rel=1e-5)
+    assert o2o_score_kl(s, t, temp=1.0).item() != pytest.approx(expected, rel=1e-3)
+
+
+def test_o2o_term_trains_only_the_one_to_one_head(teacher, tiny_data):
+    from kubedistill.train.distill import FeatureDistiller
+
+    student = DetectionModel("n", nc=2, names=["circle", "square"]).train()
+    dist = FeatureDistiller(str(teacher), student, gain=0.0, device=torch.device("cpu"), o2o_gain=1.0)
+    try:
+        img = torch.rand(2, 3, 64, 64)
+        preds = student(img)
+        loss, items = dist.loss(img, preds)
+        assert set(items) == {"dis_loss", "dis_o2o_loss"} and items["dis_o2o_loss"] > 0
+        loss.backward()
+        touched = [n for n, p in student.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+        # only the one-to-one head's class branch: it sees detached features, so the backbone gets nothing
+        assert touched and all(n.startswith("head.o2o.cls_branch.") for n in touched), touched
+        assert all(p.grad is None for p in dist.teacher.parameters())
+    finally:
+        dist.close()
+
+
+def test_distillation_run_with_o2o_term_logs_it(tmp_path, tiny_data, teacher):
+    _, res = _train(tmp_path, tiny_data, "o2o", epochs=2, mosaic=0.0, distill_model=str(teacher), dis_o2o=1.0, dis_temp=3.0)
+    row = list(csv.DictReader(open(Path(res["save_dir"]) / "results.csv")))[-1]
+    assert float(row["train/dis_o2o_loss"]) > 0 and float(row["train/dis_loss"]) > 0
+
+
+def test_summary_over_seeds():
+    rows = [{"seed": 0, "student_mAP50-95": 0.50, "distilled_mAP50-95": 0.52, "delta_points": 2.0},
+            {"seed": 1, "student_mAP50-95": 0.60, "distilled_mAP50-95": 0.60, "delta_points": 0.0},
+            {"seed": 2, "student_mAP50-95": 0.55, "distilled_mAP50-95": 0.57, "delta_points": 2.0}]
+    s = summarize(rows)
+    assert s["student_mAP50-95"] == pytest.approx(0.55) and s["student_sd"] == pytest.approx(0.05)
+    assert s["delta_points"] == pytest.approx(4 / 3) and s["wins"] == 2 and s["seeds"] == [0, 1, 2]
+    assert s["delta_se"] == pytest.approx((4 / 3) ** 0.5 / 3 ** 0.5)  # sd of (2, 0, 2) = sqrt(4/3)
+    assert summarize(rows[:1])["delta_se"] is None
+
+
+def test_benchmark_distill_over_two_seeds_and_two_arms(tmp_path, tiny_data, teacher):
+    lines = []
+    arms = [parse_arm("dis=6"), parse_arm("dis=1,dis-o2o=0.5")]
+    assert arms[1] == {"dis": 1.0, "dis_o2o": 0.5}
+    res = run_distill_benchmark(tmp_path, data=str(tiny_data), teacher_weights=str(teacher), epochs=1, imgsz=64,
+                                batch=8, seeds=(0, 1), arms=arms, steps=1, workers=0, jobs=2, echo=lines.append)
+    assert [a["arm"] for a in res["arms"]] == ["dis=6", "dis=1,dis_o2o=0.5"] and res["seeds"] == [0, 1]
+    for a in res["arms"]:
+        assert [r["seed"] for r in a["per_seed"]] == [0, 1] and a["step_s"] > 0 and a["ratio"] > 0
+        assert [r["student_mAP50-95"] for r in a["per_seed"]] == [r["student_mAP50-95"] for r in res["arms"][0]["per_seed"]]
+    assert res["step_s_plain"] > 0 and res["floor"] > 1
+    for name in ("student_s1", "distilled_dis6_s1", "distilled_dis1_dis_o2o0.5_s0"):
+        assert (tmp_path / name / "weights" / "best.pt").is_file(), name
+    assert sum(line.startswith("(b) ") and "standard error" in line for line in lines) == 2, lines
+    assert "in 2 processes" in lines[0] and lines[1].startswith("seed 0: alone") and lines[2].startswith("seed 1: alone")
+
+
+def test_benchmark_arms_are_checked_before_training():
+    with pytest.raises(ConfigError, match="'dis' = '-1'"):
+        parse_arm("dis=-1")
+    with pytest.raises(ConfigError, match="dsi"):
+        parse_arm("dsi=6")
+    with pytest.raises(UserError, match="not NAME=VALUE"):
+        parse_arm("dis")
+
+
+def test_benchmark_cost_only(tmp_path, tiny_data, teacher):
+    lines = []
+    res = run_distill_benchmark(tmp_path, data=str(tiny_data), teacher_weights=str(teacher), imgsz=64, cost_imgsz=96, batch=4, steps=1,
+                                arms=[parse_arm("dis=6")], cost_only=True, echo=lines.append)
+    assert res["cost_imgsz"] == 96 and res["step_s_plain"] > 0 and res["arms"][0]["arm"] == "dis=6" and res["arms"][0]["ratio"] > 0
+    assert lines[0].startswith("step at 96 px, batch 4") and not list(tmp_path.glob("student_*"))  # nothing trained
+    with pytest.raises(UserError, match="needs a teacher"):
+        run_distill_benchmark(tmp_path, data=str(tiny_data), cost_only=True)
+
+
+def test_teacher_class_logits_equal_its_full_forward(teacher):
+    from kubedistill.model.head import HEADS
+    from kubedistill.train.checkpoint import load_model
+
+    model, _ = load_model(teacher)
+    model.head.eval_heads = HEADS
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        full = model(x)
+        feats = model.neck(x)
+        for h in HEADS:
+            assert torch.equal(model.head.class_logits(feats, h), full[h]["scores"]), h

@@ -41,8 +41,10 @@ def test_outputs_and_checkpoint_format(tmp_path, tiny_data):
     assert not list((run / "weights").glob("*.tmp"))
 
 
-def test_resume_continues_exactly(tmp_path, tiny_data):
-    full = _train(tmp_path, tiny_data, name="full", epochs=3, close_mosaic=1)
+@pytest.mark.parametrize("losses", [{}, {"box_loss": "wiou", "cls_loss": "ghm"}], ids=["default", "stateful-losses"])
+def test_resume_continues_exactly(tmp_path, tiny_data, losses):
+    # Wise-IoU's running mean and GHM's bin counts are resume state too: without them the runs differ
+    full = _train(tmp_path, tiny_data, name="full", epochs=3, close_mosaic=1, **losses)
 
     class Kill(Exception):
         pass
@@ -52,12 +54,14 @@ def test_resume_continues_exactly(tmp_path, tiny_data):
             raise Kill
 
     with pytest.raises(Kill):
-        _train(tmp_path, tiny_data, name="cut", epochs=3, close_mosaic=1, callbacks={"on_fit_epoch_end": [kill_after_first]})
+        _train(tmp_path, tiny_data, name="cut", epochs=3, close_mosaic=1, callbacks={"on_fit_epoch_end": [kill_after_first]}, **losses)
     resumed = build_trainer(train_config(resume=str(tmp_path / "cut" / "weights" / "last.pt"), workers=0)).train()
     assert resumed["save_dir"] == str(tmp_path / "cut")
     a = torch.load(Path(full["last"]), weights_only=True)
     b = torch.load(Path(resumed["last"]), weights_only=True)
     assert a["epoch"] == b["epoch"] == 2
+    if losses:
+        assert b["loss_state"]["box_loss"]["iou_mean"] != 1.0 and b["loss_state"]["cls_loss"]["acc_sum"].sum() > 0
     for k, v in a["train_state_dict"].items():
         assert torch.equal(v, b["train_state_dict"][k]), k
     for k, v in a["model"]["state_dict"].items():

@@ -25,6 +25,19 @@ def test_copy_is_frozen_eval():
     assert ema.ema[0].weight.data_ptr() != m[0].weight.data_ptr()
 
 
+def test_hooks_stay_on_the_training_model():
+    # distillation captures the student's neck features with a hook; the average must not copy it
+    m = _model()
+    seen = []
+    m[1].register_forward_pre_hook(lambda mod, args: seen.append("pre"))
+    m[1].register_forward_hook(lambda mod, args, out: seen.append("post"))
+    ema = ModelEMA(m)
+    ema.ema(torch.rand(1, 3, 8, 8))
+    assert seen == []
+    m(torch.rand(1, 3, 8, 8))
+    assert seen == ["pre", "post"]
+
+
 def test_decay_ramps():
     ema = ModelEMA(_model(), decay=0.9999, tau=2000)
     ds = [ema.update(ema.ema) for _ in range(5)]

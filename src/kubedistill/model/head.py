@@ -93,8 +93,15 @@ class Detect(nn.Module):
     def _run(self, feats: list[torch.Tensor], box_branch, cls_branch) -> dict[str, torch.Tensor]:
         b = feats[0].shape[0]
         boxes = torch.cat([box_branch[i](f).view(b, 4, -1) for i, f in enumerate(feats)], 2)
-        scores = torch.cat([cls_branch[i](f).view(b, self.nc, -1) for i, f in enumerate(feats)], 2)
-        return {"boxes": F.softplus(boxes), "scores": scores}
+        return {"boxes": F.softplus(boxes), "scores": self._scores(feats, cls_branch)}
+
+    def _scores(self, feats: list[torch.Tensor], cls_branch) -> torch.Tensor:
+        b = feats[0].shape[0]
+        return torch.cat([cls_branch[i](f).view(b, self.nc, -1) for i, f in enumerate(feats)], 2)
+
+    def class_logits(self, feats: list[torch.Tensor], head: str) -> torch.Tensor:
+        """[B, nc, A] class logits of one head, without its box branch: all a distillation teacher needs."""
+        return self._scores(feats, self.cls_branch if head == "one2many" else self.o2o["cls_branch"])
 
     def forward(self, feats: list[torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
         out = {}

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kubedistill.errors import UserError
+from kubedistill.interrupt import sigterm_as_interrupt, terminate_children
 
 # Small enough for a laptop CPU (docs/pipeline.md has the measured time), big enough to learn something.
 LOCAL_DEFAULTS: dict[str, Any] = {
@@ -228,7 +229,8 @@ def run_local(params: dict[str, Any], out: str | Path, *, echo: Callable[[str], 
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
             try:
-                pipeline(**params)
+                with sigterm_as_interrupt(before=terminate_children):  # the running step stops with us
+                    pipeline(**params)
             except RuntimeError as e:
                 failure = _ANSI.sub("", str(e))
         sys.stdout.flush()

@@ -29,6 +29,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 class ModelEMA:
     def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0, updates: int = 0) -> None:
         self.ema = copy.deepcopy(unwrap_model(model)).eval()
+        for m in self.ema.modules():  # hooks on the training model (distillation's feature capture) stay there
+            m._forward_pre_hooks.clear()
+            m._forward_hooks.clear()
         for p in self.ema.parameters():
             p.requires_grad_(False)
         self.decay = decay

@@ -139,6 +139,16 @@ class DetectionLoss:
             "one2one": TaskAlignedAssigner(nc, topk=o2o_topk, stal_size=stal),
         }
 
+    def state_dict(self) -> dict:
+        """Running state of the box and class losses (Wise-IoU's mean, GHM's bin counts), for resume."""
+        return {name: {k: v.detach().cpu().clone() for k, v in getattr(self, name).state_dict().items()} for name in ("box_loss", "cls_loss")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in ("box_loss", "cls_loss"):
+            module = getattr(self, name)
+            if state.get(name):
+                module.load_state_dict(state[name])
+
     def head_loss(self, out: dict[str, torch.Tensor], targets: torch.Tensor, imgsz_hw, assigner) -> torch.Tensor:
         """[3] tensor of (box, cls, l1) for one head, gains applied, normalised by target-score sum."""
         pred_dist = out["boxes"].permute(0, 2, 1)  # [B, A, 4] stride units

@@ -36,6 +36,7 @@ from kubedistill.data.fetch import resolve_data
 from kubedistill.errors import ConfigError, UserError
 from kubedistill.eval.predictions import write_json_atomic
 from kubedistill.eval.validator import validate
+from kubedistill.interrupt import sigterm_as_interrupt
 from kubedistill.model.yolo import DetectionModel, parse_scale
 from kubedistill.train import dist as du
 from kubedistill.train.checkpoint import atomic_torch_save, load_checkpoint, model_from_checkpoint
@@ -118,8 +119,8 @@ class Trainer:
         """Extra terms added to the detection loss (scaled like it: per-image value x batch size)."""
         if self.distiller is None:
             return None, {}
-        dis = self.distiller.loss(batch["img"])
-        return dis * batch["img"].shape[0], {"dis_loss": dis.detach()}
+        dis, items = self.distiller.loss(batch["img"], preds)
+        return dis * batch["img"].shape[0], items
 
     def checkpoint_extras(self) -> dict:
         """Extra resume state saved into last.pt (never into the inference weights)."""
@@ -142,9 +143,11 @@ class Trainer:
 
                 uri = resolve_uri(self.cfg.mlflow_uri, self.cfg.project)[0]
                 teacher = str(fetch_model(teacher, kind="pt", tracking_uri=uri))
-            self.distiller = FeatureDistiller(teacher, self.model, self.cfg.dis, self.device)
+            self.distiller = FeatureDistiller(teacher, self.model, self.cfg.dis, self.device,
+                                              o2o_gain=self.cfg.dis_o2o, temp=self.cfg.dis_temp)
             if self.main:
-                LOGGER.info(f"distilling from teacher {self.cfg.distill_model} (yolo-{self.distiller.teacher.scale}), dis={self.cfg.dis}")
+                LOGGER.info(f"distilling from teacher {self.cfg.distill_model} (yolo-{self.distiller.teacher.scale}), dis={self.cfg.dis}"
+                            + (f", dis_o2o={self.cfg.dis_o2o} (dis_temp={self.cfg.dis_temp})" if self.cfg.dis_o2o > 0 else ""))
 
     def extra_modules(self) -> list[nn.Module]:
         """Trainable modules besides the model (their parameters join the optimizer)."""
@@ -271,6 +274,7 @@ class Trainer:
         self.best_fitness = ckpt["best_fitness"]
         self.best_epoch = ckpt.get("best_epoch", -1)
         self.best_metrics = ckpt.get("best_metrics", {})
+        self.loss_fn.load_state_dict(ckpt.get("loss_state", {}))
         torch.set_rng_state(ckpt["rng"]["torch"])
         if torch.cuda.is_available() and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
@@ -282,9 +286,10 @@ class Trainer:
     def train(self) -> dict:
         setup_logging()
         try:
-            self._setup()
-            self.run_callbacks("on_train_start")
-            self._fit()
+            with sigterm_as_interrupt():  # a stopped pod ends the run as KILLED, like Ctrl-C
+                self._setup()
+                self.run_callbacks("on_train_start")
+                self._fit()
         except BaseException as e:
             self.error = e
             raise
@@ -477,6 +482,7 @@ class Trainer:
             "train_state_dict": {k: v.detach().cpu() for k, v in _unwrap(self.model).state_dict().items()},
             "ema_updates": self.ema.updates,
             "optimizer": self.optimizer.state_dict(),
+            "loss_state": self.loss_fn.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             **self.checkpoint_extras(),
         }

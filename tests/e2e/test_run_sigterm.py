@@ -1,0 +1,61 @@
+"""SIGTERM to `kubedistill run` stops the step it is running too (kfp.local runs steps as child processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("kfp")
+
+from kubedistill.interrupt import child_pids  # noqa: E402
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state == "Z"  # exited, waiting to be reaped by whoever adopted it
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_running_step(tmp_path, tiny_data):
+    cfg = tmp_path / "params.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "dataset_uri": str(tiny_data), "imgsz": 64, "teacher_model": "yolo-n", "teacher_epochs": 500, "student_epochs": 1,
+        "extra_config": {"batch": 8, "nbs": 8, "workers": 0, "plots": False},
+    }))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "KUBEDISTILL_CACHE": str(tmp_path / "cache")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "kubedistill", "run", "--config", str(cfg), "--out", str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        seen = []
+        for line in proc.stdout:  # bounded by the test timeout
+            seen.append(line)
+            if "Executing task 'train-teacher'" in line:
+                break
+        assert proc.poll() is None, "".join(seen[-30:])
+        deadline = time.monotonic() + 60
+        while not (steps := child_pids(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert steps, "no step process under `kubedistill run`"
+        time.sleep(3)  # into the teacher's training
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 130, rest[-3000:]
+        assert "interrupted" in rest
+        deadline = time.monotonic() + 30
+        while not all(_gone(p) for p in steps) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(_gone(p) for p in steps), f"step processes {steps} outlived `kubedistill run`"
+    finally:
+        proc.kill()
+        proc.wait()

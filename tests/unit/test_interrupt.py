@@ -1,0 +1,76 @@
+"""SIGTERM as Ctrl-C, and passing it on to child processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import typer
+
+from kubedistill.interrupt import child_pids, descendant_pids, sigterm_as_interrupt, terminate_children
+
+
+def test_sigterm_raises_keyboard_interrupt_then_handler_is_restored():
+    called = []
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with sigterm_as_interrupt(before=lambda: called.append(True)):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10**7):  # a signal is handled between bytecodes; this never finishes first
+                pass
+    assert called == [True]
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_the_whole_tree_gets_sigterm(tmp_path):
+    # like kfp.local's step: a shell running python; a shell that gets SIGTERM does not pass it on
+    marker = tmp_path / "grandchild.pid"
+    code = f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    proc = subprocess.Popen(["sh", "-ec", f'{sys.executable} -c "{code}"; echo after'])
+    try:
+        deadline = time.monotonic() + 20
+        while not marker.exists() or not marker.read_text():
+            assert time.monotonic() < deadline, "the grandchild did not start"
+            time.sleep(0.05)
+        grandchild = int(marker.read_text())
+        assert proc.pid in child_pids() and descendant_pids() == [proc.pid, grandchild]
+        terminate_children()
+        assert proc.wait(timeout=20) != 0
+        deadline = time.monotonic() + 20
+        while Path(f"/proc/{grandchild}").exists() and "Z" not in Path(f"/proc/{grandchild}/stat").read_text().rsplit(")", 1)[1][:3]:
+            assert time.monotonic() < deadline, "the grandchild outlived the SIGTERM"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("raise_in_command,code,said", [
+    (KeyboardInterrupt, 130, "interrupted; finished training epochs are kept in weights/last.pt"),
+    (lambda: typer.Exit(3), 3, ""),  # e.g. `kubedistill deploy` when the release did not come up
+    (None, None, ""),
+])
+def test_cli_exit_codes_survive_typer(monkeypatch, capsys, raise_in_command, code, said):
+    """typer (standalone_mode=False) returns Exit codes and Ctrl-C as 130 instead of exiting; main must exit with them."""
+    import kubedistill.cli as cli
+
+    app = typer.Typer()
+
+    @app.command()
+    def go():
+        if raise_in_command is not None:
+            raise raise_in_command()
+
+    monkeypatch.setattr(cli, "app", app)
+    if code is None:
+        cli.main([])
+    else:
+        with pytest.raises(SystemExit) as e:
+            cli.main([])
+        assert e.value.code == code
+    assert said in capsys.readouterr().err
