@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from kubedistill.interrupt import child_pids, descendant_pids, sigterm_as_interrupt, terminate_children
+from kubedistill.interrupt import sigterm_as_interrupt
 
 
 def test_sigterm_raises_keyboard_interrupt_then_handler_is_restored():
@@ -27,27 +28,44 @@ def test_sigterm_raises_keyboard_interrupt_then_handler_is_restored():
     assert signal.getsignal(signal.SIGTERM) == before
 
 
-def test_the_whole_tree_gets_sigterm(tmp_path):
-    # like kfp.local's step: a shell running python; a shell that gets SIGTERM does not pass it on
-    marker = tmp_path / "grandchild.pid"
-    code = f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
-    proc = subprocess.Popen(["sh", "-ec", f'{sys.executable} -c "{code}"; echo after'])
+HELPER = """
+import json, subprocess, sys, time
+from pathlib import Path
+from kubedistill.interrupt import child_pids, descendant_pids, terminate_children
+marker = Path(sys.argv[1])
+code = f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+sh = subprocess.Popen(["sh", "-ec", f'{sys.executable} -c "{code}"; echo after'])
+deadline = time.monotonic() + 20
+while not marker.exists() or not marker.read_text():
+    assert time.monotonic() < deadline, "the grandchild did not start"
+    time.sleep(0.05)
+tree = {"sh": sh.pid, "grandchild": int(marker.read_text()), "children": child_pids(), "descendants": descendant_pids()}
+terminate_children()
+tree["sh_rc"] = sh.wait(timeout=20)
+print(json.dumps(tree))
+"""
+
+
+def _gone(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
     try:
-        deadline = time.monotonic() + 20
-        while not marker.exists() or not marker.read_text():
-            assert time.monotonic() < deadline, "the grandchild did not start"
-            time.sleep(0.05)
-        grandchild = int(marker.read_text())
-        assert proc.pid in child_pids() and descendant_pids() == [proc.pid, grandchild]
-        terminate_children()
-        assert proc.wait(timeout=20) != 0
-        deadline = time.monotonic() + 20
-        while Path(f"/proc/{grandchild}").exists() and "Z" not in Path(f"/proc/{grandchild}/stat").read_text().rsplit(")", 1)[1][:3]:
-            assert time.monotonic() < deadline, "the grandchild outlived the SIGTERM"
-            time.sleep(0.05)
-    finally:
-        proc.kill()
-        proc.wait()
+        return stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"  # exited, not yet reaped
+    except FileNotFoundError:
+        return True
+
+
+def test_the_whole_tree_gets_sigterm(tmp_path):
+    # Like kfp.local's step: a shell running python, and a shell that gets SIGTERM does not pass it on.
+    # Run in a helper process of its own: here, pytest's other children (session servers) would get it too.
+    out = subprocess.run([sys.executable, "-c", HELPER, str(tmp_path / "grandchild.pid")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    tree = json.loads(out.stdout.strip().splitlines()[-1])
+    assert tree["children"] == [tree["sh"]] and tree["descendants"] == [tree["sh"], tree["grandchild"]]
+    assert tree["sh_rc"] != 0
+    deadline = time.monotonic() + 20
+    while not _gone(tree["grandchild"]):
+        assert time.monotonic() < deadline, "the grandchild outlived the SIGTERM"
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("raise_in_command,code,said", [
