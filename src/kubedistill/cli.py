@@ -234,6 +234,13 @@ def info_cmd(
     )
 
 
+def _int_list(text: str, option: str, example: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"{option} '{text}' is not a comma-separated list of integers", f"Write it like {option} {example}") from None
+
+
 @bench_app.command("train")
 def bench_train(
     scales: str = typer.Option("n,s,m,l", help="Comma-separated scales."),
@@ -247,7 +254,7 @@ def bench_train(
     """Forward+backward img/s and data-loader img/s for each scale and size."""
     from kubedistill.benchmark.train import run_train_benchmark
 
-    rows = run_train_benchmark([s for s in scales.split(",") if s], [int(s) for s in imgsz.split(",") if s], batch=batch,
+    rows = run_train_benchmark([s for s in scales.split(",") if s], list(_int_list(imgsz, "--imgsz", "320,640")), batch=batch,
                                iters=iters, workers=workers, device=device)
     if out:
         from kubedistill.eval.predictions import write_json_atomic
@@ -279,10 +286,7 @@ def bench_distill(
     """Student alone vs distilled (mAP50-95 at equal epochs, over seeds) and the step-time cost against its floor."""
     from kubedistill.benchmark.distill import parse_arm, run_distill_benchmark
 
-    try:
-        seed_list = tuple(int(x) for x in seeds.split(",") if x.strip())
-    except ValueError:
-        raise UserError(f"--seeds '{seeds}' is not a comma-separated list of integers", "Write it like --seeds 0,1,2") from None
+    seed_list = _int_list(seeds, "--seeds", "0,1,2")
     arms = [parse_arm(a) for a in arm] or [parse_arm(f"dis={dis}")]
     res = run_distill_benchmark(out, data=data, student=student, teacher=teacher, teacher_weights=teacher_weights, epochs=epochs,
                                 teacher_epochs=teacher_epochs, imgsz=imgsz, batch=batch, seeds=seed_list, arms=arms, steps=steps,
@@ -355,10 +359,7 @@ def bench_serve(
     """Latency (p50/p99) and requests/s of `kubedistill serve` on loopback, beside the raw model and preprocessing time."""
     from kubedistill.benchmark.serve import run_serve_benchmark
 
-    try:
-        levels = tuple(int(c) for c in concurrency.split(",") if c.strip())
-    except ValueError:
-        raise UserError(f"--concurrency '{concurrency}' is not a list of integers", "e.g. --concurrency 1,4,16") from None
+    levels = _int_list(concurrency, "--concurrency", "1,4,16")
     res = run_serve_benchmark(model, image=str(image) if image else None, requests=requests, concurrency=levels,
                               warmup=warmup, threads=threads, echo=typer.echo)
     if json_out:

@@ -18,27 +18,46 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 
-def child_pids(pid: int | None = None) -> list[int]:
-    """Direct children of `pid` (default: this process), from /proc; empty where /proc is missing."""
-    pid = os.getpid() if pid is None else pid
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # after "(comm)": state, ppid, ...
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid:
-            out.append(int(stat.parent.name))
+def _stat(pid: int | str) -> tuple[str, int] | None:
+    """(state, parent pid) from /proc/PID/stat; None when the process (or /proc) is not there."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ...
+        return fields[0], int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_state(pid: int) -> str | None:
+    """The process's state letter ("R", "S", "Z" for exited but not yet reaped, ...); None once it is gone."""
+    st = _stat(pid)
+    return st[0] if st else None
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process, read once from /proc (empty where /proc is missing)."""
+    out = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        st = _stat(d.name)
+        if st is not None:
+            out[int(d.name)] = st[1]
     return out
 
 
+def child_pids(pid: int | None = None) -> list[int]:
+    """Direct children of `pid` (default: this process)."""
+    pid = os.getpid() if pid is None else pid
+    return [p for p, parent in _parents().items() if parent == pid]
+
+
 def descendant_pids(pid: int | None = None) -> list[int]:
-    """Children, their children and so on, parents first."""
-    out, todo = [], child_pids(pid)
+    """Children, their children and so on, parents first (one pass over /proc)."""
+    parents = _parents()
+    out, todo = [], [os.getpid() if pid is None else pid]
     while todo:
-        p = todo.pop(0)
-        out.append(p)
-        todo.extend(child_pids(p))
+        current = todo.pop(0)
+        kids = [p for p, parent in parents.items() if parent == current]
+        out.extend(kids)
+        todo.extend(kids)
     return out
 
 

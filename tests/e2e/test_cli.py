@@ -54,6 +54,9 @@ def test_synth_train_val_predict(tmp_path):
         (["val", "--weights", "nope.pt"], "does not exist"),
         (["predict", "--weights", "nope.pt", "--source", "."], "does not exist"),
         (["data", "check", "nope.yaml"], "nope.yaml"),
+        (["benchmark", "distill", "--seeds", "0,x"], "--seeds '0,x' is not a comma-separated list of integers"),
+        (["benchmark", "distill", "--arm", "dsi=6"], "unknown option 'dsi'"),
+        (["benchmark", "train", "--imgsz", "320,big"], "--imgsz '320,big' is not a comma-separated list"),
     ],
 )
 def test_user_errors_are_one_line(tmp_path, args, expect):

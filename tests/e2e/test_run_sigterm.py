@@ -7,22 +7,17 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
 pytest.importorskip("kfp")
 
-from kubedistill.interrupt import child_pids  # noqa: E402
+from kubedistill.interrupt import child_pids, process_state  # noqa: E402
 
 
 def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state == "Z"  # exited, waiting to be reaped by whoever adopted it
+    return process_state(pid) in (None, "Z")  # "Z": exited, waiting to be reaped by whoever adopted it
 
 
 @pytest.mark.slow

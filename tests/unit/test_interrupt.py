@@ -8,12 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import typer
 
-from kubedistill.interrupt import sigterm_as_interrupt
+from kubedistill.interrupt import process_state, sigterm_as_interrupt
 
 
 def test_sigterm_raises_keyboard_interrupt_then_handler_is_restored():
@@ -47,11 +46,7 @@ print(json.dumps(tree))
 
 
 def _gone(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"  # exited, not yet reaped
-    except FileNotFoundError:
-        return True
+    return process_state(pid) in (None, "Z")  # "Z": exited, not yet reaped
 
 
 def test_the_whole_tree_gets_sigterm(tmp_path):

@@ -173,11 +173,12 @@ def run_distill_benchmark(out_dir: str | Path, *, data: str | None = None, stude
     common = dict(data=data, imgsz=imgsz, batch=batch, nbs=batch, workers=workers, project=str(out), exist_ok=True,
                   optimizer="AdamW", lr0=0.004, warmup_epochs=1, close_mosaic=5, verbose=False, device=device, **train_kw)
     cost_imgsz = cost_imgsz or imgsz
+    labels = [arm_label(k) for k in arms]
     if cost_only:
         if teacher_weights is None:
             raise UserError("--cost-only times the distilled step, which needs a teacher", "Add --teacher-weights path/to/best.pt")
         timing = step_times(student, teacher_weights, data, cost_imgsz, batch, steps, device, arms)
-        for label, t in zip([arm_label(k) for k in arms], timing["arms"]):
+        for label, t in zip(labels, timing["arms"]):
             t["arm"] = label
         echo(f"step at {cost_imgsz} px, batch {batch}: plain {timing['step_s_plain'] * 1000:.1f} ms; floor {timing['floor']:.3f}x")
         for t in timing["arms"]:
@@ -190,7 +191,6 @@ def run_distill_benchmark(out_dir: str | Path, *, data: str | None = None, stude
         echo(f"teacher yolo-{teacher}: mAP50-95 {t_map:.4f}")
     else:
         t_map = None
-    labels = [arm_label(k) for k in arms]
     per_arm: list[list[dict]] = [[] for _ in arms]
     jobs = max(1, min(jobs, len(seeds)))
     if jobs > 1:
