@@ -335,6 +335,9 @@ def serve_cmd(
     name: Optional[str] = typer.Option(None, help="Model name in /v2/models/{name} (default: the file name without .onnx)."),
     max_body_mb: float = typer.Option(20.0, help="Largest request body in MiB (larger: 413)."),
     max_images: int = typer.Option(32, help="Most images in one /v1/detect request."),
+    max_batch_size: int = typer.Option(1, help="Micro-batching: run up to this many images of concurrent requests in one model call "
+                                            "(1: off; needs a model exported with --dynamic)."),
+    max_latency_ms: float = typer.Option(5.0, help="Micro-batching: longest a request waits for others to fill a batch."),
     graceful_timeout: int = typer.Option(30, help="Seconds in-flight requests get to finish after SIGTERM."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log every request."),
@@ -343,7 +346,8 @@ def serve_cmd(
     from kubedistill.serve.server import serve
 
     serve(model, host=host, port=port, workers=workers, threads=threads, name=name, max_body_mb=max_body_mb,
-          max_images=max_images, graceful_timeout=graceful_timeout, log_level=log_level, access_log=access_log)
+          max_images=max_images, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, graceful_timeout=graceful_timeout,
+          log_level=log_level, access_log=access_log)
 
 
 @bench_app.command("serve")
@@ -354,6 +358,8 @@ def bench_serve(
     concurrency: str = typer.Option("1,4,16", help="Comma-separated concurrency levels."),
     threads: Optional[int] = typer.Option(None, help="onnxruntime threads of the server and the in-process timing."),
     warmup: int = typer.Option(10, help="Untimed requests before the first level."),
+    max_batch_size: int = typer.Option(1, help="The server's --max-batch-size (micro-batching; 1: off)."),
+    max_latency_ms: float = typer.Option(5.0, help="The server's --max-latency-ms."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON."),
 ):
     """Latency (p50/p99) and requests/s of `kubedistill serve` on loopback, beside the raw model and preprocessing time."""
@@ -361,7 +367,8 @@ def bench_serve(
 
     levels = _int_list(concurrency, "--concurrency", "1,4,16")
     res = run_serve_benchmark(model, image=str(image) if image else None, requests=requests, concurrency=levels,
-                              warmup=warmup, threads=threads, echo=typer.echo)
+                              warmup=warmup, threads=threads, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms,
+                              echo=typer.echo)
     if json_out:
         from kubedistill.eval.predictions import write_json_atomic
 

@@ -177,7 +177,8 @@ def test_container_args_parse_with_the_real_command_lines(case):
     from kubedistill.deploy.smoke import parser
 
     serve = get_command(app).commands["serve"]
-    values = dict(MATRIX.get(case, {}), server={"threads": None, "accessLog": False, "logLevel": "debug"})
+    values = dict(MATRIX.get(case, {}), server={"threads": None, "accessLog": False, "logLevel": "debug", "maxBatchSize": 8,
+                                                "maxLatencyMs": 2.5})
     for name, spec in pod_specs(render(values)):
         c = spec["containers"][0]
         if c["name"] == "server":
@@ -185,6 +186,7 @@ def test_container_args_parse_with_the_real_command_lines(case):
             params = serve.make_context("serve", list(c["args"][1:])).params
             assert params["host"] == "0.0.0.0" and params["port"] == 8000 and params["name"] == "detector"
             assert params["access_log"] is False and params["log_level"] == "debug" and params["threads"] is None
+            assert params["max_batch_size"] == 8 and params["max_latency_ms"] == 2.5
             assert params["model"] == c["args"][2]
         else:
             args = parser().parse_args(c["args"])
@@ -216,6 +218,8 @@ def test_empty_model_uri_fails_with_a_clear_message():
     ({"modle": {"uri": "x"}}, "additional properties 'modle' not allowed"),
     ({"replicaCount": 0}, "at '/replicaCount': minimum: got 0, want 1"),
     ({"server": {"port": 80}}, "at '/server/port': minimum"),
+    ({"server": {"maxBatchSize": 0}}, "at '/server/maxBatchSize': minimum"),
+    ({"server": {"maxLatencyMs": 5000}}, "at '/server/maxLatencyMs': maximum"),
     ({"image": {"tag": "latest"}}, "at '/image/tag': value must be 'a fixed tag such as the release version (latest is refused"),
     ({"model": {"uri": "/data/model.onnx"}}, "at '/model/uri': '/data/model.onnx' does not match pattern"),
     ({"extraEnv": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "hunter2"}]}, "not a literal: credentials come from credentials.existingSecret"),

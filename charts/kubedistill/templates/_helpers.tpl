@@ -137,6 +137,10 @@ spec:
         - {{ $v.server.maxBodyMb | quote }}
         - --max-images
         - {{ $v.server.maxImages | quote }}
+        - --max-batch-size
+        - {{ $v.server.maxBatchSize | quote }}
+        - --max-latency-ms
+        - {{ $v.server.maxLatencyMs | quote }}
         - --graceful-timeout
         - {{ $v.server.gracefulTimeout | quote }}
         - --log-level

@@ -91,14 +91,23 @@ def _pil_decode(data: bytes, path: Path) -> np.ndarray:
     """Full Pillow decode (raises on truncation), orientation applied, RGB uint8."""
     try:
         with Image.open(io.BytesIO(data)) as im:
-            orientation = _orientation(im)
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L", "RGB", "RGBA", "LA"):
-                arr = _to_rgb_uint8(np.asarray(im), im.mode)
-            else:  # P, CMYK, YCbCr, 1, ...
-                arr = np.asarray(im.convert("RGB"))
+            return pil_to_rgb(im, path)
     except Exception as e:
         raise _read_error(path, e) from None
+
+
+def pil_to_rgb(im: Image.Image, path: str | Path = "<bytes>") -> np.ndarray:
+    """An opened Pillow image, decoded in full (raises `ImageReadError` on truncation): RGB uint8 HxWx3,
+    EXIF orientation applied. For callers that look at the header first (the server checks the size)."""
+    try:
+        orientation = _orientation(im)
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L", "RGB", "RGBA", "LA"):
+            arr = _to_rgb_uint8(np.asarray(im), im.mode)
+        else:  # P, CMYK, YCbCr, 1, ...
+            arr = np.asarray(im.convert("RGB"))
+    except Exception as e:
+        raise _read_error(Path(path), e) from None
     return apply_orientation(arr, orientation)
 
 

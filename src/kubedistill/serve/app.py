@@ -15,36 +15,39 @@ Endpoints (docs/serving.md has curl examples):
 
 The model loads in a background thread started by the lifespan hook, so /v2/health/live answers
 at once and /v2/health/ready turns true when the session is ready. Decoding, letterboxing and
-`session.run` happen in the threadpool (the event loop stays free). Every error is JSON
-{"error": "..."}; bad input is a 4xx, never a 500.
+`session.run` happen in a pool of worker threads (the event loop stays free); with
+`max_batch_size` > 1 the model runs the images of concurrent requests together
+(`kubedistill.serve.batching`). Every error is JSON {"error": "..."}; bad input is a 4xx, never a 500.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from kubedistill import __version__
 from kubedistill.errors import UserError
 from kubedistill.serve import protocol
+from kubedistill.serve.batching import MicroBatcher
 from kubedistill.serve.metrics import MetricsMiddleware, ServeMetrics
-from kubedistill.serve.model import Detections, OnnxDetector
+from kubedistill.serve.model import OnnxDetector, default_threads
 from kubedistill.serve.protocol import ServeError
 
 log = logging.getLogger("kubedistill.serve")
@@ -64,6 +67,9 @@ class ServeConfig:
     max_images: int = 32  # per /v1/detect request
     max_batch: int = 64  # per v2 infer request
     max_image_pixels: int = 40_000_000  # per decoded image (w * h)
+    max_batch_size: int = 1  # images per model call across requests (1: no micro-batching)
+    max_latency_ms: float = 5.0  # longest a request waits for others to fill a batch
+    work_threads: int | None = None  # threads that decode and run requests (default: 4 per core, at least 4)
     background_load: bool = True
     inference_delay_s: float = 0.0  # tests only
 
@@ -91,8 +97,9 @@ def check_model_name(name: str) -> str:
 class ModelHolder:
     """The detector, loaded once (in a background thread), and its state for the health endpoints."""
 
-    def __init__(self, path: str, threads: int | None, metrics: ServeMetrics, name: str) -> None:
+    def __init__(self, path: str, threads: int | None, metrics: ServeMetrics, name: str, max_batch_size: int = 1) -> None:
         self.path, self.threads, self.metrics, self.name = path, threads, metrics, name
+        self.max_batch_size = max_batch_size
         self.detector: OnnxDetector | None = None
         self.error: str | None = None
         self.loaded = threading.Event()
@@ -102,6 +109,10 @@ class ModelHolder:
     def load(self) -> None:
         try:
             det = OnnxDetector(self.path, threads=self.threads)
+            if self.max_batch_size > 1 and det.fixed_batch is not None:
+                raise UserError(f"Model '{Path(self.path).name}' takes a fixed batch of {det.fixed_batch}, so it cannot run "
+                                f"micro-batches (--max-batch-size {self.max_batch_size})",
+                                "Export it with `kubedistill export --dynamic`, or leave --max-batch-size at 1")
             self.detector = det
             info = det.info() | {"name": self.name, "path": det.path.name}
             self.metrics.set_model(info)
@@ -137,6 +148,13 @@ class ModelHolder:
         raise ServeError(503, f"model '{self.name}' is still loading; retry shortly", {"Retry-After": "1"})
 
 
+def check_batching(max_batch_size: int, max_latency_ms: float) -> None:
+    if not 1 <= max_batch_size <= 256:
+        raise UserError(f"--max-batch-size {max_batch_size} is out of range", "Use 1 (no micro-batching) to 256, e.g. 8")
+    if not 0 <= max_latency_ms <= 1000:
+        raise UserError(f"--max-latency-ms {max_latency_ms} is out of range", "Use 0-1000 ms, e.g. 5")
+
+
 def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
@@ -168,27 +186,28 @@ def decode_upload(data: bytes, label: str, max_pixels: int) -> np.ndarray:
     """Encoded image bytes -> RGB uint8, with the size checked from the header before decoding."""
     from PIL import Image
 
-    from kubedistill.data.images import ImageReadError, decode_image
+    from kubedistill.data.images import ImageReadError, pil_to_rgb
 
     if not data:
         raise ServeError(400, f"{label} is empty")
     try:
-        with Image.open(io.BytesIO(data), formats=_available_formats()) as im:
-            w, h = im.size
+        im = Image.open(io.BytesIO(data), formats=_available_formats())  # the header only
     except Image.DecompressionBombError:
         raise ServeError(413, f"{label} has too many pixels") from None
     except Exception:
         raise ServeError(400, f"{label} is not an image in a supported format ({', '.join(_available_formats())})") from None
-    if w < 1 or h < 1:
-        raise ServeError(400, f"{label} has no pixels ({w}x{h})")
-    if w * h > max_pixels:
-        raise ServeError(413, f"{label} is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
-    try:
-        return decode_image(data, label)
-    except ImageReadError as e:
-        raise ServeError(400, f"{label} cannot be decoded ({e.reason or e.cause})") from None
-    except Exception as e:
-        raise ServeError(400, f"{label} cannot be decoded ({e.__class__.__name__})") from None
+    with im:
+        w, h = im.size
+        if w < 1 or h < 1:
+            raise ServeError(400, f"{label} has no pixels ({w}x{h})")
+        if w * h > max_pixels:
+            raise ServeError(413, f"{label} is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
+        try:
+            return pil_to_rgb(im, label)
+        except ImageReadError as e:
+            raise ServeError(400, f"{label} cannot be decoded ({e.reason or e.cause})") from None
+        except Exception as e:
+            raise ServeError(400, f"{label} cannot be decoded ({e.__class__.__name__})") from None
 
 
 @lru_cache(maxsize=1)
@@ -241,25 +260,43 @@ def create_app(
     max_images: int = 32,
     max_batch: int = 64,
     max_image_pixels: int = 40_000_000,
+    max_batch_size: int = 1,
+    max_latency_ms: float = 5.0,
+    work_threads: int | None = None,
     background_load: bool = True,
     inference_delay_s: float | None = None,
 ) -> FastAPI:
     """The FastAPI app serving one ONNX model. The model loads when the app starts (lifespan)."""
     model_name = check_model_name(name or default_model_name(model_path))
+    check_batching(max_batch_size, max_latency_ms)
     max_bytes = int(max_body_mb * 2**20)
     delay = float(os.environ.get(ENV_TEST_DELAY, "0") or 0) if inference_delay_s is None else float(inference_delay_s)
     metrics = ServeMetrics()
-    holder = ModelHolder(str(model_path), threads, metrics, model_name)
+    holder = ModelHolder(str(model_path), threads, metrics, model_name, max_batch_size)
+    # Decoding and model calls run here. More threads than cores: while one request waits for the model,
+    # others decode (4 per core measured best on 2 cores; docs/benchmarks.md).
+    pool = ThreadPoolExecutor(max_workers=work_threads or max(4, 4 * default_threads()), thread_name_prefix="kubedistill-work")
+    batcher = None
+    if max_batch_size > 1:  # one batch at a time, on a thread of its own
+        batcher = MicroBatcher(lambda batch: _infer(holder.require(), batch), max_batch_size, max_latency_ms / 1e3,
+                               ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubedistill-batch"))
+
+    async def run_work(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(pool, partial(fn, *args))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         holder.start(background_load)
         yield
         log.info("shutting down: model '%s'", model_name)
+        if batcher is not None:
+            await batcher.close()
+        pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="kubedistill inference server", version=__version__, lifespan=lifespan,
                   docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
     app.state.holder = holder
+    app.state.batcher = batcher
     app.state.metrics = metrics
     app.state.model_name = model_name
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -315,7 +352,7 @@ def create_app(
     @app.get("/demo.jpg", include_in_schema=False)
     async def demo_jpg():
         det = holder.detector
-        data = await run_in_threadpool(demo_image_bytes, det.imgsz if det else DEMO_SIZE)
+        data = await run_work(demo_image_bytes, det.imgsz if det else DEMO_SIZE)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
 
     @app.get("/metrics", include_in_schema=False)
@@ -376,23 +413,33 @@ def create_app(
         conf = protocol.parse_conf(fields["conf"]) if "conf" in fields else 0.25
         max_det = min(protocol.parse_max_det(fields["max_det"]), det.max_det) if "max_det" in fields else det.max_det
 
-        def work() -> tuple[list[Detections], dict]:
-            t0 = time.perf_counter()
+        def prepare() -> tuple[list, np.ndarray]:
             preps = []
             for i, (label, data) in enumerate(blobs):
                 ti = time.perf_counter()
                 what = f"image {i} ('{label[:80]}')" if len(blobs) > 1 or label != "image" else "the request body"
                 preps.append(det.prepare(decode_upload(data, what, max_image_pixels)))
                 metrics.preprocess.observe(time.perf_counter() - ti)
-            t1 = time.perf_counter()
-            raw = _infer(det, np.stack([p.tensor for p in preps]))
-            t2 = time.perf_counter()
-            dets = [det.postprocess(r, p, conf, max_det) for r, p in zip(raw, preps)]
-            t3 = time.perf_counter()
-            ms = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
-            return dets, {k: round(v, 3) for k, v in ms.items()}
+            return preps, np.stack([p.tensor for p in preps])
 
-        dets, timings = await run_in_threadpool(work)
+        def work() -> tuple[list, np.ndarray, list[float]]:  # all of it on one thread: one hop from the event loop
+            t0 = time.perf_counter()
+            preps, x = prepare()
+            t1 = time.perf_counter()
+            return preps, _infer(det, x), [t0, t1, time.perf_counter()]
+
+        if batcher is None:
+            preps, raw, (t0, t1, t2) = await run_work(work)
+        else:  # decode here, then wait for a batch (the timing's "inference" includes that wait)
+            t0 = time.perf_counter()
+            with batcher.coming():
+                preps, x = await run_work(prepare)
+            t1 = time.perf_counter()
+            raw = await batcher.submit(x)
+            t2 = time.perf_counter()
+        dets = [det.postprocess(r, p, conf, max_det) for r, p in zip(raw, preps)]
+        ms = {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "postprocess": (time.perf_counter() - t2) * 1e3}
+        timings = {k: round(v, 3) for k, v in ms.items()}
         metrics.images.labels("/v1/detect").inc(len(dets))
         results = [{"index": i, "file": label, "width": d.width, "height": d.height, "detections": d.to_json(det.names)}
                    for i, ((label, _), d) in enumerate(zip(blobs, dets))]
@@ -447,17 +494,24 @@ def create_app(
             raise ServeError(415, f"unsupported Content-Type '{ctype[:80]}'; send the inference request as application/json")
         body = await read_body(request, max_bytes)
 
-        def work():
+        def parse():
             req = protocol.parse_infer_request(body)
             outputs = protocol.requested_outputs(req, [det.output_name])
             dtypes = tuple(dict.fromkeys(("FP32", det.input_datatype)))
-            batch = protocol.input_tensor(req, det.input_name, dtypes, [-1, *det.input_shape[1:]], max_batch)
-            raw = _infer(det, batch)
-            if not np.isfinite(raw).all():
-                raise ServeError(400, "the model's output is not finite for this input; input values should be in 0..1")
-            return req, outputs, raw
+            return req, outputs, protocol.input_tensor(req, det.input_name, dtypes, [-1, *det.input_shape[1:]], max_batch)
 
-        req, outputs, raw = await run_in_threadpool(work)
+        def work():
+            req, outputs, batch = parse()
+            return req, outputs, _infer(det, batch)
+
+        if batcher is None:
+            req, outputs, raw = await run_work(work)
+        else:
+            with batcher.coming():
+                req, outputs, batch = await run_work(parse)
+            raw = await batcher.submit(batch)
+        if not np.isfinite(raw).all():
+            raise ServeError(400, "the model's output is not finite for this input; input values should be in 0..1")
         metrics.images.labels("/v2/models/{name}/infer").inc(len(raw))
         resp = {"model_name": model_name}
         if det.version:
@@ -502,5 +556,6 @@ def app_from_env() -> FastAPI:
         raise RuntimeError(f"${ENV_CONFIG} is not set; start the server with `kubedistill serve`")
     cfg = ServeConfig.from_json(text)
     return create_app(cfg.model_path, name=cfg.name, threads=cfg.threads, max_body_mb=cfg.max_body_mb, max_images=cfg.max_images,
-                      max_batch=cfg.max_batch, max_image_pixels=cfg.max_image_pixels, background_load=cfg.background_load,
+                      max_batch=cfg.max_batch, max_image_pixels=cfg.max_image_pixels, max_batch_size=cfg.max_batch_size,
+                      max_latency_ms=cfg.max_latency_ms, work_threads=cfg.work_threads, background_load=cfg.background_load,
                       inference_delay_s=cfg.inference_delay_s or None)

@@ -13,7 +13,7 @@ import os
 import signal
 
 from kubedistill.errors import UserError
-from kubedistill.serve.app import ENV_CONFIG, ServeConfig, check_model_name, default_model_name
+from kubedistill.serve.app import ENV_CONFIG, ServeConfig, check_batching, check_model_name, default_model_name
 from kubedistill.serve.model import default_threads
 from kubedistill.serve.resolve import resolve_model_uri
 
@@ -28,6 +28,8 @@ def serve(
     name: str | None = None,
     max_body_mb: float = 20.0,
     max_images: int = 32,
+    max_batch_size: int = 1,
+    max_latency_ms: float = 5.0,
     graceful_timeout: int = 30,
     log_level: str = "info",
     access_log: bool = True,
@@ -41,11 +43,13 @@ def serve(
         raise UserError(f"--threads {threads} must be at least 1", "Leave it out to use the CPU cores")
     if not 0 < max_body_mb <= 4096:
         raise UserError(f"--max-body-mb {max_body_mb} is out of range", "Use a value in (0, 4096]")
+    check_batching(max_batch_size, max_latency_ms)
     if not 1 <= port <= 65535:
         raise UserError(f"--port {port} is out of range", "Use 1-65535")
     cfg = ServeConfig(
         model_path=str(path), name=check_model_name(name or default_model_name(path)),
         threads=threads or default_threads(workers), max_body_mb=max_body_mb, max_images=max_images,
+        max_batch_size=max_batch_size, max_latency_ms=max_latency_ms,
     )
     os.environ[ENV_CONFIG] = cfg.to_json()  # read by app_from_env in this process or in each worker
     logging.getLogger("kubedistill.serve").setLevel(log_level.upper())
