@@ -51,6 +51,13 @@ def test_sigterm_stops_the_running_step(tmp_path, tiny_data):
         while not all(_gone(p) for p in steps) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert all(_gone(p) for p in steps), f"step processes {steps} outlived `kubedistill run`"
+        # the exit-handler step never ran: `kubedistill run` itself ended the pipeline's MLflow run
+        from mlflow import MlflowClient
+
+        cl = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
+        runs = cl.search_runs([e.experiment_id for e in cl.search_experiments()], "tags.kubedistill_kind = 'pipeline'")
+        assert len(runs) == 1 and runs[0].info.status == "KILLED", [(r.info.run_name, r.info.status) for r in runs]
+        assert runs[0].data.tags["pipeline_state"] == "CANCELLED"
     finally:
         proc.kill()
         proc.wait()

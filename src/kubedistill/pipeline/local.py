@@ -195,6 +195,16 @@ def summary_lines(res: dict, params: dict, seconds: float) -> list[str]:
     return lines
 
 
+def _end_tracking(experiment: str, echo: Callable[[str], None]) -> None:
+    """End the pipeline's MLflow run as KILLED after an interrupt (what the exit handler does on a cluster)."""
+    from kubedistill.pipeline.steps import finish_tracking
+
+    try:
+        finish_tracking("CANCELLED", experiment=experiment, error="kubedistill run was interrupted")
+    except Exception as e:  # the tracking server is down: say so, the interrupt goes on
+        echo(f"could not end the pipeline's MLflow run ({e.__class__.__name__}: {str(e)[:200]}); it stays RUNNING")
+
+
 def run_local(params: dict[str, Any], out: str | Path, *, echo: Callable[[str], None] = print) -> dict:
     """Run the pipeline with `params` (already checked against its parameters) under `out`; returns `collect()`
     plus "params", "seconds", "log" and "summary" (the lines printed last)."""
@@ -233,6 +243,9 @@ def run_local(params: dict[str, Any], out: str | Path, *, echo: Callable[[str], 
                     pipeline(**params)
             except RuntimeError as e:
                 failure = _ANSI.sub("", str(e))
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the exit-handler step does not run, so end its MLflow run here
+                _end_tracking(params.get("mlflow_experiment", "kubedistill"), echo)
+                raise
         sys.stdout.flush()
         if filt.buf:
             filt._line(filt.buf)
