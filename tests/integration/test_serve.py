@@ -24,6 +24,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from kubedistill.serve import app as app_module  # noqa: E402
+from kubedistill.serve import page as page_module  # noqa: E402
 from kubedistill.serve.app import create_app  # noqa: E402
 from tests.integration.test_serve_support import served_model, wait_ready  # noqa: E402
 
@@ -294,13 +295,13 @@ def test_packaged_demo_image_is_the_documented_drawing():
     from kubedistill.data.images import decode_image
     from kubedistill.data.synth import _make_image
 
-    want, labels, _ = _make_image(np.random.default_rng(24), app_module.DEMO_SIZE, ["circle", "square", "triangle", "cross"],
+    want, labels, _ = _make_image(np.random.default_rng(24), page_module.DEMO_SIZE, ["circle", "square", "triangle", "cross"],
                                   min_size=32, max_objects=6)
     assert {c for c, *_ in labels} == {0, 1, 2, 3}  # every demo class is on it
-    got = decode_image(app_module.demo_image_bytes(app_module.DEMO_SIZE))
+    got = decode_image(page_module.demo_image_bytes(page_module.DEMO_SIZE))
     # JPEG loss on the sensor noise: a mean of about 4 grey levels; another seed's drawing differs by about 50
     assert got.shape == want.shape and np.abs(got.astype(int) - want).mean() < 8
-    small = decode_image(app_module.demo_image_bytes(64))
+    small = decode_image(page_module.demo_image_bytes(64))
     assert small.shape == (64, 64, 3) and np.abs(small.astype(int) - cv2.resize(want, (64, 64), interpolation=cv2.INTER_AREA)).mean() < 8
 
 

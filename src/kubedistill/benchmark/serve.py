@@ -202,7 +202,7 @@ def run_serve_benchmark(model: str, *, image: str | None = None, requests: int =
             raise UserError(f"Image '{img_path}' does not exist", "Pass an image file or leave --image out")
         data, filename = img_path.read_bytes(), img_path.name
     else:
-        from kubedistill.serve.app import demo_image_bytes
+        from kubedistill.serve.page import demo_image_bytes
         from kubedistill.serve.model import OnnxDetector
 
         data, filename = demo_image_bytes(max(OnnxDetector(path, threads=1).imgsz, 640)), "demo.jpg"

@@ -23,7 +23,6 @@ at once and /v2/health/ready turns true when the session is ready. Decoding, let
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
 from kubedistill import __version__
 from kubedistill.errors import UserError
@@ -48,14 +46,14 @@ from kubedistill.serve import protocol
 from kubedistill.serve.batching import MicroBatcher
 from kubedistill.serve.metrics import MetricsMiddleware, ServeMetrics
 from kubedistill.serve.model import OnnxDetector, default_threads
+from kubedistill.serve.page import DEMO_SIZE, demo_image_bytes, page_html
 from kubedistill.serve.protocol import ServeError
+from kubedistill.serve.uploads import IMAGE_MEDIA, decode_upload, media_type, read_body
 
 log = logging.getLogger("kubedistill.serve")
 
 ENV_CONFIG = "KUBEDISTILL_SERVE_CONFIG"  # JSON ServeConfig, read by `app_from_env` (uvicorn workers)
 ENV_TEST_DELAY = "KUBEDISTILL_SERVE_TEST_DELAY_S"  # tests only: seconds of sleep added to each model call
-IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF", "MPO", "PPM")  # Pillow names; nothing that shells out
-IMAGE_MEDIA = ("image/jpeg", "image/png", "image/bmp", "image/webp", "image/gif", "image/tiff", "application/octet-stream")
 
 
 @dataclass
@@ -153,102 +151,6 @@ def check_batching(max_batch_size: int, max_latency_ms: float) -> None:
         raise UserError(f"--max-batch-size {max_batch_size} is out of range", "Use 1 (no micro-batching) to 256, e.g. 8")
     if not 0 <= max_latency_ms <= 1000:
         raise UserError(f"--max-latency-ms {max_latency_ms} is out of range", "Use 0-1000 ms, e.g. 5")
-
-
-def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, or 413 as soon as it is known to exceed `limit` bytes."""
-    too_big = f"request body is larger than the limit of {limit / 2**20:g} MiB (--max-body-mb)"
-    cl = request.headers.get("content-length")
-    if cl is not None:
-        try:
-            n = int(cl)
-        except ValueError:
-            raise ServeError(400, "invalid Content-Length header") from None
-        if n > limit:
-            raise ServeError(413, too_big)
-    chunks, total = [], 0
-    try:
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit:
-                raise ServeError(413, too_big)
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise ServeError(400, "client disconnected before sending the whole body") from None
-    return b"".join(chunks)
-
-
-def decode_upload(data: bytes, label: str, max_pixels: int) -> np.ndarray:
-    """Encoded image bytes -> RGB uint8, with the size checked from the header before decoding."""
-    from PIL import Image
-
-    from kubedistill.data.images import ImageReadError, pil_to_rgb
-
-    if not data:
-        raise ServeError(400, f"{label} is empty")
-    try:
-        im = Image.open(io.BytesIO(data), formats=_available_formats())  # the header only
-    except Image.DecompressionBombError:
-        raise ServeError(413, f"{label} has too many pixels") from None
-    except Exception:
-        raise ServeError(400, f"{label} is not an image in a supported format ({', '.join(_available_formats())})") from None
-    with im:
-        w, h = im.size
-        if w < 1 or h < 1:
-            raise ServeError(400, f"{label} has no pixels ({w}x{h})")
-        if w * h > max_pixels:
-            raise ServeError(413, f"{label} is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
-        try:
-            return pil_to_rgb(im, label)
-        except ImageReadError as e:
-            raise ServeError(400, f"{label} cannot be decoded ({e.reason or e.cause})") from None
-        except Exception as e:
-            raise ServeError(400, f"{label} cannot be decoded ({e.__class__.__name__})") from None
-
-
-@lru_cache(maxsize=1)
-def _available_formats() -> tuple[str, ...]:
-    """IMAGE_FORMATS that this Pillow build can open (WebP, for one, is optional)."""
-    from PIL import Image
-
-    Image.init()
-    return tuple(f for f in IMAGE_FORMATS if f in Image.OPEN)
-
-
-DEMO_SIZE = 320  # side of the packaged sample image, serve/demo.jpg
-
-
-@lru_cache(maxsize=8)
-def demo_image_bytes(imgsz: int) -> bytes:
-    """The packaged sample image, a JPEG of imgsz x imgsz (at least 32): the demo set's four shapes
-    (circle, square, triangle, cross) on clutter, drawn by `kubedistill.data.synth._make_image` with
-    `np.random.default_rng(24)`, 320 px, min_size=32, max_objects=6 (tests/integration/test_serve.py redraws
-    it), scaled with the letterbox resize. A file rather than a drawing: the server carries no OpenCV."""
-    from importlib.resources import files
-
-    from PIL import Image
-
-    from kubedistill.data.images import decode_image
-    from kubedistill.data.resize import resize
-
-    data = files("kubedistill.serve").joinpath("demo.jpg").read_bytes()
-    size = max(32, int(imgsz))
-    if size == DEMO_SIZE:
-        return data
-    buf = io.BytesIO()
-    Image.fromarray(resize(decode_image(data), (size, size))).save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
-
-
-@lru_cache(maxsize=1)
-def page_html() -> str:
-    from importlib.resources import files
-
-    return files("kubedistill.serve").joinpath("index.html").read_text(encoding="utf-8")
 
 
 def create_app(
@@ -369,7 +271,7 @@ def create_app(
     @app.post("/v1/detect")
     async def v1_detect(request: Request):
         det = holder.require()
-        ctype = _media_type(request)
+        ctype = media_type(request)
         accepted = ("multipart/form-data", "application/json") + IMAGE_MEDIA
         if ctype not in accepted and not ctype.startswith("image/"):
             raise ServeError(415, f"unsupported Content-Type '{ctype[:80] or '(none)'}'; send multipart/form-data (image files), "
@@ -489,7 +391,7 @@ def create_app(
         _check_name(name)
         det = holder.require()
         _check_version(det, version)
-        ctype = _media_type(request)
+        ctype = media_type(request)
         if ctype not in ("application/json", ""):
             raise ServeError(415, f"unsupported Content-Type '{ctype[:80]}'; send the inference request as application/json")
         body = await read_body(request, max_bytes)
