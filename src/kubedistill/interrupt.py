@@ -18,12 +18,29 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 
-def _stat(pid: int | str) -> tuple[str, int] | None:
-    """(state, parent pid) from /proc/PID/stat; None when the process (or /proc) is not there."""
+def _fields(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat after "(comm)": state, ppid, ... (field 3 on); None when the process (or /proc) is not there."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ...
-        return fields[0], int(fields[1])
-    except (OSError, IndexError, ValueError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _stat(pid: int | str) -> tuple[str, int] | None:
+    """(state, parent pid); None when the process (or /proc) is not there."""
+    fields = _fields(pid)
+    try:
+        return (fields[0], int(fields[1])) if fields else None
+    except (IndexError, ValueError):
+        return None
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, all threads) the process has used so far; None when it is gone or there is no /proc."""
+    fields = _fields(pid)
+    try:
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else None  # utime, stime
+    except (IndexError, ValueError, OSError):
         return None
 
 

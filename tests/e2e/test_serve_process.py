@@ -180,4 +180,10 @@ def test_benchmark_serve_smoke(onnx_model, tmp_path):
     assert [row["concurrency"] for row in res["rows"]] == [1, 2]
     assert all(row["errors"] == 0 and row["requests"] == 6 and row["rps"] > 0 for row in res["rows"])
     assert res["model_ms"] > 0 and res["decode_letterbox_ms"] > 0 and res["server_exit_code"] == 0
-    assert "p50 ms" in r.stdout
+    assert all(row["client_cpu_ms"] > 0 and row["server_cores"] > 0 for row in res["rows"])
+    server = res["c1"]["server_timings_ms"]
+    assert server["inference"] > 0 and server["preprocess"] > 0 and res["c1"]["ratio"] > 0
+    p50 = res["rows"][0]["p50_ms"]
+    assert abs(res["c1"]["http_json_client_ms"] - (p50 - sum(server.values()))) < 1e-6
+    assert abs(res["c1"]["ratio"] - p50 / (res["model_ms"] + res["decode_letterbox_ms"])) < 1e-6
+    assert "p50 ms" in r.stdout and "server cores" in r.stdout and "HTTP + JSON + client" in r.stdout

@@ -12,7 +12,7 @@ import time
 import pytest
 import typer
 
-from kubedistill.interrupt import process_state, sigterm_as_interrupt
+from kubedistill.interrupt import process_cpu_seconds, process_state, sigterm_as_interrupt
 
 
 def test_sigterm_raises_keyboard_interrupt_then_handler_is_restored():
@@ -87,3 +87,19 @@ def test_cli_exit_codes_survive_typer(monkeypatch, capsys, raise_in_command, cod
             cli.main([])
         assert e.value.code == code
     assert said in capsys.readouterr().err
+
+
+def test_process_cpu_seconds_counts_a_child_that_works_and_none_once_it_is_gone():
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\n"
+                             "time.sleep(30)"])
+    try:
+        start = process_cpu_seconds(busy.pid)
+        assert start is not None and start >= 0
+        deadline = time.monotonic() + 20
+        while (process_cpu_seconds(busy.pid) or 0) < 0.5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert 0.5 <= process_cpu_seconds(busy.pid) < 5  # the busy loop's 0.6 s, then sleep (no more CPU)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert process_cpu_seconds(busy.pid) is None

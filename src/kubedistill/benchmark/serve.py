@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from kubedistill.errors import UserError
+from kubedistill.interrupt import process_cpu_seconds
 
 
 def free_port() -> int:
@@ -216,22 +217,26 @@ def run_serve_benchmark(model: str, *, image: str | None = None, requests: int =
         url = f"{base}/v1/detect"
         drive(url, data, filename, max(1, warmup), min(4, max(concurrency)))
         for c in concurrency:
+            cpu0 = process_cpu_seconds(proc.pid)
             if c == 1:  # a request, then the same work in process, in turn
                 seen = c1 = drive(url, data, filename, requests, 1, after_each=lambda: local.measure(1))
                 seen.wall -= sum(local.prep_s) + sum(local.run_s)
                 seen.cpu -= local.cpu
             else:
                 seen = drive(url, data, filename, requests, c)
+            cpu1 = process_cpu_seconds(proc.pid)
+            cores = (cpu1 - cpu0) / seen.wall if cpu0 is not None and cpu1 is not None and seen.wall > 0 else float("nan")
             rows.append({"concurrency": c, "requests": len(seen.lat), "errors": seen.errors, "p50_ms": _pct(seen.lat, 50) * 1e3,
                          "p99_ms": _pct(seen.lat, 99) * 1e3, "rps": len(seen.lat) / seen.wall if seen.wall > 0 else float("nan"),
-                         "client_cpu_ms": seen.cpu / max(1, len(seen.lat)) * 1e3})
+                         "client_cpu_ms": seen.cpu / max(1, len(seen.lat)) * 1e3, "server_cores": cores})
     finally:
         code = stop_server(proc)
     if not local.run_s:  # no concurrency-1 level: time the in-process work on its own
         local.measure(30)
     res = {"model": str(path), "image": filename, "image_bytes": len(data), "requests_per_level": requests,
            "decode_letterbox_ms": _median_ms(local.prep_s), "model_ms": _median_ms(local.run_s), "threads": local.det.threads,
-           "imgsz": local.det.imgsz, "max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms, "interleaved": c1 is not None, "server_exit_code": code, "cpu_count": os.cpu_count(), "rows": rows}
+           "imgsz": local.det.imgsz, "max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms, "interleaved": c1 is not None,
+           "server_exit_code": code, "cpu_count": os.cpu_count(), "rows": rows}
     if c1 is not None and c1.server:
         server = {k: float(np.median([t[k] for t in c1.server])) for k in ("preprocess", "inference", "postprocess")}
         p50 = rows[[r["concurrency"] for r in rows].index(1)]["p50_ms"]
@@ -247,11 +252,12 @@ def format_table(res: dict) -> str:
         f"model {Path(res['model']).name} (imgsz {res['imgsz']}, {res['threads']} threads), image {res['image']} ({res['image_bytes']} bytes)"
         + (f", micro-batches of up to {res['max_batch_size']} ({res['max_latency_ms']:g} ms)" if res.get("max_batch_size", 1) > 1 else ""),
         f"in process ({how}): decode+letterbox {res['decode_letterbox_ms']:.2f} ms, onnxruntime run {res['model_ms']:.2f} ms",
-        f"{'concurrency':>11} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'client CPU ms/req':>18}",
+        f"{'concurrency':>11} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'client CPU ms/req':>18}"
+        f" {'server cores':>13}",
     ]
     for r in res["rows"]:
         lines.append(f"{r['concurrency']:>11} {r['requests']:>8} {r['errors']:>6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['rps']:>8.1f}"
-                     f" {r['client_cpu_ms']:>18.2f}")
+                     f" {r['client_cpu_ms']:>18.2f} {r.get('server_cores', float('nan')):>13.2f}")
     if "c1" in res:
         c1, s = res["c1"], res["c1"]["server_timings_ms"]
         lines.append(f"concurrency 1: p50 / (decode+letterbox + model) = {c1['ratio']:.2f}x; server: preprocess {s['preprocess']:.2f}, "
