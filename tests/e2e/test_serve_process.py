@@ -47,13 +47,21 @@ def _post(url: str, data: bytes, ctype: str, timeout: float = 30.0) -> tuple[int
         return e.code, e.read()
 
 
+@pytest.fixture(scope="module")
+def dynamic_onnx_model(tmp_path_factory, tiny_data):
+    from kubedistill.model.export import export_onnx
+
+    weights = served_model(tmp_path_factory, tiny_data)[0]
+    return export_onnx(weights, tmp_path_factory.mktemp("dyn") / "tiny_dyn.onnx", dynamic=True)["path"]
+
+
 class Server:
-    def __init__(self, model, tmp_path, env: dict | None = None):
+    def __init__(self, model, tmp_path, env: dict | None = None, args: tuple[str, ...] = ()):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / f"server-{self.port}.log"
         cmd = [sys.executable, "-m", "kubedistill", "serve", "--model", str(model), "--name", "tiny", "--host", "127.0.0.1",
-               "--port", str(self.port), "--threads", "1", "--graceful-timeout", "20"]
+               "--port", str(self.port), "--threads", "1", "--graceful-timeout", "20", *args]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ | (env or {}))
 
@@ -75,16 +83,26 @@ class Server:
             self.proc.wait(10)
 
 
-def test_sigterm_drains_in_flight_request(onnx_model, tmp_path):
-    srv = Server(onnx_model, tmp_path, env={"KUBEDISTILL_SERVE_TEST_DELAY_S": "2.0"})
+@pytest.mark.parametrize("batching", [False, True])
+def test_sigterm_drains_in_flight_requests(onnx_model, dynamic_onnx_model, tmp_path, batching):
+    """Both requests finish after SIGTERM: the one in its 2 s model call and the one queued behind it
+    (with micro-batching, it waits in the batcher for the model)."""
+    model, args = (dynamic_onnx_model, ("--max-batch-size", "4", "--max-latency-ms", "5")) if batching else (onnx_model, ())
+    srv = Server(model, tmp_path, env={"KUBEDISTILL_SERVE_TEST_DELAY_S": "2.0"}, args=args)
     try:
         srv.wait_ready()
-        img = cv2.imencode(".png", np.full((48, 80, 3), 120, np.uint8))[1].tobytes()
+        imgs = [cv2.imencode(".png", np.full((48, w, 3), 120, np.uint8))[1].tobytes() for w in (80, 90)]
         result = {}
-        t = threading.Thread(target=lambda: result.update(r=_post(f"{srv.base}/v1/detect?conf=0.01", img, "image/png")))
+
+        def post(i):
+            result[i] = _post(f"{srv.base}/v1/detect?conf=0.01", imgs[i], "image/png")
+
+        threads = [threading.Thread(target=post, args=(i,)) for i in range(2)]
         t0 = time.monotonic()
-        t.start()
-        time.sleep(0.8)  # the request is inside its 2 s model call now
+        threads[0].start()
+        time.sleep(0.3)
+        threads[1].start()  # behind the first: in the thread pool, or queued for the next batch
+        time.sleep(0.5)  # the first request is inside its 2 s model call now
         t1 = time.monotonic()
         assert _get(f"{srv.base}/v2/health/live")[0] == 200  # the event loop is free meanwhile
         assert time.monotonic() - t1 < 0.5
@@ -92,10 +110,12 @@ def test_sigterm_drains_in_flight_request(onnx_model, tmp_path):
         time.sleep(0.4)
         with pytest.raises(OSError):  # no new connections while draining
             _get(f"{srv.base}/v2/health/live", 1.0)
-        t.join(30)
-        code, body = result["r"]
-        assert code == 200, body
-        assert json.loads(body)["results"][0]["width"] == 80
+        for t in threads:
+            t.join(30)
+        for i, w in enumerate((80, 90)):
+            code, body = result[i]
+            assert code == 200, body
+            assert json.loads(body)["results"][0]["width"] == w
         assert time.monotonic() - t0 >= 2.0
         assert srv.proc.wait(30) == 0, srv.log.read_text()
         log = srv.log.read_text()
