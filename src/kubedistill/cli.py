@@ -198,7 +198,8 @@ def export_cmd(
     out: Optional[Path] = typer.Option(None, help="Output file (default: next to the weights, .onnx)."),
     imgsz: Optional[int] = typer.Option(None, help="Input size (default: training imgsz)."),
     dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch dimension."),
-    half: bool = typer.Option(False, "--half", help="fp16 weights and input (needs CUDA)."),
+    half: bool = typer.Option(False, "--half", help="fp16 weights and input: for GPU serving (onnxruntime on a CPU runs it, "
+                                                   "slower than fp32)."),
     max_det: int = typer.Option(300, help="Detections per image in the output."),
     opset: int = typer.Option(18),
     device: str = typer.Option(""),

@@ -113,6 +113,31 @@ def test_detect_matches_predict(client, model_files, val_files, conf, max_det):
     print(f"served vs predict: max box diff {worst[0]:.4f} px, max score diff {worst[1]:.2e}")
 
 
+def test_half_export_on_cpu_serves_the_same_detections(client, model_files, val_files, tmp_path):
+    """`export --half` works without a GPU (torch traces fp16 on the CPU; the self-check runs it in
+    onnxruntime) and the fp16 model serves what the fp32 one does, within fp16's precision."""
+    from kubedistill.model.export import export_onnx
+
+    res = export_onnx(model_files[0], tmp_path / "half.onnx", half=True, device="cpu")
+    assert res["half"] is True
+    with TestClient(create_app(res["path"], name="tiny", background_load=False)) as half:
+        meta = half.get("/v2/models/tiny").json()
+        assert meta["inputs"][0]["datatype"] == "FP16"
+        for f in val_files[:3]:
+            data = f.read_bytes()
+            want = client.post("/v1/detect?conf=0.1", content=data, headers={"content-type": "image/jpeg"}).json()
+            got = half.post("/v1/detect?conf=0.1", content=data, headers={"content-type": "image/jpeg"}).json()
+            sure = [d for d in want["results"][0]["detections"] if d["score"] > 0.14]
+            assert sure, "nothing to compare"
+            for d in sure:  # fp16 through the whole network: scores to a few 1e-2, boxes to a pixel
+                assert any(e["class_id"] == d["class_id"] and abs(e["score"] - d["score"]) < 0.03
+                           and max(abs(a - b) for a, b in zip(e["box"], d["box"])) < 1.0
+                           for e in got["results"][0]["detections"]), d
+        x = np.full((1, 3, 64, 64), 0.5, np.float16)
+        body = {"inputs": [{"name": "images", "shape": [1, 3, 64, 64], "datatype": "FP16", "data": x.ravel().tolist()}]}
+        assert half.post("/v2/models/tiny/infer", json=body).status_code == 200
+
+
 def test_detect_json_raw_and_form_fields_agree(client, val_files):
     data = val_files[-2].read_bytes()  # the PNG
     a = client.post("/v1/detect", json={"images": [base64.b64encode(data).decode()], "conf": 0.2, "max_det": 7}).json()
