@@ -116,3 +116,14 @@ def test_bad_batching_flags_are_one_line_errors(models, tmp_path, flag, value):
     r = subprocess.run([sys.executable, "-m", "kubedistill", "serve", "--model", str(models[1]), flag, value],
                        capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 2 and flag in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+@pytest.mark.parametrize("max_batch_size", [1, 4])
+def test_the_app_serves_again_after_a_restart(models, images, max_batch_size):
+    """Stopping the app shuts its thread pools and batcher down; starting it again (a TestClient
+    entered twice) makes new ones instead of failing on the old."""
+    app = create_app(models[1], name="tiny", background_load=False, max_batch_size=max_batch_size)
+    for _ in range(2):
+        with TestClient(app) as c:
+            wait_ready(c)
+            assert _detect(c, images[0]) and c.get("/demo.jpg").status_code == 200

@@ -175,16 +175,20 @@ def create_app(
     delay = float(os.environ.get(ENV_TEST_DELAY, "0") or 0) if inference_delay_s is None else float(inference_delay_s)
     metrics = ServeMetrics()
     holder = ModelHolder(str(model_path), threads, metrics, model_name, max_batch_size)
-    # Decoding and model calls run here. More threads than cores: while one request waits for the model,
-    # others decode (4 per core measured best on 2 cores; docs/benchmarks.md).
-    pool = ThreadPoolExecutor(max_workers=work_threads or max(4, 4 * default_threads()), thread_name_prefix="kubedistill-work")
+    # Decoding and model calls run in `pools[0]`. More threads than cores: while one request waits for the
+    # model, others decode (4 per core measured best on 2 cores; docs/benchmarks.md). Made on first use and
+    # shut down when the app stops, so an app started again (tests) gets a new one.
+    pools: list[ThreadPoolExecutor] = []
     batcher = None
     if max_batch_size > 1:  # one batch at a time, on a thread of its own
         batcher = MicroBatcher(lambda batch: _infer(holder.require(), batch), max_batch_size, max_latency_ms / 1e3,
                                ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubedistill-batch"))
 
     async def run_work(fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(pool, partial(fn, *args))
+        if not pools:
+            pools.append(ThreadPoolExecutor(max_workers=work_threads or max(4, 4 * default_threads()),
+                                            thread_name_prefix="kubedistill-work"))
+        return await asyncio.get_running_loop().run_in_executor(pools[0], partial(fn, *args))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -193,7 +197,8 @@ def create_app(
         log.info("shutting down: model '%s'", model_name)
         if batcher is not None:
             await batcher.close()
-        pool.shutdown(wait=False, cancel_futures=True)
+        while pools:
+            pools.pop().shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="kubedistill inference server", version=__version__, lifespan=lifespan,
                   docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")

@@ -37,7 +37,6 @@ class MicroBatcher:
         self._running: list[tuple[np.ndarray, asyncio.Future, float]] = []  # the batch in the model now
         self.coming_count = 0  # requests being decoded that will submit images
         self.batches: list[int] = []  # sizes of the last batches run (tests, debugging); bounded
-        self._closed = False
 
     @contextmanager
     def coming(self) -> Iterator[None]:
@@ -52,8 +51,6 @@ class MicroBatcher:
 
     async def submit(self, x: np.ndarray) -> np.ndarray:
         """Run `x` ([n, ...]) in the next batch; returns `run`'s rows for it."""
-        if self._closed:
-            raise RuntimeError("the batcher is closed")
         loop = asyncio.get_running_loop()
         if self._task is None:
             self._wake = asyncio.Event()
@@ -115,8 +112,8 @@ class MicroBatcher:
                     start += len(x)
 
     async def close(self) -> None:
-        """Stop the batching task; requests still queued or running get an error (none are left after a graceful drain)."""
-        self._closed = True
+        """Stop the batching task; requests still queued or running get an error (none are left after a
+        graceful drain). A later `submit` (the app started again, in a new event loop) starts afresh."""
         if self._task is not None:
             self._task.cancel()
             try:
@@ -127,3 +124,4 @@ class MicroBatcher:
             if not fut.done():
                 fut.set_exception(RuntimeError("the server is shutting down"))
         self._queue.clear()
+        self._running, self._task, self._wake = [], None, None
