@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("fastapi")
 
 from kubedistill.benchmark.serve import free_port  # noqa: E402
-from tests.integration.test_serve_support import served_model  # noqa: E402
+from tests.integration.test_serve_support import served_dynamic_model, served_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +49,7 @@ def _post(url: str, data: bytes, ctype: str, timeout: float = 30.0) -> tuple[int
 
 @pytest.fixture(scope="module")
 def dynamic_onnx_model(tmp_path_factory, tiny_data):
-    from kubedistill.model.export import export_onnx
-
-    weights = served_model(tmp_path_factory, tiny_data)[0]
-    return export_onnx(weights, tmp_path_factory.mktemp("dyn") / "tiny_dyn.onnx", dynamic=True)["path"]
+    return served_dynamic_model(tmp_path_factory, tiny_data)
 
 
 class Server:

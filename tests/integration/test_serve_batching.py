@@ -19,7 +19,7 @@ with warnings.catch_warnings():
 
 from kubedistill.serve.app import create_app  # noqa: E402
 from kubedistill.serve.model import OnnxDetector  # noqa: E402
-from tests.integration.test_serve_support import served_model, wait_ready  # noqa: E402
+from tests.integration.test_serve_support import served_dynamic_model, served_model, wait_ready  # noqa: E402
 
 CONF = 0.05
 
@@ -27,10 +27,7 @@ CONF = 0.05
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tiny_data):
     """(fixed-batch export, dynamic-batch export) of the served test model (its answers depend on the image)."""
-    from kubedistill.model.export import export_onnx
-
-    weights, fixed = served_model(tmp_path_factory, tiny_data)
-    return fixed, export_onnx(weights, tmp_path_factory.mktemp("dyn") / "tiny_dyn.onnx", dynamic=True)["path"]
+    return served_model(tmp_path_factory, tiny_data)[1], served_dynamic_model(tmp_path_factory, tiny_data)
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +70,12 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_answers(models,
         _same(expected[i], dets)
     sizes = app.state.batcher.batches
     assert sum(sizes) == len(order) and max(sizes) > 1 and all(s <= 4 for s in sizes), sizes
-    calls = float(next(line.split()[-1] for line in metrics.splitlines() if line.startswith("kubedistill_inference_batch_size_count")))
-    assert calls == len(sizes) < len(order)
+    def value(name: str) -> float:
+        return float(next(line.split()[-1] for line in metrics.splitlines() if line.startswith(name)))
+
+    assert value("kubedistill_inference_batch_size_count") == len(sizes) < len(order)
+    assert value("kubedistill_batch_wait_seconds_count") == len(order)  # one wait per request
+    assert value("kubedistill_batch_wait_seconds_sum") > 0.3  # requests queued behind a 0.3 s model call
 
 
 def test_v2_infer_requests_are_batched_too(models):

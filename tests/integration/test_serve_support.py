@@ -53,6 +53,16 @@ def served_model(tmp_path_factory, tiny_data) -> tuple[Path, Path]:
     return _CACHE["model"]
 
 
+def served_dynamic_model(tmp_path_factory, tiny_data) -> Path:
+    """The same model exported with a dynamic batch (for micro-batching), once per session."""
+    if "dynamic" not in _CACHE:
+        from kubedistill.model.export import export_onnx
+
+        weights = served_model(tmp_path_factory, tiny_data)[0]
+        _CACHE["dynamic"] = Path(export_onnx(weights, weights.parent / "tiny_dyn.onnx", dynamic=True)["path"])
+    return _CACHE["dynamic"]
+
+
 def wait_ready(client, timeout: float = 30.0) -> None:
     import time
 

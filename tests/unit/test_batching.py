@@ -50,8 +50,10 @@ def pool():
 def test_requests_waiting_for_the_model_share_the_next_call(pool):
     model = Model(hold=True)
 
+    waits = []
+
     async def main():
-        b = MicroBatcher(model, max_batch_size=8, max_latency_s=0.05, executor=pool)
+        b = MicroBatcher(model, max_batch_size=8, max_latency_s=0.05, executor=pool, on_wait=waits.append)
         first = asyncio.create_task(b.submit(rows(1)))
         while not model.started.is_set():  # the lone first request runs at once
             await asyncio.sleep(0.001)
@@ -64,6 +66,7 @@ def test_requests_waiting_for_the_model_share_the_next_call(pool):
 
     out = run(main())
     assert [len(c) for c in model.calls] == [1, 7]  # the four queued requests (7 images) in one call
+    assert len(waits) == 5 and waits[0] < min(waits[1:]) and min(waits[1:]) >= 0.04  # the four waited for the first call
     assert out[0].ravel().tolist() == [10]
     assert [o.ravel().tolist() for o in out[1:]] == [[200], [300, 310], [400], [500, 510, 520]]
 

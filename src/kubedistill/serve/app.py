@@ -182,7 +182,7 @@ def create_app(
     batcher = None
     if max_batch_size > 1:  # one batch at a time, on a thread of its own
         batcher = MicroBatcher(lambda batch: _infer(holder.require(), batch), max_batch_size, max_latency_ms / 1e3,
-                               ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubedistill-batch"))
+                               ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubedistill-batch"), on_wait=metrics.batch_wait.observe)
 
     async def run_work(fn, *args):
         if not pools:

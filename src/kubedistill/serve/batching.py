@@ -26,10 +26,12 @@ class MicroBatcher:
     Runs in one event loop: `submit` and `coming` are called from coroutines of that loop.
     """
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_batch_size: int, max_latency_s: float, executor: Executor):
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_batch_size: int, max_latency_s: float, executor: Executor,
+                 on_wait: Callable[[float], None] | None = None):
+        """`on_wait(seconds)` is called for each request when its batch starts, with the time it waited in the queue."""
         if max_batch_size < 1 or max_latency_s < 0:
             raise ValueError(f"max_batch_size {max_batch_size} must be >= 1 and max_latency_s {max_latency_s} >= 0")
-        self._run, self._executor = run, executor
+        self._run, self._executor, self._on_wait = run, executor, on_wait
         self.max_batch_size, self.max_latency_s = int(max_batch_size), float(max_latency_s)
         self._queue: deque[tuple[np.ndarray, asyncio.Future, float]] = deque()  # input, its future, arrival time
         self._wake: asyncio.Event | None = None
@@ -97,6 +99,10 @@ class MicroBatcher:
                 batch = np.concatenate([x for x, _, _ in items]) if len(items) > 1 else items[0][0]
                 self.batches = self.batches[-99:] + [len(batch)]
                 self._running = items
+                if self._on_wait is not None:
+                    now = loop.time()
+                    for _, _, arrived in items:
+                        self._on_wait(now - arrived)
                 try:
                     raw = await loop.run_in_executor(self._executor, self._run, batch)
                 except Exception as e:  # the model failed: every request of this batch gets the error

@@ -32,6 +32,8 @@ class ServeMetrics:
                                     namespace=ns, registry=r, buckets=LATENCY_BUCKETS)
         self.batch_size = Histogram("inference_batch_size", "Images per model call (request batch size).",
                                     namespace=ns, registry=r, buckets=BATCH_BUCKETS)
+        self.batch_wait = Histogram("batch_wait_seconds", "Time a request waited in the queue for its micro-batch to start "
+                                    "(--max-batch-size > 1 only).", namespace=ns, registry=r, buckets=LATENCY_BUCKETS)
         self.images = Counter("images", "Images run through the model.", ["route"], namespace=ns, registry=r)
         self.ready = Gauge("model_ready", "1 when the model is loaded and serving.", namespace=ns, registry=r)
         self.load_seconds = Gauge("model_load_seconds", "Seconds the model took to load.", namespace=ns, registry=r)
