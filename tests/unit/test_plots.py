@@ -1,4 +1,4 @@
-"""kubedistill.eval.plots: training plots, detection matching, calibration error."""
+"""kubedistill.eval.plots and eval.matching: training plots, detection matching, calibration error."""
 
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ from PIL import Image
 from kubedistill.data.check import Sample
 from kubedistill.eval import plots
 from kubedistill.eval.coco import DetectionMetrics, ImageGT, ImagePred
+from kubedistill.eval.matching import expected_calibration_error, match_detections
 from kubedistill.eval.plots import (
-    expected_calibration_error,
-    match_detections,
     plot_confidence,
     plot_confusion_matrix,
     plot_labels,
