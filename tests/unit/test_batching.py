@@ -201,3 +201,24 @@ def test_cancelled_requests_are_dropped_and_close_fails_the_rest(pool):
 def test_bad_settings_are_refused(pool, size, latency):
     with pytest.raises(ValueError):
         MicroBatcher(Model(), size, latency, pool)
+
+
+def test_inputs_that_cannot_be_joined_fail_their_batch_not_the_batcher(pool):
+    model = Model(hold=True)
+
+    async def main():
+        b = MicroBatcher(model, max_batch_size=8, max_latency_s=0.0, executor=pool)
+        first = asyncio.create_task(b.submit(rows(1)))
+        while not model.started.is_set():
+            await asyncio.sleep(0.001)
+        odd = [asyncio.create_task(b.submit(x)) for x in (rows(2), np.zeros((1, 3), np.float32))]  # 1 column vs 3
+        await asyncio.sleep(0.02)
+        model.release.set()
+        got = await asyncio.gather(first, *odd, return_exceptions=True)
+        after = await b.submit(rows(4))
+        await b.close()
+        return got, after
+
+    got, after = run(main())
+    assert got[0].ravel().tolist() == [10] and all(isinstance(g, ValueError) for g in got[1:])
+    assert after.ravel().tolist() == [40]

@@ -4,9 +4,10 @@ Off by default (`--max-batch-size 1`). With `--max-batch-size N --max-latency-ms
 images are queued and one batch of at most N images runs at a time, on one thread. A batch waits at
 most T ms for more images, and only while other requests are still being decoded (they are known to
 be on their way): a lone request never waits, so latency at concurrency 1 is unchanged. A request
-with more than N images runs in a batch of its own. On a CPU the gain is the model's: one batch of 8
-costs less per image than 8 single runs (docs/benchmarks.md); it needs a model exported with
-`--dynamic`.
+with more than N images runs in a batch of its own. It needs a model exported with `--dynamic`.
+The gain is the model's own: one call of 8 images costs less per image than 8 single calls. On
+this project's 2-core CPU that did not show through the server (docs/benchmarks.md#micro-batching),
+hence off by default.
 """
 
 from __future__ import annotations
@@ -96,16 +97,16 @@ class MicroBatcher:
                 items = self._take()
                 if not items:
                     continue
-                batch = np.concatenate([x for x, _, _ in items]) if len(items) > 1 else items[0][0]
-                self.batches = self.batches[-99:] + [len(batch)]
+                self.batches = self.batches[-99:] + [sum(len(x) for x, _, _ in items)]
                 self._running = items
                 if self._on_wait is not None:
                     now = loop.time()
                     for _, _, arrived in items:
                         self._on_wait(now - arrived)
                 try:
+                    batch = np.concatenate([x for x, _, _ in items]) if len(items) > 1 else items[0][0]
                     raw = await loop.run_in_executor(self._executor, self._run, batch)
-                except Exception as e:  # the model failed: every request of this batch gets the error
+                except Exception as e:  # the model (or joining the inputs) failed: every request of this batch gets the error
                     self._running = []
                     for _, fut, _ in items:
                         if not fut.done():
