@@ -8,21 +8,18 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from kubedistill.config import train_config
 from kubedistill.errors import UserError
 from kubedistill.model.export import compare_detections, export_onnx
-from kubedistill.train import build_trainer
-from tests.conftest import TINY_TRAIN
+from tests.integration.test_serve_support import served_dynamic_model, served_model
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory, tiny_data):
-    tmp = tmp_path_factory.mktemp("exp")
-    cfg = train_config(data=str(tiny_data), project=str(tmp), name="m", epochs=1, **TINY_TRAIN)
-    return build_trainer(cfg).train()["best"]
+    """The serving tests' 1-epoch tiny model (trained once per session)."""
+    return served_model(tmp_path_factory, tiny_data)[0]
 
 
-def test_export_static_and_dynamic(tmp_path, weights):
+def test_export_static_and_dynamic(tmp_path, tmp_path_factory, tiny_data, weights):
     res = export_onnx(weights, tmp_path / "m.onnx", max_det=50)
     sess = ort.InferenceSession(res["path"])
     assert sess.get_inputs()[0].shape == [1, 3, 64, 64]
@@ -30,8 +27,7 @@ def test_export_static_and_dynamic(tmp_path, weights):
     meta = sess.get_modelmeta().custom_metadata_map
     assert json.loads(meta["names"]) == ["circle", "square"] and meta["imgsz"] == "64" and meta["stride"] == "32"
     assert len(meta["source_sha256"]) == 64 and meta["model"] == "yolo-n"
-    dyn = export_onnx(weights, tmp_path / "d.onnx", dynamic=True)
-    s2 = ort.InferenceSession(dyn["path"])
+    s2 = ort.InferenceSession(str(served_dynamic_model(tmp_path_factory, tiny_data)))  # `export_onnx(..., dynamic=True)`
     out = s2.run(None, {"images": np.random.default_rng(0).random((3, 3, 64, 64), dtype=np.float32)})[0]
     anchors = 8 * 8 + 4 * 4 + 2 * 2  # at 64 px: fewer (anchor, class) pairs than max_det
     assert out.shape == (3, min(300, anchors * 2), 6)
