@@ -37,6 +37,14 @@ def rows(*values: float) -> np.ndarray:
     return np.array(values, dtype=np.float32).reshape(-1, 1)
 
 
+async def in_the_model(b: MicroBatcher, model: Model, x: np.ndarray) -> asyncio.Task:
+    """Submit `x` and return once its call has reached the (held) model: later requests queue behind it."""
+    task = asyncio.create_task(b.submit(x))
+    while not model.started.is_set():
+        await asyncio.sleep(0.001)
+    return task
+
+
 def run(coro):
     return asyncio.run(coro)
 
@@ -54,9 +62,7 @@ def test_requests_waiting_for_the_model_share_the_next_call(pool):
 
     async def main():
         b = MicroBatcher(model, max_batch_size=8, max_latency_s=0.05, executor=pool, on_wait=waits.append)
-        first = asyncio.create_task(b.submit(rows(1)))
-        while not model.started.is_set():  # the lone first request runs at once
-            await asyncio.sleep(0.001)
+        first = await in_the_model(b, model, rows(1))  # the lone first request runs at once
         rest = [asyncio.create_task(b.submit(rows(*range(10 * i, 10 * i + n)))) for i, n in ((2, 1), (3, 2), (4, 1), (5, 3))]
         await asyncio.sleep(0.05)
         model.release.set()
@@ -76,9 +82,7 @@ def test_batches_never_exceed_max_batch_size_but_a_big_request_runs_whole(pool):
 
     async def main():
         b = MicroBatcher(model, max_batch_size=4, max_latency_s=0.0, executor=pool)
-        first = asyncio.create_task(b.submit(rows(0)))
-        while not model.started.is_set():
-            await asyncio.sleep(0.001)
+        first = await in_the_model(b, model, rows(0))
         sizes = [3, 2, 6, 1, 1]
         tasks = [asyncio.create_task(b.submit(rows(*([i] * n)))) for i, n in enumerate(sizes, 1)]
         await asyncio.sleep(0.02)
@@ -141,9 +145,7 @@ def test_model_errors_reach_every_request_of_the_batch_and_the_batcher_goes_on(p
 
     async def main():
         b = MicroBatcher(model, max_batch_size=8, max_latency_s=0.0, executor=pool)
-        first = asyncio.create_task(b.submit(rows(1)))
-        while not model.started.is_set():
-            await asyncio.sleep(0.001)
+        first = await in_the_model(b, model, rows(1))
         failing = [asyncio.create_task(b.submit(rows(i))) for i in (2, 3)]
         await asyncio.sleep(0.02)
         model.release.set()
@@ -163,9 +165,7 @@ def test_cancelled_requests_are_dropped_and_close_fails_the_rest(pool):
 
     async def main():
         b = MicroBatcher(model, max_batch_size=8, max_latency_s=0.0, executor=pool)
-        first = asyncio.create_task(b.submit(rows(1)))
-        while not model.started.is_set():
-            await asyncio.sleep(0.001)
+        first = await in_the_model(b, model, rows(1))
         gone = asyncio.create_task(b.submit(rows(2)))
         kept = asyncio.create_task(b.submit(rows(3)))
         await asyncio.sleep(0.01)
@@ -208,9 +208,7 @@ def test_inputs_that_cannot_be_joined_fail_their_batch_not_the_batcher(pool):
 
     async def main():
         b = MicroBatcher(model, max_batch_size=8, max_latency_s=0.0, executor=pool)
-        first = asyncio.create_task(b.submit(rows(1)))
-        while not model.started.is_set():
-            await asyncio.sleep(0.001)
+        first = await in_the_model(b, model, rows(1))
         odd = [asyncio.create_task(b.submit(x)) for x in (rows(2), np.zeros((1, 3), np.float32))]  # 1 column vs 3
         await asyncio.sleep(0.02)
         model.release.set()
