@@ -12,6 +12,7 @@ arithmetic distillation cannot avoid).
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import torch
@@ -88,9 +89,7 @@ def step_times(student_scale: str, teacher_path: str, data: str, imgsz: int, bat
 
 
 def _mean_sd(xs: list[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
-    return m, sd
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
 def summarize(per_seed: list[dict]) -> dict:
@@ -204,8 +203,7 @@ def run_distill_benchmark(out_dir: str | Path, *, data: str | None = None, stude
     timing = step_times(student, teacher_weights, data, cost_imgsz, batch, steps, device, arms)
     results = [{"arm": label, "options": knobs, **summarize(rows), "per_seed": rows, **t}
                for label, knobs, rows, t in zip(labels, arms, per_arm, timing.pop("arms"))]
-    plain_maps = [r["student_mAP50-95"] for r in per_arm[0]]
-    mean_a, sd_a = _mean_sd(plain_maps)
+    mean_a, sd_a = results[0]["student_mAP50-95"], results[0]["student_sd"]  # (a) is shared by every arm
     res = {"teacher_mAP50-95": t_map, "teacher_weights": str(teacher_weights), "epochs": epochs, "imgsz": imgsz,
            "cost_imgsz": cost_imgsz, "seeds": list(seeds),
            "student_mAP50-95": mean_a, "student_sd": sd_a, "arms": results, **timing}

@@ -154,11 +154,10 @@ def drive(url: str, data: bytes, filename: str, n: int, concurrency: int, after_
 class InProcess:
     """The served work without the server: decode + letterbox, and `session.run` alone, in this process."""
 
-    def __init__(self, model: Path, data: bytes, threads: int | None) -> None:
+    def __init__(self, det, data: bytes) -> None:
         from kubedistill.data.images import decode_image
-        from kubedistill.serve.model import OnnxDetector
 
-        self.det, self.data, self.decode = OnnxDetector(model, threads=threads), data, decode_image
+        self.det, self.data, self.decode = det, data, decode_image
         self.prep_s: list[float] = []
         self.run_s: list[float] = []
         self.cpu = 0.0  # process CPU seconds spent in measure()
@@ -179,10 +178,6 @@ class InProcess:
         self.cpu += time.process_time() - c0
 
 
-def _median_ms(values: list[float]) -> float:
-    return float(np.median(values)) * 1e3 if values else float("nan")
-
-
 def run_serve_benchmark(model: str, *, image: str | None = None, requests: int = 200, concurrency: tuple[int, ...] = (1, 4, 16),
                         warmup: int = 10, threads: int | None = None, max_batch_size: int = 1, max_latency_ms: float = 5.0,
                         echo=print) -> dict:
@@ -191,12 +186,14 @@ def run_serve_benchmark(model: str, *, image: str | None = None, requests: int =
     except ImportError:
         raise UserError("`benchmark serve` needs aiohttp", "pip install aiohttp (or kubedistill[dev])") from None
     from kubedistill.serve.app import check_batching
+    from kubedistill.serve.model import OnnxDetector
     from kubedistill.serve.resolve import resolve_model_uri
 
     path = resolve_model_uri(model)
     check_batching(max_batch_size, max_latency_ms)
     if requests < 1 or any(c < 1 for c in concurrency):
         raise UserError("--requests and --concurrency must be positive", "e.g. --requests 200 --concurrency 1,4,16")
+    det = OnnxDetector(path, threads=threads)
     if image:
         img_path = Path(image)
         if not img_path.is_file():
@@ -204,10 +201,9 @@ def run_serve_benchmark(model: str, *, image: str | None = None, requests: int =
         data, filename = img_path.read_bytes(), img_path.name
     else:
         from kubedistill.serve.page import demo_image_bytes
-        from kubedistill.serve.model import OnnxDetector
 
-        data, filename = demo_image_bytes(max(OnnxDetector(path, threads=1).imgsz, 640)), "demo.jpg"
-    local = InProcess(path, data, threads)
+        data, filename = demo_image_bytes(max(det.imgsz, 640)), "demo.jpg"
+    local = InProcess(det, data)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = start_server(path, port, threads, args=("--max-batch-size", str(max_batch_size), "--max-latency-ms", str(max_latency_ms)))
@@ -234,7 +230,7 @@ def run_serve_benchmark(model: str, *, image: str | None = None, requests: int =
     if not local.run_s:  # no concurrency-1 level: time the in-process work on its own
         local.measure(30)
     res = {"model": str(path), "image": filename, "image_bytes": len(data), "requests_per_level": requests,
-           "decode_letterbox_ms": _median_ms(local.prep_s), "model_ms": _median_ms(local.run_s), "threads": local.det.threads,
+           "decode_letterbox_ms": _pct(local.prep_s, 50) * 1e3, "model_ms": _pct(local.run_s, 50) * 1e3, "threads": local.det.threads,
            "imgsz": local.det.imgsz, "max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms, "interleaved": c1 is not None,
            "server_exit_code": code, "cpu_count": os.cpu_count(), "rows": rows}
     if c1 is not None and c1.server:
