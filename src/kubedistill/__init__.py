@@ -5,10 +5,10 @@ Importing the package is cheap: torch and the engine load only when `Detector` i
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
 __all__ = ["Detector", "UserError", "__version__"]
 
-from kubedistill.errors import UserError
+from kubedistill.core.errors import UserError
+from kubedistill.core.version import __version__
 
 
 def __getattr__(name: str):

@@ -9,7 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from kubedistill.errors import UserError
+from kubedistill.core.errors import UserError
+from kubedistill.core.names import METRIC_NAMES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, distill, evaluate and serve YOLO-style detectors.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: a built-in demo set, fetching (S3, archives) and a checker.")
@@ -53,7 +54,6 @@ def data_fetch(
     dest: Path = typer.Argument(..., help="Folder to fetch into (unchanged files are reused on the next fetch)."),
 ):
     """Fetch a dataset (S3 prefix or archive, extracted safely) into DEST; prints the path of its data.yaml."""
-    from kubedistill.data.fetch import fetch_dataset
 
     typer.echo(str(fetch_dataset(uri, dest)))
 
@@ -66,9 +66,6 @@ def data_check(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full report as JSON."),
 ):
     """Check a dataset: every problem with file and line; exit 1 when too little is usable."""
-    from kubedistill.data.check import check_dataset
-    from kubedistill.data.dataset_yaml import load_data_yaml
-    from kubedistill.data.fetch import resolve_data
 
     spec = load_data_yaml(resolve_data(data))
     wanted = tuple(s for s in splits.split(",") if s)
@@ -83,7 +80,6 @@ def data_check(
 
 
 def _train_help() -> str:
-    from kubedistill.config import TrainConfig
 
     lines = [
         "Usage: kubedistill train [--cfg FILE.yaml] [--name value | name=value ...]",
@@ -103,7 +99,6 @@ def _train_help() -> str:
 @app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
 def train_cmd(ctx: typer.Context):
     """Train a detector (run `kubedistill train --help` for every option)."""
-    from kubedistill.config import parse_cli_overrides, train_config
 
     args = list(ctx.args)
     if "--help" in args or "-h" in args:
@@ -112,14 +107,13 @@ def train_cmd(ctx: typer.Context):
     overrides = parse_cli_overrides(args)
     cfg_file = overrides.pop("cfg", None)
     cfg = train_config(cfg_file, **overrides)
-    from kubedistill.train import build_trainer
 
     res = build_trainer(cfg).train()
     typer.echo(f"best weights: {res['best']}")
 
 
 def _load(weights: Path):
-    from kubedistill.train.checkpoint import load_model
+    from kubedistill.model.checkpoint import load_model
 
     return load_model(weights)
 
@@ -148,7 +142,7 @@ def val_cmd(
         raise UserError("No dataset to validate on", "Pass --data path/to/data.yaml")
     res = run_val(model, data, imgsz=imgsz or int(ckpt["train_args"]["imgsz"]), batch=batch, device=device, conf=conf,
                   iou=iou, max_det=max_det, nms=nms, split=split, workers=workers, out=out)
-    keys = ("mAP50-95", "mAP50", "mAP75", "AP_small", "AP_medium", "AP_large", "precision", "recall", "ms_per_img")
+    keys = (*METRIC_NAMES, "ms_per_img")
     _echo_json({k: res[k] for k in keys})
     typer.echo(f"wrote {out}")
 
@@ -167,10 +161,8 @@ def predict_cmd(
     save_images: bool = typer.Option(False, "--save-images", help="Also draw boxes into OUT_images/."),
 ):
     """Detect objects in images; writes COCO-format results (boxes in original pixels)."""
-    from kubedistill.data.images import read_image
-    from kubedistill.eval.predictions import draw_detections, to_coco_predictions_json, write_json_atomic
+    from kubedistill.core.device import select_device
     from kubedistill.predict import list_images, predict_files
-    from kubedistill.train.dist import select_device
 
     model, ckpt = _load(weights)
     files = list_images(source)
@@ -258,7 +250,6 @@ def bench_train(
     rows = run_train_benchmark([s for s in scales.split(",") if s], list(_int_list(imgsz, "--imgsz", "320,640")), batch=batch,
                                iters=iters, workers=workers, device=device)
     if out:
-        from kubedistill.eval.predictions import write_json_atomic
 
         write_json_atomic(out, rows)
 
@@ -293,7 +284,6 @@ def bench_distill(
                                 teacher_epochs=teacher_epochs, imgsz=imgsz, batch=batch, seeds=seed_list, arms=arms, steps=steps,
                                 device=device, jobs=jobs, cost_only=cost_only, cost_imgsz=cost_imgsz, echo=typer.echo)
     if json_out:
-        from kubedistill.eval.predictions import write_json_atomic
 
         write_json_atomic(json_out, res)
 
@@ -312,11 +302,9 @@ def tune_lr(
 
     Takes every training option as `kubedistill train` does (--data D --model yolo-n --batch 16 --optimizer SGD ... or name=value). Writes lr_find.json and lr_find.png; keeps no weights. See docs/lr_finder.md.
     """
-    from kubedistill.config import parse_cli_overrides, train_config
 
     overrides = parse_cli_overrides(list(ctx.args))
     cfg = train_config(overrides.pop("cfg", None), **overrides)
-    from kubedistill.train.lr_finder import find_lr
 
     res = find_lr(cfg, start_lr=start_lr, end_lr=end_lr, steps=steps, smooth=smooth, diverge=diverge, out=out)
     s = res.suggestion
@@ -364,14 +352,12 @@ def bench_serve(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON."),
 ):
     """Latency (p50/p99) and requests/s of `kubedistill serve` on loopback, beside the raw model and preprocessing time."""
-    from kubedistill.benchmark.serve import run_serve_benchmark
 
     levels = _int_list(concurrency, "--concurrency", "1,4,16")
     res = run_serve_benchmark(model, image=str(image) if image else None, requests=requests, concurrency=levels,
                               warmup=warmup, threads=threads, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms,
                               echo=typer.echo)
     if json_out:
-        from kubedistill.eval.predictions import write_json_atomic
 
         write_json_atomic(json_out, res)
 
@@ -391,8 +377,7 @@ def register_cmd(
     tracking_uri: str = _TRACKING,
 ):
     """Register a student in the MLflow registry (a pyfunc running its ONNX model); the version gets alias `challenger`."""
-    from kubedistill.track.registry import register_student
-    from kubedistill.track.runs import run_info
+    from kubedistill.release.register import register_student
 
     tags = {}
     for t in tag:
@@ -421,7 +406,6 @@ def promote_cmd(
     tracking_uri: str = _TRACKING,
 ):
     """The promotion gate: evaluate champion and candidate now; move `champion` only if the candidate is not worse."""
-    from kubedistill.track.promote import promote
 
     _echo_json(promote(model_name, version, data, metric=metric, min_delta=min_delta, tracking_uri=tracking_uri, imgsz=imgsz,
                        batch=batch, workers=workers, device=device))
@@ -433,7 +417,6 @@ def mlflow_sync_cmd(
     tracking_uri: str = _TRACKING,
 ):
     """Send the MLflow records a training run kept locally while the tracking server was unreachable."""
-    from kubedistill.track.logger import sync
 
     if not run_dir.is_dir():
         raise UserError(f"Run folder '{run_dir}' does not exist", "Pass runs/<name>")
@@ -460,14 +443,11 @@ def deploy_cmd(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the summary as JSON."),
 ):
     """helm upgrade --install the server chart with a pinned model, wait for the rollout, run helm test; roll back on failure (docs/deploy.md)."""
-    from kubedistill.deploy.helm import user_values
-    from kubedistill.deploy.run import deploy, dry_run_text, log_to_stderr
 
     log_to_stderr()
     res = deploy(release, namespace, model_uri, canary_uri=canary_uri, canary_weight=canary_weight, values=user_values(values_files, sets),
                  dry_run=dry_run, timeout=timeout, chart=chart, kubeconfig=str(kubeconfig) if kubeconfig else None, kube_context=kube_context)
     if json_out:
-        from kubedistill.atomic import atomic_write_text
 
         atomic_write_text(json_out, json.dumps(res, indent=2, default=str))
     if dry_run:
@@ -479,7 +459,24 @@ def deploy_cmd(
 
 
 # `kubedistill run`, `kubedistill pipeline ...`, `kubedistill schedule ...` (kubedistill/pipeline/cli.py)
+import click
+
+from kubedistill.benchmark.serve import run_serve_benchmark
+from kubedistill.config import TrainConfig, parse_cli_overrides, train_config
+from kubedistill.core.atomic import atomic_write_text, write_json_atomic
+from kubedistill.data.check import check_dataset
+from kubedistill.data.dataset_yaml import load_data_yaml
+from kubedistill.data.fetch import fetch_dataset, resolve_data
+from kubedistill.data.images import read_image
+from kubedistill.deploy.helm import user_values
+from kubedistill.deploy.run import deploy, dry_run_text, log_to_stderr
+from kubedistill.eval.predictions import draw_detections, to_coco_predictions_json
 from kubedistill.pipeline.cli import add_pipeline_commands  # noqa: E402
+from kubedistill.release.promote import promote
+from kubedistill.track.logger import sync
+from kubedistill.track.runs import run_info
+from kubedistill.train import build_trainer
+from kubedistill.train.lr_finder import find_lr
 
 add_pipeline_commands(app)
 
@@ -511,7 +508,6 @@ def main(argv: List[str] | None = None) -> None:
     except SystemExit:
         raise
     except Exception as e:  # click usage errors come as exceptions with standalone_mode=False
-        import click
 
         if isinstance(e, click.exceptions.ClickException):
             e.show()

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from kubedistill.errors import ConfigError
+from kubedistill.core.errors import ConfigError
 
 _NONE_STRINGS = {"", "none", "null", "~"}
 

@@ -8,15 +8,16 @@ from typing import Any
 import numpy as np
 
 from kubedistill.config import TrainConfig, train_config
-from kubedistill.errors import UserError
+from kubedistill.core.errors import UserError
+from kubedistill.train import build_trainer
 
 
 class Detector:
     """A detector from a scale name (untrained) or a checkpoint path (trained)."""
 
     def __init__(self, model: str = "yolo-n"):
+        from kubedistill.model.checkpoint import load_model
         from kubedistill.model.yolo import DetectionModel, parse_scale
-        from kubedistill.train.checkpoint import load_model
 
         self.source = model
         self.ckpt: dict | None = None
@@ -39,8 +40,7 @@ class Detector:
 
     def train(self, cfg: str | Path | dict | None = None, **kwargs: Any) -> dict:
         """Train (or fine-tune, when built from a checkpoint); afterwards this Detector holds best.pt."""
-        from kubedistill.train import build_trainer
-        from kubedistill.train.checkpoint import load_model
+        from kubedistill.model.checkpoint import load_model
 
         kwargs.setdefault("model", self.source)
         conf: TrainConfig = train_config(cfg, **kwargs)
@@ -63,8 +63,8 @@ class Detector:
     def predict(self, source: str | Path | np.ndarray | list, conf: float = 0.25, imgsz: int | None = None,
                 max_det: int = 300, nms: bool = False, device: str = "") -> list:
         """Images (paths, a folder, or RGB arrays) -> list of ImagePred (boxes xyxy in original pixels)."""
+        from kubedistill.core.device import select_device
         from kubedistill.predict import list_images, predict_arrays, predict_files
-        from kubedistill.train.dist import select_device
 
         dev = select_device(device)
         self.model.to(dev)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
-from kubedistill.errors import UserError
+from kubedistill.core.errors import UserError
+from kubedistill.deploy.chart import chart_values
 
 
 def image_ref(block: dict, what: str = "image") -> str:
@@ -25,7 +26,6 @@ def image_ref(block: dict, what: str = "image") -> str:
 
 
 def _block(key: str, chart: str | os.PathLike | None) -> dict:
-    from kubedistill.deploy.chart import chart_values
 
     block = chart_values(chart).get(key)
     if not isinstance(block, dict):

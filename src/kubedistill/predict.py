@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kubedistill.core.errors import UserError
 from kubedistill.data.images import IMG_FORMATS, read_image
 from kubedistill.data.letterbox import letterbox
-from kubedistill.errors import UserError
 from kubedistill.eval.coco import ImagePred
 from kubedistill.eval.validator import to_image_preds
 from kubedistill.model.decode import decode

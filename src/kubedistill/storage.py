@@ -22,13 +22,14 @@ Tuning, all optional environment variables: KUBEDISTILL_S3_MULTIPART_MB (8: file
 parts), KUBEDISTILL_S3_CHUNK_MB (8: part size), KUBEDISTILL_S3_CONCURRENCY (8: parallel parts and files),
 KUBEDISTILL_S3_MAX_ATTEMPTS (5: botocore attempts per request), KUBEDISTILL_S3_RETRY_MODE (standard or
 adaptive), KUBEDISTILL_S3_TRANSFER_RETRIES (3: attempts per file transfer), KUBEDISTILL_S3_BACKOFF_S (1.0:
-first pause between those). Caches live under `kubedistill.cache.cache_dir`.
+first pause between those). Caches live under `kubedistill.core.cache.cache_dir`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -43,8 +44,9 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
 
-from kubedistill.atomic import atomic_path, atomic_write_text
-from kubedistill.errors import UserError
+from kubedistill.core.atomic import atomic_path, atomic_write_text
+from kubedistill.core.errors import UserError
+from kubedistill.core.log import Progress
 
 LOGGER = logging.getLogger("kubedistill.storage")
 MANIFEST = ".kubedistill-fetch.json"
@@ -379,7 +381,6 @@ class _Progress:
     """Thread-safe wrapper of the project's progress output (a bar on a TTY, log lines otherwise)."""
 
     def __init__(self, total: int, desc: str, enabled: bool = True):
-        from kubedistill.train.progress import Progress
 
         self._p = Progress(total, desc, enabled=enabled, interval_s=15.0)
         self._lock = threading.Lock()
@@ -780,7 +781,7 @@ def file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / f".{path.name}.lock"
     try:
-        import fcntl
+        pass
     except ImportError:  # pragma: no cover (not POSIX)
         yield
         return

@@ -78,7 +78,7 @@ def test_models_onnx_and_evaluation(first):
     import numpy as np
     import onnxruntime as ort
 
-    from kubedistill.train.checkpoint import load_checkpoint
+    from kubedistill.core.checkpoint import load_checkpoint
 
     res, _, _ = first
     run_dir = Path(res["run_dir"])

@@ -13,7 +13,7 @@ import yaml
 
 pytest.importorskip("kfp")
 
-from kubedistill.interrupt import child_pids, process_state  # noqa: E402
+from kubedistill.core.interrupt import child_pids, process_state  # noqa: E402
 
 
 def _gone(pid: int) -> bool:

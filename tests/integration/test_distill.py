@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from kubedistill.config import train_config
-from kubedistill.errors import ConfigError, UserError
+from kubedistill.config import TrainConfig, train_config
+from kubedistill.core.errors import ConfigError, UserError
 from kubedistill.model.yolo import DetectionModel
 from kubedistill.train import build_trainer
-from kubedistill.train.checkpoint import atomic_torch_save, load_checkpoint
+from kubedistill.core.checkpoint import atomic_torch_save, load_checkpoint
 from kubedistill.benchmark.distill import parse_arm, run_distill_benchmark, summarize
 from kubedistill.train.distill import FeatureProjector, anchor_weights, o2o_score_kl, score_weighted_l2
 from tests.conftest import TINY_TRAIN
@@ -62,7 +62,7 @@ def test_distillation_run(tmp_path, tiny_data, teacher):
     seen = {}
 
     def check_teacher(trainer):
-        t = trainer.distiller.teacher
+        t = trainer.objective.teacher.model
         seen["no_grad"] = all(p.grad is None and not p.requires_grad for p in t.parameters())
         seen["eval"] = not t.training
         seen["state"] = {k: v.detach().cpu().clone() for k, v in t.state_dict().items()}
@@ -132,7 +132,7 @@ def test_resume_rebuilds_teacher_and_refuses_changed_one(tmp_path, tiny_data, te
     restored = {}
 
     def grab(trainer):
-        restored.update({k: v.clone() for k, v in trainer.distiller.projector.state_dict().items()})
+        restored.update({k: v.clone() for k, v in trainer.objective.projector.state_dict().items()})
 
     res = build_trainer(train_config(resume=str(last), workers=0), {"on_train_start": [grab]}).train()
     for k, v in saved_proj.items():
@@ -152,20 +152,20 @@ def test_o2o_score_kl_values():
 
 
 def test_o2o_term_trains_only_the_one_to_one_head(teacher, tiny_data):
-    from kubedistill.train.distill import FeatureDistiller
+    from kubedistill.train.objective import build_objective
 
     student = DetectionModel("n", nc=2, names=["circle", "square"]).train()
-    dist = FeatureDistiller(str(teacher), student, gain=0.0, device=torch.device("cpu"), o2o_gain=1.0)
+    dist = build_objective(student, TrainConfig(dis=0.0, dis_o2o=1.0), torch.device("cpu"), str(teacher))
     try:
         img = torch.rand(2, 3, 64, 64)
         preds = student(img)
-        loss, items = dist.loss(img, preds)
+        loss, items = dist.distill_loss(img, preds)
         assert set(items) == {"dis_loss", "dis_o2o_loss"} and items["dis_o2o_loss"] > 0
         loss.backward()
         touched = [n for n, p in student.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
         # only the one-to-one head's class branch: it sees detached features, so the backbone gets nothing
         assert touched and all(n.startswith("head.o2o.cls_branch.") for n in touched), touched
-        assert all(p.grad is None for p in dist.teacher.parameters())
+        assert all(p.grad is None for p in dist.teacher.model.parameters())
     finally:
         dist.close()
 
@@ -225,7 +225,7 @@ def test_benchmark_cost_only(tmp_path, tiny_data, teacher):
 
 def test_teacher_class_logits_equal_its_full_forward(teacher):
     from kubedistill.model.head import HEADS
-    from kubedistill.train.checkpoint import load_model
+    from kubedistill.model.checkpoint import load_model
 
     model, _ = load_model(teacher)
     model.head.eval_heads = HEADS

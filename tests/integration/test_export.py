@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from kubedistill.errors import UserError
+from kubedistill.core.errors import UserError
 from kubedistill.model.export import compare_detections, export_onnx
 from tests.integration.test_serve_support import served_dynamic_model, served_model
 

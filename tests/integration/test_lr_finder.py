@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from kubedistill.errors import ConfigError
+from kubedistill.core.errors import ConfigError
 from kubedistill.train.lr_finder import check_sweep, exp_lrs, smooth_losses, suggest_lr
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -91,7 +91,7 @@ def test_detect_matches_predict(client, model_files, val_files, conf, max_det):
     import torch
 
     from kubedistill.predict import predict_files
-    from kubedistill.train.checkpoint import load_model
+    from kubedistill.model.checkpoint import load_model
 
     model, ckpt = load_model(model_files[0])
     kw = {"max_det": max_det or 300}  # the export's max_det is 300
@@ -474,7 +474,7 @@ sys.exit(1 if bad or NoCv2.tried else 0)
 
 
 def test_resolve_model_uri(tmp_path, model_files, monkeypatch):
-    from kubedistill.errors import UserError
+    from kubedistill.core.errors import UserError
     from kubedistill.serve.resolve import resolve_model_uri
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'none.db'}")

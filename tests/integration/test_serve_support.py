@@ -29,7 +29,8 @@ def served_model(tmp_path_factory, tiny_data) -> tuple[Path, Path]:
         from kubedistill.data.letterbox import letterbox
         from kubedistill.model.export import export_onnx
         from kubedistill.train import build_trainer
-        from kubedistill.train.checkpoint import load_checkpoint, model_from_checkpoint
+        from kubedistill.core.checkpoint import load_checkpoint
+        from kubedistill.model.checkpoint import model_from_checkpoint
         from tests.conftest import TINY_TRAIN
 
         tmp = tmp_path_factory.mktemp("serve_model")

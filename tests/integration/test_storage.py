@@ -14,7 +14,7 @@ import pytest
 from kubedistill import storage
 from kubedistill.data.dataset_yaml import load_data_yaml
 from kubedistill.data.fetch import fetch_dataset
-from kubedistill.errors import DataError, UserError
+from kubedistill.core.errors import DataError, UserError
 
 BUCKET = "kd-storage"
 

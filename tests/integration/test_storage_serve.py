@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from kubedistill import storage
-from kubedistill.errors import UserError
+from kubedistill.core.errors import UserError
 from kubedistill.serve.resolve import resolve_model_uri
 
 BUCKET = "kd-models"

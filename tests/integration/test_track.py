@@ -35,7 +35,7 @@ def _zero_head(src, dst):
     """A copy of a checkpoint whose head is zeroed: it detects nothing, so it scores 0 on any data."""
     import torch
 
-    from kubedistill.train.checkpoint import atomic_torch_save, load_checkpoint
+    from kubedistill.core.checkpoint import atomic_torch_save, load_checkpoint
 
     ckpt = load_checkpoint(src)
     sd = ckpt["model"]["state_dict"]
@@ -159,8 +159,9 @@ def test_registry_and_promotion_gate_on_a_real_server(tracked, tmp_path, monkeyp
     trainer, _, _ = tracked
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
     monkeypatch.setenv("KUBEDISTILL_CACHE", str(tmp_path / "cache"))
-    from kubedistill.track.promote import promote
-    from kubedistill.track.registry import champion, register_student
+    from kubedistill.release.promote import promote
+    from kubedistill.release.register import register_student
+    from kubedistill.track.registry import champion
 
     name = "student-gate"
     good = trainer.wdir / "best.pt"
@@ -225,7 +226,7 @@ def test_distill_from_a_registered_teacher_logs_dis_loss(tracked, tmp_path, monk
     trainer, uri, project = tracked
     monkeypatch.setenv("KUBEDISTILL_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from kubedistill.track.registry import register_student
+    from kubedistill.release.register import register_student
 
     v = register_student(trainer.wdir / "best.pt", "teacher", tracking_uri=uri, onnx=trainer.wdir / "best.onnx")
     student = _train(tiny_data, project, "distilled", epochs=1, mlflow=True, distill_model=f"models:/teacher/{v}", plots=False)

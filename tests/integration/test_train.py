@@ -11,7 +11,7 @@ import torch
 
 from kubedistill import Detector
 from kubedistill.config import train_config
-from kubedistill.errors import DataError, UserError
+from kubedistill.core.errors import DataError, UserError
 from kubedistill.train import build_trainer
 from kubedistill.train.trainer import TrainingDiverged
 from tests.conftest import TINY_TRAIN
@@ -101,8 +101,10 @@ def test_nonfinite_loss_skips_then_stops(tmp_path, tiny_data):
     from kubedistill.train.trainer import Trainer
 
     class NaNTrainer(Trainer):
-        def extra_loss(self, batch, preds):
-            return torch.tensor(float("nan")), {}
+        def setup_objective(self):  # the extension point: wrap the objective (here: a loss that is always NaN)
+            super().setup_objective()
+            loss = self.objective.loss
+            self.objective.loss = lambda preds, batch: (loss(preds, batch)[0] * float("nan"), {})
 
     cfg = train_config(data=str(tiny_data), project=str(tmp_path), name="nan", epochs=20, **{**TINY_TRAIN, "batch": 2, "nbs": 2})
     with pytest.raises(TrainingDiverged, match="non-finite for 10 steps"):

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from kubedistill.atomic import atomic_path, atomic_write_text
+from kubedistill.core.atomic import atomic_path, atomic_write_text
 
 
 def test_write_replace_and_permissions(tmp_path):

@@ -13,7 +13,7 @@ import kubedistill
 import kubedistill.images
 from kubedistill.deploy import helm
 from kubedistill.deploy.chart import PACKAGED_CHART, chart_values, find_chart
-from kubedistill.errors import UserError
+from kubedistill.core.errors import UserError
 
 CHART = find_chart()
 KUBE_VERSIONS = [f"1.{m}.0" for m in range(30, 38)]  # the chart's range: kubeVersion >=1.30

@@ -3,7 +3,7 @@
 import pytest
 
 from kubedistill.config import TrainConfig, parse_cli_overrides, train_config
-from kubedistill.errors import ConfigError
+from kubedistill.core.errors import ConfigError
 
 
 def test_defaults_follow_ultralytics():
@@ -54,7 +54,7 @@ def test_model_is_an_ordinary_option():
 
 def test_mlflow_tags_from_text():
     from kubedistill.config import train_config
-    from kubedistill.errors import ConfigError
+    from kubedistill.core.errors import ConfigError
 
     assert train_config(mlflow_tags="{a: b, n: 3}").mlflow_tags == {"a": "b", "n": "3"}
     assert train_config(mlflow_tags="a=b,c=d=e").mlflow_tags == {"a": "b", "c": "d=e"}

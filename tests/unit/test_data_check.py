@@ -12,7 +12,7 @@ import pytest
 
 from kubedistill.data.check import check_dataset, fingerprint
 from kubedistill.data.dataset_yaml import load_data_yaml
-from kubedistill.errors import DataError
+from kubedistill.core.errors import DataError
 
 NAMES = ["a", "b", "c"]
 

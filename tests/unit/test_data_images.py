@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from kubedistill.data.images import ImageReadError, image_size, read_image, verify_image
-from kubedistill.errors import DataError
+from kubedistill.core.errors import DataError
 
 
 def _pattern(h: int = 20, w: int = 40) -> np.ndarray:

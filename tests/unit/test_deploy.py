@@ -14,12 +14,13 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import yaml
 
-from kubedistill.deploy import deploy, helm
+from kubedistill.deploy import helm
+from kubedistill.deploy.run import deploy
 from kubedistill.deploy.chart import find_chart
 from kubedistill.deploy.helm import HelmActionError, user_values
 from kubedistill.deploy.plan import check_pinned_uri, make_plan, split_replicas
 from kubedistill.deploy.rollout import deployment_progress, kube_clients, pod_problems, wait_for_rollout
-from kubedistill.errors import UserError
+from kubedistill.core.errors import UserError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "k8s"
 STABLE, CANARY = "det-kubedistill", "det-kubedistill-canary"

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from kubedistill.errors import DataError
+from kubedistill.core.errors import DataError
 from kubedistill.eval.coco import (
     DetectionMetrics,
     ImageGT,

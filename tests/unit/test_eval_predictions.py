@@ -8,12 +8,12 @@ import os
 import numpy as np
 import pytest
 
+from kubedistill.core.atomic import write_json_atomic
 from kubedistill.eval.coco import ImagePred
 from kubedistill.eval.predictions import (
     class_color,
     draw_detections,
     to_coco_predictions_json,
-    write_json_atomic,
 )
 
 NAMES = ["person", "car"]

@@ -12,7 +12,7 @@ import time
 import pytest
 import typer
 
-from kubedistill.interrupt import process_cpu_seconds, process_state, sigterm_as_interrupt
+from kubedistill.core.interrupt import process_cpu_seconds, process_state, sigterm_as_interrupt
 
 
 def test_sigterm_raises_keyboard_interrupt_then_handler_is_restored():
@@ -30,7 +30,7 @@ def test_sigterm_raises_keyboard_interrupt_then_handler_is_restored():
 HELPER = """
 import json, subprocess, sys, time
 from pathlib import Path
-from kubedistill.interrupt import child_pids, descendant_pids, terminate_children
+from kubedistill.core.interrupt import child_pids, descendant_pids, terminate_children
 marker = Path(sys.argv[1])
 code = f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
 sh = subprocess.Popen(["sh", "-ec", f'{sys.executable} -c "{code}"; echo after'])

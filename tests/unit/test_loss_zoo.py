@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from kubedistill.config import TrainConfig, train_config
-from kubedistill.errors import ConfigError
+from kubedistill.core.errors import ConfigError
 from kubedistill.train.iou import bbox_iou
-from kubedistill.train.loss_plugins import ENTRY_POINT_GROUP, CallableLoss
+from kubedistill.train.losses.plugins import ENTRY_POINT_GROUP, CallableLoss
 from kubedistill.train.losses import BOX_LOSSES, CLS_LOSSES, DetectionLoss, build_box_loss, build_cls_loss
 
 A = torch.tensor([[0.0, 0.0, 2.0, 2.0]])

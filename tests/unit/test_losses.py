@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kubedistill.config import TrainConfig
-from kubedistill.errors import ConfigError
+from kubedistill.core.errors import ConfigError
 from kubedistill.train.iou import bbox_iou
 from kubedistill.train.losses import (
     BOX_LOSSES,

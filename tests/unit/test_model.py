@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kubedistill.errors import ConfigError
+from kubedistill.core.errors import ConfigError
 from kubedistill.model.decode import box_iou, decode, nms, topk_detections
 from kubedistill.model.info import model_info
 from kubedistill.model.yolo import DetectionModel, neck_features, parse_scale

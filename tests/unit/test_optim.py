@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from kubedistill.errors import ConfigError
+from kubedistill.core.errors import ConfigError
 from kubedistill.train.optim import MuSGD, build_optimizer, zeropower_via_newtonschulz
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kubedistill.errors import UserError
+from kubedistill.core.errors import UserError
 
 pytest.importorskip("kfp")
 

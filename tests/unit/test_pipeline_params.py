@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kubedistill.errors import ConfigError
+from kubedistill.core.errors import ConfigError
 from kubedistill.pipeline.params import check_params, coerce, parse_assignments, pipeline_parameters, read_params_file
 
 pytest.importorskip("kfp")
@@ -67,3 +67,29 @@ def test_assignment_and_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="must hold a mapping"):
         read_params_file(bad)
     assert coerce("x", None, "STRING") == ""
+
+
+def test_training_options_are_declared_once_in_train_config():
+    """The pipeline's training parameters take default and description from TrainConfig; the training components
+    declare no defaults of their own (the pipeline passes every option); extra_config may not set them again."""
+    import yaml
+
+    from kubedistill.config import TrainConfig
+    from kubedistill.pipeline.dag import TRAIN_PARAMS
+    from kubedistill.pipeline.params import pipeline_parameters
+    from kubedistill.pipeline.steps import OWN_OPTIONS
+
+    params = pipeline_parameters()
+    fields = TrainConfig.model_fields
+    for param, (name, _) in TRAIN_PARAMS.items():
+        assert params[param]["default"] == fields[name].default, param
+        assert fields[name].description[1:] in params[param]["description"], param
+    assert {name for name, _ in TRAIN_PARAMS.values()} | {"model"} == set(OWN_OPTIONS)
+    root = Path(__file__).resolve().parents[2]
+    for comp in ("train-teacher", "distill-student"):
+        spec = yaml.safe_load((root / "components" / f"{comp}.yaml").read_text())
+        inputs = spec["root"]["inputDefinitions"]["parameters"]
+        own = {k: v for k, v in inputs.items() if k in fields or k in ("teacher_model", "student_model")}
+        assert {"epochs", "imgsz", "lr0", "optimizer"} <= set(own), comp
+        for k, v in own.items():
+            assert "defaultValue" not in v and not v.get("isOptional"), f"{comp}: {k} declares a default"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubedistill.errors import DataError, UserError
+from kubedistill.core.errors import DataError, UserError
 from kubedistill.pipeline.prepare import MARKER, load_splits, parse_demo, prepare_dataset
 from kubedistill.pipeline.steps import default_store
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kubedistill.errors import ConfigError, UserError
+from kubedistill.core.errors import ConfigError, UserError
 from kubedistill.pipeline import steps
+from kubedistill.pipeline import tracking as pipeline_tracking
 
 pytest.importorskip("mlflow")
 
@@ -29,7 +30,7 @@ def tracking(tmp_path, monkeypatch):
 
 def _parent(cl, rid="kfp-run-1"):
     runs = cl.search_runs([cl.get_experiment_by_name("kubedistill").experiment_id],
-                          filter_string=f"tags.pipeline_run_id = '{rid}' and tags.{steps.KIND_TAG} = 'pipeline'")
+                          filter_string=f"tags.pipeline_run_id = '{rid}' and tags.{pipeline_tracking.KIND_TAG} = 'pipeline'")
     assert len(runs) == 1
     return runs[0]
 
@@ -47,7 +48,7 @@ def test_unchanged_data_ends_the_run_early(tracking, tmp_path):
     assert parent.data.tags["data_fingerprint"] == "fp-old" and parent.data.tags["dataset_uri"] == "s3://d/x"
     assert [a.path for a in tracking.list_artifacts(parent.info.run_id, "data")] == ["data/report.html"]
     # the exit step leaves a finished run as it is
-    assert steps.finish_tracking("SUCCEEDED")["status"] == "FINISHED"
+    assert pipeline_tracking.finish_tracking("SUCCEEDED")["status"] == "FINISHED"
 
 
 def test_changed_data_or_no_skip_trains(tracking, tmp_path, monkeypatch):
@@ -56,7 +57,7 @@ def test_changed_data_or_no_skip_trains(tracking, tmp_path, monkeypatch):
     assert _parent(tracking).info.status == "RUNNING"
     assert steps.check_unchanged("fp-old", "det", skip_if_unchanged=False)["proceed"]  # same parent run, found by tag
     assert steps.check_unchanged("fp-old", "other-model", skip_if_unchanged=True)["reason"].startswith("no champion")
-    done = steps.finish_tracking("FAILED", error="evaluate: boom")
+    done = pipeline_tracking.finish_tracking("FAILED", error="evaluate: boom")
     parent = _parent(tracking)
     assert done["status"] == "FAILED" and parent.info.status == "FAILED" and parent.data.tags["pipeline_error"] == "evaluate: boom"
 
@@ -66,7 +67,7 @@ def test_skip_if_unchanged_needs_the_registry(monkeypatch):
     assert steps.check_unchanged("fp", "det", skip_if_unchanged=False)["proceed"]  # no tracking, no gate: fine
     with pytest.raises(UserError, match="skip_if_unchanged needs the MLflow model registry"):
         steps.check_unchanged("fp", "det", skip_if_unchanged=True)
-    assert steps.parent_run() is None and steps.finish_tracking("SUCCEEDED") == {"parent_run_id": None, "status": None}
+    assert pipeline_tracking.parent_run() is None and pipeline_tracking.finish_tracking("SUCCEEDED") == {"parent_run_id": None, "status": None}
 
 
 def test_train_options():
@@ -89,7 +90,6 @@ def test_a_step_user_error_is_one_line(capsys):
 
 
 def test_deploy_step_pins_the_version_and_fails_on_a_rolled_back_rollout(monkeypatch):
-    import kubedistill.deploy as deploy_pkg
 
     calls = []
 
@@ -98,7 +98,7 @@ def test_deploy_step_pins_the_version_and_fails_on_a_rolled_back_rollout(monkeyp
         return {"status": outcome["status"], "rolled_back": outcome["status"] != "deployed", "reason": "pods not ready"}
 
     outcome = {"status": "deployed"}
-    monkeypatch.setattr(deploy_pkg, "deploy", fake_deploy)
+    monkeypatch.setattr(steps, "deploy", fake_deploy)  # the name steps.deploy_step calls
     assert steps.deploy_step("det", "7", release="r", namespace="serving")["status"] == "deployed"
     assert calls == [("r", "serving", "models:/det/7")]
     outcome["status"] = "rolled-back"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubedistill.errors import ConfigError, UserError
+from kubedistill.core.errors import ConfigError, UserError
 
 pytest.importorskip("kfp")
 

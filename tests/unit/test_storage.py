@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from kubedistill import storage
-from kubedistill.errors import UserError
+from kubedistill.core.errors import UserError
 
 
 def test_uris():
@@ -21,7 +21,7 @@ def test_uris():
 
 
 def test_import_does_not_load_boto3():
-    code = ("import sys, kubedistill.storage, kubedistill.data.fetch, kubedistill.serve.resolve, kubedistill.train.progress\n"
+    code = ("import sys, kubedistill.storage, kubedistill.data.fetch, kubedistill.serve.resolve, kubedistill.core.log\n"
             "print(sorted(m for m in ('boto3', 'botocore', 's3transfer', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -13,7 +13,7 @@ import yaml
 
 from kubedistill.data.dataset_yaml import load_data_yaml
 from kubedistill.data.fetch import extract_archive, fetch_dataset, is_archive, resolve_data
-from kubedistill.errors import DataError, UserError
+from kubedistill.core.errors import DataError, UserError
 
 
 def _tree_files(root: Path) -> list[str]:

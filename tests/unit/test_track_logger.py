@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 pytest.importorskip("mlflow")
 
 from kubedistill.track.logger import SPOOL, RunLogger, flatten, is_number, sync  # noqa: E402
-from kubedistill.track.promote import decide  # noqa: E402
+from kubedistill.release.promote import decide  # noqa: E402
 
 
 class FlakyClient:

@@ -12,45 +12,31 @@ arithmetic distillation cannot avoid).
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 import statistics
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
-from kubedistill.benchmark.timing import time_interleaved
+from kubedistill.benchmark.timing import time_interleaved, training_step
 from kubedistill.config import TrainConfig, train_config
+from kubedistill.core.device import select_device
+from kubedistill.core.errors import UserError
 from kubedistill.data.check import check_dataset
 from kubedistill.data.dataset import DetectionDataset, build_dataloader
 from kubedistill.data.dataset_yaml import load_data_yaml
 from kubedistill.data.synth import make_synth
-from kubedistill.errors import UserError
+from kubedistill.model.checkpoint import load_model
 from kubedistill.model.info import count_flops
 from kubedistill.model.yolo import DetectionModel
 from kubedistill.train import build_trainer
-from kubedistill.train.checkpoint import load_model
-from kubedistill.train.dist import select_device
-from kubedistill.train.distill import FeatureDistiller
-from kubedistill.train.losses import DetectionLoss
+from kubedistill.train.objective import build_objective, to_input
 
 
 def _train(common: dict, **kw) -> dict:
     return build_trainer(train_config(**{**common, **kw})).train()
-
-
-def _train_step(model, loss_fn, distiller, b: dict, batch: int):
-    params = list(model.parameters()) + (list(distiller.projector.parameters()) if distiller else [])
-    opt = torch.optim.SGD(params, lr=1e-5, momentum=0.9)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        preds = model(b["img"])
-        loss, _ = loss_fn(preds, b, {"one2many": 0.5, "one2one": 0.5})
-        if distiller is not None:
-            loss = loss + distiller.loss(b["img"], preds)[0] * batch
-        loss.backward()
-        opt.step()
-
-    return step
 
 
 def step_times(student_scale: str, teacher_path: str, data: str, imgsz: int, batch: int, steps: int, device: str,
@@ -63,23 +49,19 @@ def step_times(student_scale: str, teacher_path: str, data: str, imgsz: int, bat
     cfg = TrainConfig(imgsz=imgsz)
     ds = DetectionDataset(samples, imgsz, augment=True, hyp=cfg, seed=0)
     b = next(iter(build_dataloader(ds, batch, 0, shuffle=False, seed=0)))
-    b["img"] = b["img"].to(dev).float() / 255.0
-    step_fns, distillers = [], []
+    b["img"] = to_input(b["img"], dev)
+    objectives = []
     for knobs in [None, *arms]:
         torch.manual_seed(0)
         model = DetectionModel(student_scale, nc=spec.nc, names=spec.names).to(dev).train()
-        distiller = None
-        if knobs is not None:
-            k = TrainConfig(**knobs)
-            distiller = FeatureDistiller(teacher_path, model, k.dis, dev, o2o_gain=k.dis_o2o, temp=k.dis_temp)
-            distillers.append(distiller)
-        step_fns.append(_train_step(model, DetectionLoss(model.nc, model.strides, cfg), distiller, b, batch))
+        arm_cfg = TrainConfig(imgsz=imgsz, **(knobs or {}))
+        objectives.append(build_objective(model, arm_cfg, dev, teacher_path if knobs is not None else None))
     try:  # plain and each arm in turn, so a busy spell on the machine affects them alike
-        times = time_interleaved(step_fns, steps, dev)
+        times = time_interleaved([training_step(o, b) for o in objectives], steps, dev)
     finally:
-        for d in distillers:
-            d.close()
-    teacher, _ = load_model(teacher_path)  # its standard forward (one-to-one head); the distiller runs a little less
+        for o in objectives:
+            o.close()
+    teacher, _ = load_model(teacher_path)  # its standard forward (one-to-one head); distillation runs a little less
     t_flops = count_flops(teacher.to(dev), imgsz)
     s_flops = count_flops(DetectionModel(student_scale, nc=spec.nc).to(dev), imgsz, train_step=True)
     floor = 1 + t_flops / s_flops
@@ -124,9 +106,6 @@ def _seed_runs_all(common, student, epochs, seeds, arms, labels, teacher_weights
             echo(f"seed {seed}: yolo-{student} alone, then {len(arms)} distilled arm(s), {epochs} epochs each ...")
             yield _seed_runs(common, student, epochs, seed, arms, labels, teacher_weights)
         return
-    import multiprocessing as mp
-    import os
-    from concurrent.futures import ProcessPoolExecutor
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:

@@ -32,8 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from kubedistill.errors import UserError
-from kubedistill.interrupt import process_cpu_seconds
+from kubedistill.core.errors import UserError
+from kubedistill.core.interrupt import process_cpu_seconds
+from kubedistill.data.images import decode_image
+from kubedistill.serve.model import OnnxDetector
+from kubedistill.serve.page import demo_image_bytes
+from kubedistill.serve.resolve import resolve_model_uri
 
 
 def free_port() -> int:
@@ -155,7 +159,6 @@ class InProcess:
     """The served work without the server: decode + letterbox, and `session.run` alone, in this process."""
 
     def __init__(self, det, data: bytes) -> None:
-        from kubedistill.data.images import decode_image
 
         self.det, self.data, self.decode = det, data, decode_image
         self.prep_s: list[float] = []
@@ -186,8 +189,6 @@ def run_serve_benchmark(model: str, *, image: str | None = None, requests: int =
     except ImportError:
         raise UserError("`benchmark serve` needs aiohttp", "pip install aiohttp (or kubedistill[dev])") from None
     from kubedistill.serve.app import check_batching
-    from kubedistill.serve.model import OnnxDetector
-    from kubedistill.serve.resolve import resolve_model_uri
 
     path = resolve_model_uri(model)
     check_batching(max_batch_size, max_latency_ms)
@@ -200,7 +201,6 @@ def run_serve_benchmark(model: str, *, image: str | None = None, requests: int =
             raise UserError(f"Image '{img_path}' does not exist", "Pass an image file or leave --image out")
         data, filename = img_path.read_bytes(), img_path.name
     else:
-        from kubedistill.serve.page import demo_image_bytes
 
         data, filename = demo_image_bytes(max(det.imgsz, 640)), "demo.jpg"
     local = InProcess(det, data)

@@ -1,4 +1,5 @@
-"""Timing a callable the way every benchmark here does: warm up, synchronise the GPU, time, per call."""
+"""Timing a callable the way every benchmark here does: warm up, synchronise the GPU, time, per call; and the
+training step that the training benchmarks time (the trainer's objective, backward, an optimizer step)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,18 @@ def time_interleaved(steps: list[Callable[[], None]], rounds: int, device: torch
                 torch.cuda.synchronize(device)
             out.append(time.perf_counter() - t0)
     return [sorted(x)[len(x) // 2] for x in samples]
+
+
+def training_step(objective, batch: dict) -> Callable[[], None]:
+    """One training step of `objective` on a fixed batch (image already the network's input): forward, loss,
+    backward, SGD step over the model and the objective's extra modules (a distillation projector)."""
+    params = [p for m in (objective.model, *objective.extra_modules()) for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-5, momentum=0.9)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss, _ = objective(batch)
+        loss.backward()
+        opt.step()
+
+    return step

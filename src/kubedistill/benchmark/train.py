@@ -13,15 +13,15 @@ from pathlib import Path
 
 import torch
 
+from kubedistill.benchmark.timing import time_steps, training_step
 from kubedistill.config import TrainConfig
+from kubedistill.core.device import select_device
 from kubedistill.data.check import check_dataset
 from kubedistill.data.dataset import DetectionDataset, build_dataloader
 from kubedistill.data.dataset_yaml import load_data_yaml
-from kubedistill.benchmark.timing import time_steps
 from kubedistill.data.synth import make_synth
 from kubedistill.model.yolo import DetectionModel
-from kubedistill.train.dist import select_device
-from kubedistill.train.losses import DetectionLoss
+from kubedistill.train.objective import build_objective, to_input
 
 
 def loader_speed(samples, imgsz: int, batch: int, workers: int, batches: int = 20) -> float:
@@ -42,20 +42,10 @@ def loader_speed(samples, imgsz: int, batch: int, workers: int, batches: int = 2
 
 
 def model_speed(scale: str, imgsz: int, batch: int, iters: int, device, batch_data: dict) -> float:
-    cfg = TrainConfig(imgsz=imgsz)
     model = DetectionModel(scale, nc=4).to(device).train()
-    loss_fn = DetectionLoss(4, model.strides, cfg)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    img = batch_data["img"].to(device).float() / 255.0
-    batch = {**batch_data, "img": img}
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss, _ = loss_fn(model(img), batch, {"one2many": 0.8, "one2one": 0.2})
-        loss.backward()
-        opt.step()
-
-    return img.shape[0] / time_steps(step, iters, device)
+    batch = {**batch_data, "img": to_input(batch_data["img"], device)}
+    step = training_step(build_objective(model, TrainConfig(imgsz=imgsz), device), batch)
+    return batch["img"].shape[0] / time_steps(step, iters, device)
 
 
 def run_train_benchmark(scales, sizes, batch=8, iters=5, workers=2, device="", echo=print) -> list[dict]:

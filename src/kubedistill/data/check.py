@@ -29,10 +29,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from kubedistill.atomic import atomic_write_text
+from kubedistill.core.atomic import atomic_write_text
+from kubedistill.core.errors import DataError
 from kubedistill.data.dataset_yaml import DataSpec, label_path
 from kubedistill.data.images import IMG_FORMATS, ImageReadError, verify_image
-from kubedistill.errors import DataError
 
 ERROR = "error"
 WARNING = "warning"

@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
+from kubedistill.core.errors import DataError
 from kubedistill.data.images import IMG_FORMATS
-from kubedistill.errors import DataError
 
 SPLIT_KEYS = ("train", "val", "test")
 

@@ -29,9 +29,9 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from kubedistill.atomic import atomic_write_text
-from kubedistill.errors import DataError, UserError
-from kubedistill.cache import cache_dir
+from kubedistill.core.atomic import atomic_write_text
+from kubedistill.core.cache import cache_dir
+from kubedistill.core.errors import DataError, UserError
 from kubedistill.storage import LOGGER, MANIFEST, StorageError, download, file_lock, head, is_remote
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from kubedistill.errors import DataError
+from kubedistill.core.errors import DataError
 
 IMG_FORMATS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kubedistill.errors import UserError
+import yaml
+
+from kubedistill.core.errors import UserError
 
 ENV_CHART = "KUBEDISTILL_CHART"
 PACKAGED_CHART = Path(__file__).resolve().parent / "chart"
@@ -29,7 +31,6 @@ def find_chart(chart: str | os.PathLike | None = None) -> Path:
 
 def chart_values(chart: str | os.PathLike | None = None) -> dict:
     """The chart's default values (values.yaml) as a dict."""
-    import yaml
 
     path = find_chart(chart) / "values.yaml"
     try:

@@ -12,7 +12,10 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from kubedistill.errors import UserError
+import yaml
+
+from kubedistill.core.errors import UserError
+from kubedistill.deploy.plan import deep_merge
 
 NOTES = "NOTES.txt"
 
@@ -76,7 +79,6 @@ def lint(chart: str | os.PathLike, values: dict | None = None, *, strict: bool =
 
 def split_manifests(rendered: dict[str, str]) -> list[tuple[str, dict]]:
     """(template path, object) for every non-empty YAML document, NOTES.txt left out."""
-    import yaml
 
     out = []
     for path in sorted(rendered):
@@ -90,7 +92,6 @@ def split_manifests(rendered: dict[str, str]) -> list[tuple[str, dict]]:
 
 def split_manifest_text(text: str) -> list[dict]:
     """The objects of a YAML stream (a release's manifest)."""
-    import yaml
 
     return [doc for doc in yaml.safe_load_all(text or "") if doc]
 
@@ -167,9 +168,7 @@ class HelmSDK:
 
 def user_values(files: list[str | os.PathLike] = (), sets: list[str] = ()) -> dict:
     """Values from YAML files (later ones win) then `--set` expressions (Helm's own parser), merged like `helm -f ... --set ...`."""
-    import yaml
 
-    from kubedistill.deploy.plan import deep_merge
 
     out: dict = {}
     for f in files:

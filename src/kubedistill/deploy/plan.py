@@ -10,7 +10,7 @@ import copy
 import re
 from dataclasses import dataclass, field
 
-from kubedistill.errors import UserError
+from kubedistill.core.errors import UserError
 
 _VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>[0-9]+)$")
 _S3 = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]*[a-z0-9]/.+")

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
+
+from kubedistill.core.errors import UserError
 
 log = logging.getLogger("kubedistill.deploy")
 
@@ -191,11 +194,9 @@ def wait_for_rollout(apps, core, namespace: str, names: list[str], *, timeout: f
 
 def kube_clients(kubeconfig: str | None = None, context: str | None = None):
     """(AppsV1Api, CoreV1Api) from a kubeconfig (KUBECONFIG, ~/.kube/config) or, inside a pod, its service account."""
-    import os
 
     from kubernetes import client, config
 
-    from kubedistill.errors import UserError
 
     try:
         if kubeconfig or context or not os.environ.get("KUBERNETES_SERVICE_HOST"):

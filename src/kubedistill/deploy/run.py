@@ -21,11 +21,17 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 
+import yaml
+
+from kubedistill.core.errors import UserError
+from kubedistill.core.log import setup_logging
+from kubedistill.deploy import helm
 from kubedistill.deploy.chart import chart_values, find_chart
 from kubedistill.deploy.plan import make_plan
-from kubedistill.errors import UserError
+from kubedistill.deploy.rollout import kube_clients, wait_for_rollout
 
 log = logging.getLogger("kubedistill.deploy")
 
@@ -47,8 +53,6 @@ def deploy(release: str, namespace: str, model_uri: str, *, canary_uri: str | No
     engine: a `helm.HelmEngine` (default: `helm.HelmSDK` on the kubeconfig); kube: (AppsV1Api,
     CoreV1Api) (default: `rollout.kube_clients`). UserError for a bad request or values.
     """
-    from kubedistill.deploy import helm
-    from kubedistill.deploy.rollout import kube_clients, wait_for_rollout
 
     if timeout <= 0:
         raise UserError(f"--timeout {timeout} must be positive", "Give the rollout some seconds, e.g. --timeout 300")
@@ -132,16 +136,13 @@ def deploy(release: str, namespace: str, model_uri: str, *, canary_uri: str | No
 
 def log_to_stderr(level: int = logging.INFO) -> None:
     """Plain progress lines on stderr (stdout carries the summary or the manifests)."""
-    import sys
 
-    from kubedistill.train.progress import setup_logging
 
     setup_logging(level, logger=log, stream=sys.stderr)
 
 
 def dry_run_text(summary: dict) -> str:
     """What --dry-run prints: the values it would set (as YAML comments) and then the manifests."""
-    import yaml
 
     head = [f"# kubedistill deploy --dry-run: release {summary['release']} in namespace {summary['namespace']}, chart {summary['chart']}",
             f"# replicas: {summary['replicas']}" + (f", canary share ~{summary['canary_share']:.0%}" if summary.get("canary_share") else ""),

@@ -48,7 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from kubedistill.errors import DataError, UserError
+from kubedistill.core.atomic import none_if_nan
+from kubedistill.core.errors import DataError, UserError
 
 __all__ = [
     "ImageGT",
@@ -57,7 +58,6 @@ __all__ = [
     "build_coco_gt",
     "build_coco_results",
     "evaluate",
-    "json_safe",
 ]
 
 # Index of the standard COCO stats we read (faster-coco-eval's summarize() layout for bbox
@@ -185,34 +185,6 @@ def _nan_if_negative(value: float) -> float:
     return float("nan") if value < 0 else value
 
 
-def _none_if_nan(value: Any) -> Any:
-    value = float(value)
-    return None if math.isnan(value) or math.isinf(value) else value
-
-
-def json_safe(obj: Any) -> Any:
-    """Copy of ``obj`` that ``json.dumps(..., allow_nan=False)`` accepts.
-
-    numpy scalars/arrays become Python numbers/lists, nan and inf become ``None``, tuples become
-    lists, other non-JSON objects (paths, ...) become ``str``.
-    """
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return _none_if_nan(obj)
-    if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return str(obj)
-
-
 @dataclass
 class DetectionMetrics:
     """Result of :func:`evaluate`. See the module docstring for the exact definitions.
@@ -252,23 +224,23 @@ class DetectionMetrics:
         """JSON-safe dict (nan -> None, numpy -> Python numbers)."""
         per_class = {
             str(name): {
-                "AP50-95": _none_if_nan(self.ap50_95_per_class[c]),
-                "AP50": _none_if_nan(self.ap50_per_class[c]),
+                "AP50-95": none_if_nan(self.ap50_95_per_class[c]),
+                "AP50": none_if_nan(self.ap50_per_class[c]),
                 "n_gt": int(self.n_gt_per_class[c]),
             }
             for c, name in enumerate(self.names)
         }
         return {
-            "mAP50-95": _none_if_nan(self.map50_95),
-            "mAP50": _none_if_nan(self.map50),
-            "mAP75": _none_if_nan(self.map75),
-            "AP_small": _none_if_nan(self.ap_small),
-            "AP_medium": _none_if_nan(self.ap_medium),
-            "AP_large": _none_if_nan(self.ap_large),
-            "precision": _none_if_nan(self.precision),
-            "recall": _none_if_nan(self.recall),
-            "f1": _none_if_nan(self.f1),
-            "conf_best_f1": _none_if_nan(self.conf_best_f1),
+            "mAP50-95": none_if_nan(self.map50_95),
+            "mAP50": none_if_nan(self.map50),
+            "mAP75": none_if_nan(self.map75),
+            "AP_small": none_if_nan(self.ap_small),
+            "AP_medium": none_if_nan(self.ap_medium),
+            "AP_large": none_if_nan(self.ap_large),
+            "precision": none_if_nan(self.precision),
+            "recall": none_if_nan(self.recall),
+            "f1": none_if_nan(self.f1),
+            "conf_best_f1": none_if_nan(self.conf_best_f1),
             "per_class": per_class,
         }
 

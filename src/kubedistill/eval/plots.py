@@ -26,10 +26,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+from PIL import Image
 
-from kubedistill.atomic import atomic_path
+from kubedistill.core.atomic import atomic_path
+from kubedistill.data.images import read_image
 from kubedistill.eval.coco import DetectionMetrics, ImageGT, ImagePred
 from kubedistill.eval.matching import calibration_bins, expected_calibration_error, match_detections
+from kubedistill.eval.predictions import class_color, draw_detections
 
 __all__ = [
     "ConfidenceResult",
@@ -97,7 +100,6 @@ def _save_figure(fig: Any, out_png: str | os.PathLike[str]) -> Path:
 
 def _save_array(img_rgb: np.ndarray, out_png: str | os.PathLike[str]) -> Path:
     """Write an RGB uint8 array as PNG atomically."""
-    from PIL import Image
 
     with atomic_path(out_png) as tmp:
         Image.fromarray(np.ascontiguousarray(img_rgb)).save(tmp, format="PNG")
@@ -125,7 +127,6 @@ def _class_name(names: Sequence[str], cls: int) -> str:
 
 
 def _rgb01(cls: int) -> tuple[float, float, float]:
-    from kubedistill.eval.predictions import class_color
 
     r, g, b = class_color(cls)
     return r / 255.0, g / 255.0, b / 255.0
@@ -557,8 +558,6 @@ def plot_val_mosaic(
     ``tile`` x ``tile`` cell (down for large images, up for tiny ones) before the boxes are drawn."""
     import cv2
 
-    from kubedistill.data.images import read_image
-    from kubedistill.eval.predictions import draw_detections
 
     title = "validation images"
     count = min(int(n), len(gts), len(preds))

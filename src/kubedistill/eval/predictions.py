@@ -6,18 +6,13 @@ numpy + OpenCV only (no torch, no faster-coco-eval).
 from __future__ import annotations
 
 import colorsys
-import json
-import os
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from kubedistill.atomic import atomic_write_text
-from kubedistill.eval.coco import ImagePred, json_safe
+from kubedistill.eval.coco import ImagePred
 
-__all__ = ["to_coco_predictions_json", "write_json_atomic", "draw_detections", "class_color"]
+__all__ = ["to_coco_predictions_json", "draw_detections", "class_color"]
 
 
 def to_coco_predictions_json(
@@ -47,20 +42,6 @@ def to_coco_predictions_json(
                 }
             )
     return out
-
-
-def write_json_atomic(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> Path:
-    """Write ``obj`` as json to ``path`` atomically (temp file in the same folder, then os.replace).
-
-    Parent folders are created. numpy values are converted and nan/inf are written as ``null``
-    (see :func:`kubedistill.eval.coco.json_safe`), so the file is always strict JSON. Readers see
-    either the old file or the complete new one, never a partial write.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(json_safe(obj), indent=indent, allow_nan=False)
-    atomic_write_text(path, text + "\n")
-    return path
 
 
 def class_color(cls: int) -> tuple[int, int, int]:

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from kubedistill import __version__
-from kubedistill.atomic import atomic_path
-from kubedistill.errors import UserError
+from kubedistill.core.atomic import atomic_path
+from kubedistill.core.errors import UserError
+from kubedistill.core.version import __version__
 from kubedistill.model.decode import head_boxes, topk_detections
 
 # torch vs onnxruntime on the same input: score and box tolerances of the self-check
@@ -78,8 +78,9 @@ def export_onnx(weights: str | Path, out: str | Path | None = None, *, imgsz: in
     import onnx
     import onnxruntime as ort
 
-    from kubedistill.train.checkpoint import file_sha256, load_model
-    from kubedistill.train.dist import select_device
+    from kubedistill.core.checkpoint import file_sha256
+    from kubedistill.core.device import select_device
+    from kubedistill.model.checkpoint import load_model
 
     model, ckpt = load_model(weights)
     imgsz = int(imgsz or ckpt["train_args"]["imgsz"])

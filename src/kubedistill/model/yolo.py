@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kubedistill.errors import ConfigError
-from kubedistill.model.blocks import C2f, Conv, SPPF
+from kubedistill.core.errors import ConfigError
+from kubedistill.model.blocks import SPPF, C2f, Conv
 from kubedistill.model.head import Detect
 
 

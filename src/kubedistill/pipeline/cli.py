@@ -10,7 +10,11 @@ from typing import List, Optional
 
 import typer
 
-from kubedistill.errors import UserError
+from kubedistill.core.errors import UserError
+from kubedistill.pipeline.kfp_client import DEFAULT_PACKAGE, Endpoint, compile_components, compile_pipeline, connect, submit, upload
+from kubedistill.pipeline.local import LOCAL_DEFAULTS, run_local
+from kubedistill.pipeline.params import check_params, parse_assignments, pipeline_parameters, read_params_file
+from kubedistill.pipeline.schedule import apply, delete, list_schedules, load_schedules, trigger
 
 pipeline_app = typer.Typer(no_args_is_help=True, help="The Kubeflow pipeline: compile, upload, submit, list its parameters.")
 schedule_app = typer.Typer(no_args_is_help=True, help="Recurring runs of the pipeline, declared in a schedules.yaml (docs/pipeline.md).")
@@ -27,13 +31,11 @@ def _echo_json(obj) -> None:
 
 
 def _client(host, namespace, token, sa_token):
-    from kubedistill.pipeline.kfp_client import Endpoint, connect
 
     return connect(Endpoint(host=host, namespace=namespace, token=token, sa_token_path=str(sa_token) if sa_token else None))
 
 
 def _package(package: Optional[Path], tmp: str) -> Path:
-    from kubedistill.pipeline.kfp_client import DEFAULT_PACKAGE, compile_pipeline
 
     if package is not None:
         if not package.is_file():
@@ -45,7 +47,6 @@ def _package(package: Optional[Path], tmp: str) -> Path:
 
 
 def _values(params_file: Optional[Path], assignments: List[str], package: Optional[Path]) -> dict:
-    from kubedistill.pipeline.params import check_params, parse_assignments, pipeline_parameters, read_params_file
 
     raw = dict(read_params_file(params_file)) if params_file else {}
     raw.update(parse_assignments(assignments))
@@ -59,8 +60,6 @@ def run_cmd(
     out: Path = typer.Option(Path("runs/pipeline"), "--out", help="Folder for step outputs, MLflow (sqlite), datasets and logs."),
 ):
     """Run the Kubeflow pipeline here through kfp.local: demo data and small settings unless told otherwise."""
-    from kubedistill.pipeline.local import LOCAL_DEFAULTS, run_local
-    from kubedistill.pipeline.params import check_params, parse_assignments, pipeline_parameters, read_params_file
 
     values = dict(LOCAL_DEFAULTS)
     if config:
@@ -81,7 +80,6 @@ def compile_cmd(
     components_dir: Optional[Path] = typer.Option(None, "--components-dir", help="Also write each step's component YAML here."),
 ):
     """Compile the pipeline to a YAML package (what `upload` sends; committed under pipelines/compiled/)."""
-    from kubedistill.pipeline.kfp_client import compile_components, compile_pipeline
 
     typer.echo(f"wrote {compile_pipeline(out)}")
     if components_dir:
@@ -91,7 +89,6 @@ def compile_cmd(
 @pipeline_app.command("params")
 def params_cmd(package: Optional[Path] = typer.Option(None, "--package", help="Compiled pipeline (default: the one in this kubedistill).")):
     """List the pipeline's parameters: name, type, default, description."""
-    from kubedistill.pipeline.params import pipeline_parameters
 
     for name, p in pipeline_parameters(package).items():
         typer.echo(f"{name} ({p['type'].lower()}, default {json.dumps(p['default'])}): {p['description']}")
@@ -106,7 +103,6 @@ def upload_cmd(
     host: Optional[str] = _HOST, namespace: Optional[str] = _NS, token: Optional[str] = _TOKEN, sa_token: Optional[Path] = _SA,
 ):
     """Create the pipeline (first time) and a new version of it; the same content twice is not uploaded again."""
-    from kubedistill.pipeline.kfp_client import upload
 
     with tempfile.TemporaryDirectory() as tmp:
         pkg = _package(package, tmp)
@@ -129,7 +125,6 @@ def submit_cmd(
     host: Optional[str] = _HOST, namespace: Optional[str] = _NS, token: Optional[str] = _TOKEN, sa_token: Optional[Path] = _SA,
 ):
     """Start a run of the pipeline (the newest uploaded version unless told otherwise)."""
-    from kubedistill.pipeline.kfp_client import submit
 
     values = _values(params_file, param, package)
     res = submit(_client(host, namespace, token, sa_token), params=values, experiment=experiment, run_name=run_name, pipeline_name=name,
@@ -141,7 +136,6 @@ def _experiment(experiment: Optional[str], file: Optional[Path]) -> str:
     if experiment:
         return experiment
     if file:
-        from kubedistill.pipeline.schedule import load_schedules
 
         return load_schedules(file).experiment
     return "kubedistill"
@@ -160,7 +154,6 @@ def schedule_apply(
     host: Optional[str] = _HOST, namespace: Optional[str] = _NS, token: Optional[str] = _TOKEN, sa_token: Optional[Path] = _SA,
 ):
     """Make the recurring runs match the file: create, replace changed ones (delete + create), leave unchanged ones alone."""
-    from kubedistill.pipeline.schedule import apply, load_schedules
 
     spec = load_schedules(file, package)
     apply(_client(host, namespace, token, sa_token), spec, prune=prune, dry_run=dry_run, namespace=namespace, echo=typer.echo)
@@ -172,7 +165,6 @@ def schedule_list(
     host: Optional[str] = _HOST, namespace: Optional[str] = _NS, token: Optional[str] = _TOKEN, sa_token: Optional[Path] = _SA,
 ):
     """The experiment's recurring runs: trigger, enabled, whether kubedistill manages them, parameters."""
-    from kubedistill.pipeline.schedule import list_schedules
 
     _echo_json(list_schedules(_client(host, namespace, token, sa_token), _experiment(experiment, file), namespace))
 
@@ -183,7 +175,6 @@ def schedule_delete(
     host: Optional[str] = _HOST, namespace: Optional[str] = _NS, token: Optional[str] = _TOKEN, sa_token: Optional[Path] = _SA,
 ):
     """Delete one recurring run (by name)."""
-    from kubedistill.pipeline.schedule import delete
 
     _echo_json(delete(_client(host, namespace, token, sa_token), _experiment(experiment, file), name, namespace))
 
@@ -194,7 +185,6 @@ def schedule_trigger(
     host: Optional[str] = _HOST, namespace: Optional[str] = _NS, token: Optional[str] = _TOKEN, sa_token: Optional[Path] = _SA,
 ):
     """Start one run now with the schedule's pipeline version and parameters."""
-    from kubedistill.pipeline.schedule import trigger
 
     _echo_json(trigger(_client(host, namespace, token, sa_token), _experiment(experiment, file), name, namespace))
 

@@ -19,8 +19,10 @@ No `from __future__ import annotations` here: KFP reads the pipeline's real para
 
 from kfp import dsl, kubernetes
 
+from kubedistill.core.names import RUN_ID_ENV
+from kubedistill.config import TrainConfig
+from kubedistill.core.names import PROMOTION_METRICS
 from kubedistill.pipeline import PIPELINE_NAME
-from kubedistill.pipeline.prepare import PVC_CACHE
 from kubedistill.pipeline.components import (
     check_unchanged,
     deploy,
@@ -32,6 +34,7 @@ from kubedistill.pipeline.components import (
     register,
     train_teacher,
 )
+from kubedistill.pipeline.prepare import PVC_CACHE
 
 # Cluster settings (docs/pipeline.md says how to create these).
 S3_SECRET = "kubedistill-s3"
@@ -44,7 +47,6 @@ CACHE_PVC = "kubedistill-dataset-cache"
 CACHE_MOUNT = PVC_CACHE  # prepare_data keeps fetched datasets there when it is mounted
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_NODE_LABEL = ("nvidia.com/gpu.present", "true")
-RUN_ID_ENV = "KUBEDISTILL_PIPELINE_RUN_ID"
 RUN_ID_FIELD = "metadata.labels['pipeline/runid']"  # KFP labels every pod of a run with its run id
 
 # Per step: (cpu request, cpu limit, memory request, memory limit, gpus, retries).
@@ -60,6 +62,52 @@ RESOURCES = {
     "finish-tracking": ("100m", "500m", "256Mi", "1Gi", 0, 2),
 }
 CACHED = ("train-teacher", "distill-student", "evaluate")  # keyed on the dataset (by fingerprint) and the config
+
+
+# The pipeline's training options, each a TrainConfig field: its default and description come from there (one
+# declaration); parameter name -> (TrainConfig field, what the pipeline adds to the description).
+TRAIN_PARAMS = {
+    "imgsz": ("imgsz", ""),
+    "teacher_epochs": ("epochs", "Teacher "),
+    "student_epochs": ("epochs", "Student "),
+    "student_model": ("model", "Student (smaller than the teacher): "),
+    "dis": ("dis", "Student "),
+    "optimizer": ("optimizer", ""),
+    "lr0": ("lr0", ""),
+    "lrf": ("lrf", ""),
+    "label_smoothing": ("label_smoothing", ""),
+    "box_loss": ("box_loss", ""),
+    "cls_loss": ("cls_loss", ""),
+}
+TRAIN_DEFAULTS = {name: field.default for name, field in TrainConfig.model_fields.items()}
+# The pipeline's own parameters.
+PARAM_DOCS = {
+    'dataset_uri': "The dataset: a data.yaml or folder, an s3:// prefix, a .zip/.tar archive (local or s3://), or 'demo' (the built-in synthetic set; demo?train=160&val=40&imgsz=96&classes=2 sets its size).",
+    'class_names': "Comma-separated class names. For 'demo' they choose the shapes; otherwise, when given, they must equal the dataset's names. Empty: the dataset's own.",
+    'teacher_model': 'Teacher scale: yolo-n, yolo-s, yolo-m or yolo-l.',
+    'teacher_uri': 'A registered teacher (models:/NAME/VERSION or models:/NAME@ALIAS): used as is, no teacher training. Empty: train one.',
+    'student_model': 'Student scale (smaller than the teacher): yolo-n, yolo-s, yolo-m or yolo-l.',
+    'extra_config': 'Any other training options as a JSON object, e.g. {"batch": 32, "mosaic": 0.5} (the names of `kubedistill train --help`).',
+    'registered_model_name': 'Name of the student in the MLflow model registry.',
+    "promotion_metric": "Metric of the promotion gate: " + ", ".join(PROMOTION_METRICS) + ".",
+    'promotion_min_delta': "The new version must reach the champion's score plus this to be promoted.",
+    'deploy_model': 'Roll the promoted version out with the Helm chart.',
+    'release': 'Helm release name for the rollout.',
+    'namespace': 'Kubernetes namespace of the rollout.',
+    'skip_if_unchanged': "For scheduled retraining: end the run early when the data's fingerprint equals the one the champion was trained on.",
+    'dataset_store': "Where prepared datasets are kept by fingerprint (s3://, minio:// or a folder). Empty: the pipeline root's bucket, under kubedistill/datasets.",
+    'mlflow_experiment': 'MLflow experiment of the runs.',
+}
+
+
+def _docstring() -> str:
+    """The pipeline function's docstring, whose Args KFP shows as the parameters' descriptions."""
+    docs = dict(PARAM_DOCS)
+    for param, (name, prefix) in TRAIN_PARAMS.items():
+        text = TrainConfig.model_fields[name].description
+        docs[param] = prefix + text[0].lower() + text[1:] if prefix else text
+    args = "\n".join(f"    {name}: {text}" for name, text in docs.items())
+    return f"Teacher -> distilled student -> evaluation -> registry -> promotion gate -> Helm rollout.\n\nArgs:\n{args}\n"
 
 
 def configure(task: dsl.PipelineTask, step: str, *, s3: bool = True, mlflow: bool = True, pvc: bool = False,
@@ -90,24 +138,22 @@ def make_pipeline(*, retries: bool = True):
     """The pipeline function; `retries=False` (what `kubedistill run` uses) leaves out the retry policies, so a
     local mistake fails at once instead of after minutes of backoff. Nothing else differs."""
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="Train a teacher, distill a small student from it, evaluate both, register the "
-                  "student in MLflow, promote it if it is not worse than the champion, and optionally roll it out with Helm.")
     def training_pipeline(
         dataset_uri: str = "demo",
         class_names: str = "",
-        imgsz: int = 640,
+        imgsz: int = TRAIN_DEFAULTS["imgsz"],
         teacher_model: str = "yolo-s",
-        teacher_epochs: int = 100,
+        teacher_epochs: int = TRAIN_DEFAULTS["epochs"],
         teacher_uri: str = "",
-        student_model: str = "yolo-n",
-        student_epochs: int = 100,
-        dis: float = 6.0,
-        optimizer: str = "auto",
-        lr0: float = 0.01,
-        lrf: float = 0.01,
-        label_smoothing: float = 0.0,
-        box_loss: str = "ciou",
-        cls_loss: str = "bce",
+        student_model: str = TRAIN_DEFAULTS["model"],
+        student_epochs: int = TRAIN_DEFAULTS["epochs"],
+        dis: float = TRAIN_DEFAULTS["dis"],
+        optimizer: str = TRAIN_DEFAULTS["optimizer"],
+        lr0: float = TRAIN_DEFAULTS["lr0"],
+        lrf: float = TRAIN_DEFAULTS["lrf"],
+        label_smoothing: float = TRAIN_DEFAULTS["label_smoothing"],
+        box_loss: str = TRAIN_DEFAULTS["box_loss"],
+        cls_loss: str = TRAIN_DEFAULTS["cls_loss"],
         extra_config: dict = {},
         registered_model_name: str = "kubedistill-student",
         promotion_metric: str = "mAP50-95",
@@ -119,35 +165,6 @@ def make_pipeline(*, retries: bool = True):
         dataset_store: str = "",
         mlflow_experiment: str = "kubedistill",
     ):
-        """Teacher -> distilled student -> evaluation -> registry -> promotion gate -> Helm rollout.
-
-        Args:
-            dataset_uri: The dataset: a data.yaml or folder, an s3:// prefix, a .zip/.tar archive (local or s3://), or 'demo' (the built-in synthetic set; demo?train=160&val=40&imgsz=96&classes=2 sets its size).
-            class_names: Comma-separated class names. For 'demo' they choose the shapes; otherwise, when given, they must equal the dataset's names. Empty: the dataset's own.
-            imgsz: Training and evaluation image size (a multiple of 32).
-            teacher_model: Teacher scale: yolo-n, yolo-s, yolo-m or yolo-l.
-            teacher_epochs: Teacher training epochs.
-            teacher_uri: A registered teacher (models:/NAME/VERSION or models:/NAME@ALIAS): used as is, no teacher training. Empty: train one.
-            student_model: Student scale (smaller than the teacher): yolo-n, yolo-s, yolo-m or yolo-l.
-            student_epochs: Student training epochs.
-            dis: Distillation loss gain (0 turns distillation off).
-            optimizer: SGD, AdamW, MuSGD or auto.
-            lr0: Initial learning rate.
-            lrf: Final learning rate as a fraction of lr0.
-            label_smoothing: Classification target smoothing (0 to <1).
-            box_loss: Box loss: iou, giou, diou, ciou, eiou, siou, wiou, alpha_iou, or a plugin.
-            cls_loss: Class loss: bce, focal, varifocal, qfl, ghm, or a plugin.
-            extra_config: Any other training options as a JSON object, e.g. {"batch": 32, "mosaic": 0.5} (the names of `kubedistill train --help`).
-            registered_model_name: Name of the student in the MLflow model registry.
-            promotion_metric: Metric of the promotion gate: mAP50-95, mAP50, mAP75, AP_small, AP_medium, AP_large, precision, recall or f1.
-            promotion_min_delta: The new version must reach the champion's score plus this to be promoted.
-            deploy_model: Roll the promoted version out with the Helm chart.
-            release: Helm release name for the rollout.
-            namespace: Kubernetes namespace of the rollout.
-            skip_if_unchanged: For scheduled retraining: end the run early when the data's fingerprint equals the one the champion was trained on.
-            dataset_store: Where prepared datasets are kept by fingerprint (s3://, minio:// or a folder). Empty: the pipeline root's bucket, under kubedistill/datasets.
-            mlflow_experiment: MLflow experiment of the runs.
-        """
         exit_task = configure(finish_tracking(mlflow_experiment=mlflow_experiment), "finish-tracking", s3=False, retry=retries)
         with dsl.ExitHandler(exit_task, name="kubedistill"):
             prep = configure(prepare_data(dataset_uri=dataset_uri, class_names=class_names, dataset_store=dataset_store),
@@ -182,7 +199,10 @@ def make_pipeline(*, retries: bool = True):
                         configure(deploy(version=version.output, registered_model_name=registered_model_name, release=release,
                                          namespace=namespace), "deploy", s3=False, retry=retries)
 
-    return training_pipeline
+    training_pipeline.__doc__ = _docstring()
+    return dsl.pipeline(name=PIPELINE_NAME, description="Train a teacher, distill a small student from it, evaluate both, register the "
+                        "student in MLflow, promote it if it is not worse than the champion, and optionally roll it out with Helm.",
+                        )(training_pipeline)
 
 
 training_pipeline = make_pipeline()

@@ -18,14 +18,18 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from kubedistill.errors import UserError
+from kubedistill.core.atomic import atomic_write_bytes
+from kubedistill.core.errors import UserError
+from kubedistill.core.version import __version__
 from kubedistill.pipeline import PIPELINE_NAME
+from kubedistill.pipeline.params import load_spec
 
 DEFAULT_EXPERIMENT = "kubedistill"
 DEFAULT_PACKAGE = Path("pipelines/compiled/training.yaml")
@@ -48,11 +52,9 @@ class Endpoint:
 
 def compile_pipeline(out: str | Path = DEFAULT_PACKAGE) -> Path:
     """Compile the pipeline to `out` (written atomically); returns it."""
-    import tempfile
 
     from kfp import compiler
 
-    from kubedistill.atomic import atomic_write_bytes
     from kubedistill.pipeline.dag import training_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,11 +65,9 @@ def compile_pipeline(out: str | Path = DEFAULT_PACKAGE) -> Path:
 
 def compile_components(out_dir: str | Path) -> list[Path]:
     """Each step's component spec as `<out_dir>/<step>.yaml` (loadable with kfp.components.load_component_from_file)."""
-    import tempfile
 
     from kfp import compiler
 
-    from kubedistill.atomic import atomic_write_bytes
     from kubedistill.pipeline.components import COMPONENTS
 
     written = []
@@ -222,7 +222,6 @@ def upload(client, package: str | Path = DEFAULT_PACKAGE, *, name: str = PIPELIN
     """Create pipeline `name` if needed, then a version holding `package` unless the same content is there."""
     import kfp_server_api
 
-    from kubedistill import __version__
 
     package = Path(package)
     if not package.is_file():
@@ -251,7 +250,6 @@ def upload(client, package: str | Path = DEFAULT_PACKAGE, *, name: str = PIPELIN
 
 
 def _description(package: Path) -> str:
-    from kubedistill.pipeline.params import load_spec
 
     return str(load_spec(package).get("pipelineInfo", {}).get("description", ""))[:900]
 

@@ -26,8 +26,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from kubedistill.errors import UserError
-from kubedistill.interrupt import sigterm_as_interrupt, terminate_children
+from kubedistill.core.errors import UserError
+from kubedistill.core.interrupt import sigterm_as_interrupt, terminate_children
+from kubedistill.core.names import RUN_ID_ENV
+from kubedistill.pipeline.tracking import finish_tracking
 
 # Small enough for a laptop CPU (docs/pipeline.md has the measured time), big enough to learn something.
 LOCAL_DEFAULTS: dict[str, Any] = {
@@ -197,7 +199,6 @@ def summary_lines(res: dict, params: dict, seconds: float) -> list[str]:
 
 def _end_tracking(experiment: str, echo: Callable[[str], None]) -> None:
     """End the pipeline's MLflow run as KILLED after an interrupt (what the exit handler does on a cluster)."""
-    from kubedistill.pipeline.steps import finish_tracking
 
     try:
         finish_tracking("CANCELLED", experiment=experiment, error="kubedistill run was interrupted")
@@ -213,7 +214,6 @@ def run_local(params: dict[str, Any], out: str | Path, *, echo: Callable[[str], 
     except ImportError:
         raise UserError("`kubedistill run` needs kfp", "pip install 'kubedistill[pipeline]'") from None
     from kubedistill.pipeline.dag import make_pipeline
-    from kubedistill.pipeline.steps import RUN_ID_ENV
 
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)

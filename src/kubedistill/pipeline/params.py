@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from kubedistill.errors import ConfigError
+from kubedistill.config import read_yaml_mapping
+from kubedistill.core.errors import ConfigError
 
 _TYPE_WORDS = {"STRING": "text", "NUMBER_INTEGER": "a whole number", "NUMBER_DOUBLE": "a number", "BOOLEAN": "true or false",
                "STRUCT": "a mapping (JSON object)", "LIST": "a list"}
@@ -135,6 +136,5 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
 
 
 def read_params_file(path: str | Path) -> dict[str, Any]:
-    from kubedistill.config import read_yaml_mapping
 
     return read_yaml_mapping(path, "Parameter file", "Check the path", item="parameter")

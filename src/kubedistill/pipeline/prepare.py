@@ -25,8 +25,15 @@ from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 
-from kubedistill.atomic import atomic_write_text
-from kubedistill.errors import DataError, UserError
+from kubedistill.core.atomic import atomic_write_text
+from kubedistill.core.cache import cache_dir
+from kubedistill.core.errors import DataError, UserError
+from kubedistill.core.log import LOGGER, setup_logging
+from kubedistill.data.check import check_dataset, fingerprint
+from kubedistill.data.dataset_yaml import label_path, load_data_yaml
+from kubedistill.data.fetch import fetch_dataset
+from kubedistill.pipeline.report import data_report
+from kubedistill.storage import exists, upload
 
 DEMO = "demo"
 # Sized for `kubedistill run` on a CPU (the training tests' easy set): 96 px images, 2 classes, objects of
@@ -38,13 +45,11 @@ PVC_CACHE = "/var/cache/kubedistill"  # where the pipeline mounts its cache volu
 
 
 def default_cache() -> Path:
-    """The pipeline's cache volume when it is mounted (a cluster), else the user's cache (`kubedistill.cache`)."""
-    from kubedistill.cache import cache_dir
+    """The pipeline's cache volume when it is mounted (a cluster), else the user's cache (`kubedistill.core.cache`)."""
 
     if os.path.ismount(PVC_CACHE):
         if os.access(PVC_CACHE, os.W_OK):
             return Path(PVC_CACHE) / "datasets"
-        from kubedistill.train.progress import LOGGER
 
         LOGGER.warning(f"prepare_data: the cache volume at {PVC_CACHE} is not writable by this user (uid {os.getuid()}); "
                        "using the container's own cache (give the volume fsGroup 10001 to keep fetched data between runs)")
@@ -99,7 +104,6 @@ def fetch_source(uri: str, cache: Path, class_names: list[str]) -> Path:
     opts = parse_demo(uri)
     if opts is not None:
         return _demo(opts, class_names, cache / "demo")
-    from kubedistill.data.fetch import fetch_dataset
 
     key = hashlib.sha256(uri.strip().encode()).hexdigest()[:16]
     return Path(fetch_dataset(uri.strip(), cache / "fetch" / key))
@@ -122,7 +126,6 @@ def _in_val(rel: str, val_fraction: float, seed: int) -> bool:
 
 def load_splits(yaml_path: Path, *, val_fraction: float = 0.2, seed: int = 0):
     """(DataSpec, note): the dataset's splits, with val split off train when only one of them is given."""
-    from kubedistill.data.dataset_yaml import load_data_yaml
 
     cfg = _read_yaml(yaml_path)
     has = {k: cfg.get(k) not in (None, "", []) for k in ("train", "val")}
@@ -175,7 +178,6 @@ def write_layout(spec, out: Path, *, link: bool = False) -> Path:
     File names are kept; a name already used in a split gets `_<n>` appended. `link=True` hard-links
     instead of copying where it can (only for sources nobody edits in place, such as our own cache).
     """
-    from kubedistill.data.dataset_yaml import label_path
 
     entry: dict = {"path": "."}
     for split, images in spec.splits.items():
@@ -210,7 +212,6 @@ def _local_store_path(store: str) -> Path:
 
 
 def _remote_has(uri: str) -> bool:
-    from kubedistill.storage import exists
 
     return exists(_s3(f"{uri}/{MARKER}"))
 
@@ -222,7 +223,6 @@ def store_dataset(local_dir: Path, store: str, fp: str, marker: dict) -> tuple[s
         uri = f"{store}/{fp}"
         if _remote_has(uri):
             return uri, False
-        from kubedistill.storage import upload
 
         atomic_write_text(local_dir / MARKER, json.dumps(marker, indent=2))
         upload(local_dir, _s3(uri))  # the marker goes last, so a half upload never counts as stored
@@ -242,10 +242,6 @@ def prepare_dataset(uri: str, store: str, *, class_names: list[str] | tuple[str,
                     seed: int = 0, min_usable: float = 0.5, cache: Path | None = None, report_html: Path | None = None,
                     report_md: Path | None = None) -> dict:
     """Run the whole step; returns {"dataset_uri", "fingerprint", "names", "counts", "problems", "stored", "note", ...}."""
-    from kubedistill.data.check import check_dataset, fingerprint
-    from kubedistill.data.dataset_yaml import load_data_yaml
-    from kubedistill.pipeline.report import data_report
-    from kubedistill.train.progress import LOGGER, setup_logging
 
     setup_logging()
     names = [n.strip() for n in class_names if n and n.strip()]

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from kubedistill.eval.plots import plot_labels
+
 SMALL_PX, MEDIUM_PX = 32.0, 96.0  # COCO's sqrt(area) edges
 MAX_PROBLEMS_SHOWN = 200
 
@@ -94,7 +96,6 @@ def size_buckets(sizes: np.ndarray) -> dict[str, int]:
 
 def data_report(report, *, fingerprint: str, source: str, note: str = "") -> tuple[str, str]:
     """(HTML, Markdown) for a `data.check.CheckReport` of the laid-out dataset."""
-    from kubedistill.eval.plots import plot_labels
 
     names = list(report.names)
     splits = list(report.counts)

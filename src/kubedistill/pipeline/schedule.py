@@ -38,9 +38,11 @@ from typing import Any, Callable
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from kubedistill.errors import ConfigError, UserError
+from kubedistill.config import read_yaml_mapping
+from kubedistill.core.errors import ConfigError, UserError
 from kubedistill.pipeline import PIPELINE_NAME
 from kubedistill.pipeline.kfp_client import call, experiment_id, require_version
+from kubedistill.pipeline.params import check_params, pipeline_parameters
 
 SPEC_MARK = "kubedistill-spec:"
 _INTERVAL = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
@@ -116,9 +118,7 @@ class ScheduleFile(BaseModel):
 
 def load_schedules(path: str | Path, package: str | Path | None = None) -> ScheduleFile:
     """Read and check a schedules file; parameters are checked against the pipeline's (typed, unknown names refused)."""
-    from kubedistill.pipeline.params import check_params, pipeline_parameters
 
-    from kubedistill.config import read_yaml_mapping
 
     p = Path(path)
     raw = read_yaml_mapping(p, "Schedules file", "Pass -f path/to/schedules.yaml", item="field")

@@ -1,10 +1,8 @@
 """What each pipeline step does after prepare_data, as plain functions with plain arguments.
 
 The KFP components (`pipeline/components/`) only unpack artifacts and call these, so every step runs and
-is tested without KFP. MLflow: when `MLFLOW_TRACKING_URI` is set, a pipeline run gets one parent MLflow
-run, found by the tag `pipeline_run_id` (`KUBEDISTILL_PIPELINE_RUN_ID`: the KFP run id, set from the pod
-label on a cluster and by `kubedistill run` locally); training, evaluation and registration become its
-children, and the exit step ends it with the run's final state.
+is tested without KFP. MLflow: the pipeline run's parent MLflow run is
+`pipeline.tracking`'s; training, evaluation and registration become its children.
 """
 
 from __future__ import annotations
@@ -15,20 +13,36 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
-from kubedistill.atomic import atomic_write_text
-from kubedistill.errors import ConfigError, UserError
+import numpy as np
 
-RUN_ID_ENV = "KUBEDISTILL_PIPELINE_RUN_ID"
-KIND_TAG = "kubedistill_kind"
-# Pipeline parameters of their own: extra_config must not set them a second time.
+from kubedistill.config import train_config
+from kubedistill.core.atomic import atomic_write_text
+from kubedistill.core.cache import cache_dir
+from kubedistill.core.errors import ConfigError, UserError
+from kubedistill.core.log import LOGGER, setup_logging
+from kubedistill.core.names import METRIC_NAMES, RUN_ID_ENV
+from kubedistill.data.dataset_yaml import load_data_yaml
+from kubedistill.deploy.run import deploy
+from kubedistill.eval.plots import plot_pr_curves, plot_val_mosaic
+from kubedistill.eval.run import validate_split
+from kubedistill.pipeline.report import eval_report
+from kubedistill.pipeline.tracking import need_tracking, parent_artifacts, parent_run, parent_tags
+from kubedistill.release.promote import promote
+from kubedistill.track.runs import end_run, log_child_run, run_info
+from kubedistill.track.registry import champion, fetch_model
+from kubedistill.train import build_trainer
+
+# Training options that are pipeline parameters of their own (pipeline/dag.py TRAIN_PARAMS): extra_config must not
+# set them a second time.
 OWN_OPTIONS = ("model", "epochs", "imgsz", "optimizer", "lr0", "lrf", "label_smoothing", "box_loss", "cls_loss", "dis")
 # Set by the step itself.
 RESERVED_OPTIONS = ("data", "project", "name", "exist_ok", "resume", "distill_model", "mlflow", "mlflow_uri", "mlflow_parent",
                     "mlflow_experiment")
-FINAL_STATES = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "CANCELED": "KILLED", "CANCELLED": "KILLED"}
 
 
 def run(fn: Callable, *args, **kwargs):
@@ -41,7 +55,6 @@ def run(fn: Callable, *args, **kwargs):
 
 
 def _log(msg: str) -> None:
-    from kubedistill.train.progress import LOGGER, setup_logging
 
     setup_logging()
     LOGGER.info(msg)
@@ -59,91 +72,12 @@ def data_yaml(dataset_path: str | Path) -> Path:
 def default_store(artifact_uri: str) -> str:
     """Where prepared datasets go when the dataset_store parameter is empty: next to the pipeline's own
     artifacts on a cluster (same bucket, so KFP can read them back), else the local cache."""
-    from urllib.parse import urlsplit
 
     parts = urlsplit(artifact_uri or "")
     if parts.scheme in ("s3", "minio", "gs") and parts.netloc:
         return f"{parts.scheme}://{parts.netloc}/kubedistill/datasets"
-    from kubedistill.cache import cache_dir
 
     return str(cache_dir("store"))
-
-
-# ------------------------------------------------------------------------------------------ tracking
-
-
-def tracking_on() -> bool:
-    return bool(os.environ.get("MLFLOW_TRACKING_URI"))
-
-
-def _need_tracking(what: str) -> None:
-    if not tracking_on():
-        raise UserError(f"{what} needs the MLflow model registry, but MLFLOW_TRACKING_URI is not set",
-                        "Set it (on a cluster: the kubedistill-mlflow Secret; `kubedistill run` sets a local one)")
-
-
-def parent_run(experiment: str = "", *, create: bool = True, tags: dict | None = None) -> str | None:
-    """The MLflow run of this pipeline run (made on first use), or None when tracking is off or no run id is known."""
-    rid = os.environ.get(RUN_ID_ENV, "")
-    if not rid or not tracking_on():
-        return None
-    from kubedistill.track import start_parent_run
-    from kubedistill.track.settings import client, experiment_id, resolve_uri
-
-    uri, artifacts = resolve_uri()
-    cl = client(uri)
-    exp = experiment_id(cl, experiment, artifacts)
-    safe = rid.replace("'", "")
-    found = cl.search_runs([exp], filter_string=f"tags.{KIND_TAG} = 'pipeline' and tags.pipeline_run_id = '{safe}'", max_results=1)
-    if found:
-        return found[0].info.run_id
-    if not create:
-        return None
-    all_tags = {KIND_TAG: "pipeline", "pipeline_run_id": rid, **{k: str(v) for k, v in (tags or {}).items()}}
-    return start_parent_run(f"pipeline-{rid[:12]}", experiment=experiment or None, tags=all_tags)
-
-
-def _parent_tags(parent: str | None, tags: dict) -> None:
-    if not parent:
-        return
-    from kubedistill.track.settings import client, resolve_uri
-
-    cl = client(resolve_uri()[0])
-    for k, v in tags.items():
-        cl.set_tag(parent, k, str(v))
-
-
-def _parent_artifacts(parent: str | None, paths: list[Path], folder: str) -> None:
-    if not parent:
-        return
-    from kubedistill.track.settings import client, resolve_uri
-
-    cl = client(resolve_uri()[0])
-    for p in paths:
-        if Path(p).is_file():
-            cl.log_artifact(parent, str(p), folder)
-
-
-def finish_tracking(state: str, *, experiment: str = "", error: str = "") -> dict:
-    """The exit step: end the pipeline's MLflow run (if still running) with the KFP run's final state."""
-    parent = parent_run(experiment, create=False)
-    if parent is None:
-        return {"parent_run_id": None, "status": None}
-    from kubedistill.track import end_run
-    from kubedistill.track.settings import client, resolve_uri
-
-    cl = client(resolve_uri()[0])
-    run_ = cl.get_run(parent)
-    status = FINAL_STATES.get(state.upper(), "FAILED")
-    if run_.info.status == "RUNNING":
-        if error:
-            cl.set_tag(parent, "pipeline_error", error[:5000])
-        cl.set_tag(parent, "pipeline_state", state)
-        end_run(parent, status)
-    else:
-        status = run_.info.status
-    _log(f"MLflow pipeline run {parent}: {status}")
-    return {"parent_run_id": parent, "status": status}
 
 
 # ------------------------------------------------------------------------------------------ data gate
@@ -153,13 +87,12 @@ def check_unchanged(fingerprint: str, model_name: str, *, skip_if_unchanged: boo
                     dataset_uri: str = "", reports: list[Path] = (), out_md: Path | None = None) -> dict:
     """Should this run train? No only when skip_if_unchanged and the champion was trained on this very data."""
     parent = parent_run(experiment, tags={"data_fingerprint": fingerprint, "dataset_uri": dataset_uri, "registered_model": model_name})
-    _parent_artifacts(parent, list(reports), "data")
+    parent_artifacts(parent, list(reports), "data")
     res: dict[str, Any] = {"proceed": True, "fingerprint": fingerprint, "champion": None}
     if not skip_if_unchanged:
         res["reason"] = "skip_if_unchanged is off: training"
     else:
-        _need_tracking("skip_if_unchanged")
-        from kubedistill.track.registry import champion
+        need_tracking("skip_if_unchanged")
 
         champ = champion(model_name)
         if champ is None:
@@ -178,9 +111,8 @@ def check_unchanged(fingerprint: str, model_name: str, *, skip_if_unchanged: boo
     if out_md:
         atomic_write_text(out_md, f"# Data gate\n\n**{'Training' if res['proceed'] else 'Skipped'}**: {res['reason']}.\n")
     if parent and not res["proceed"]:
-        from kubedistill.track import end_run
 
-        _parent_tags(parent, {"outcome": "skipped: data unchanged", "champion_version": res["champion"]})
+        parent_tags(parent, {"outcome": "skipped: data unchanged", "champion_version": res["champion"]})
         end_run(parent, "FINISHED")
     return res
 
@@ -202,8 +134,7 @@ def build_train_config(extra: dict | None, **options) -> dict:
 
 
 def _check_names(weights: Path, data: Path, what: str) -> None:
-    from kubedistill.data.dataset_yaml import load_data_yaml
-    from kubedistill.train.checkpoint import load_checkpoint
+    from kubedistill.core.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(weights)
     names = list(ckpt["model"]["meta"]["names"])
@@ -213,18 +144,18 @@ def _check_names(weights: Path, data: Path, what: str) -> None:
                         "Use a teacher trained on these classes or leave teacher_uri empty to train one")
 
 
-def train_step(data: str | Path, out_weights: str | Path, *, role: str, model: str, epochs: int, imgsz: int, optimizer: str,
-               lr0: float, lrf: float, label_smoothing: float, box_loss: str, cls_loss: str, extra_config: dict | None,
-               fingerprint: str, experiment: str = "", teacher: str | Path | None = None, dis: float = 6.0,
-               teacher_uri: str = "", work: str | Path | None = None) -> dict:
+def train_step(data: str | Path, out_weights: str | Path, *, role: str, options: dict, extra_config: dict | None,
+               fingerprint: str, experiment: str = "", teacher: str | Path | None = None, teacher_uri: str = "",
+               work: str | Path | None = None) -> dict:
     """Train the teacher (or, with `teacher`, distill the student); best.pt is copied to `out_weights`.
+
+    `options`: the training options that are pipeline parameters (OWN_OPTIONS); `extra_config`: any others.
 
     With `teacher_uri` (teacher role only) nothing is trained: that registered model is fetched instead.
     """
     data = data_yaml(data)
     out_weights = Path(out_weights)
     if role == "teacher" and teacher_uri.strip():
-        from kubedistill.track.registry import fetch_model
 
         pt = fetch_model(teacher_uri.strip(), kind="pt")
         _check_names(pt, data, f"Teacher {teacher_uri}")
@@ -232,26 +163,25 @@ def train_step(data: str | Path, out_weights: str | Path, *, role: str, model: s
         shutil.copyfile(pt, out_weights)
         _log(f"train_teacher: teacher_uri {teacher_uri} given: using that registered teacher, no training")
         return {"role": role, "source": teacher_uri.strip(), "trained": False, "metrics": {}, "mlflow_run_id": ""}
-    from kubedistill.config import train_config
-    from kubedistill.train import build_trainer
 
     work = Path(work) if work else Path(tempfile.mkdtemp(prefix=f"kubedistill-{role}-"))  # the training run folder goes here
     parent = parent_run(experiment)
     tags = {"pipeline_step": role, "data_fingerprint": fingerprint}
-    opts = build_train_config(extra_config, data=str(data), model=model, epochs=int(epochs), imgsz=int(imgsz), optimizer=optimizer,
-                              lr0=lr0, lrf=lrf, label_smoothing=label_smoothing, box_loss=box_loss, cls_loss=cls_loss,
-                              project=str(work), name=role, exist_ok=True, mlflow_parent=parent or "", mlflow_tags=tags,
-                              mlflow_experiment=experiment)
+    unknown = set(options) - set(OWN_OPTIONS)
+    if unknown:
+        raise ValueError(f"train_step options {sorted(unknown)} are not pipeline parameters; pass them in extra_config")
+    opts = build_train_config(extra_config, data=str(data), **options, project=str(work), name=role, exist_ok=True,
+                              mlflow_parent=parent or "", mlflow_tags=tags, mlflow_experiment=experiment)
     if teacher is not None:
-        opts.update(distill_model=str(teacher), dis=float(dis))
+        opts.update(distill_model=str(teacher))
     cfg = train_config(**opts)
+    model, epochs = cfg.model, cfg.epochs
     res = build_trainer(cfg).train()
     best = Path(res["best"])
     if not best.is_file():
         raise UserError(f"Training the {role} wrote no best.pt in {res['save_dir']}", "See the training log above")
     out_weights.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(best, out_weights)
-    from kubedistill.track import run_info
 
     info = run_info(res["save_dir"]) or {}
     onnx = best.with_suffix(".onnx")  # exported by the MLflow callback when tracking is on
@@ -271,7 +201,7 @@ def export_step(weights: str | Path, out_onnx: str | Path, *, done: str | Path =
         import onnx
 
         meta = {p.key: p.value for p in onnx.load(str(done), load_external_data=False).metadata_props}
-        from kubedistill.train.checkpoint import file_sha256
+        from kubedistill.core.checkpoint import file_sha256
 
         if meta.get("source_sha256") == file_sha256(weights):
             shutil.copyfile(done, out_onnx)
@@ -301,9 +231,7 @@ def _latency_ms(model, imgsz: int, device, iters: int) -> float:
 
 
 def _onnx_latency_ms(path: Path, imgsz: int, iters: int) -> float:
-    import time
 
-    import numpy as np
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -320,34 +248,18 @@ def _onnx_latency_ms(path: Path, imgsz: int, iters: int) -> float:
 def score_model(weights: str | Path, data: str | Path, *, batch: int = 16, device: str = "", workers: int = 2,
                 latency_iters: int = 20):
     """(figures, Validation, names, imgsz) of a checkpoint on the val split: COCO metrics, size, speed."""
-    from kubedistill.data.check import check_dataset
-    from kubedistill.data.dataset import DetectionDataset, build_dataloader
-    from kubedistill.data.dataset_yaml import load_data_yaml
-    from kubedistill.errors import DataError
-    from kubedistill.eval.validator import validate
+    from kubedistill.model.checkpoint import load_model
     from kubedistill.model.info import model_info
-    from kubedistill.train.checkpoint import load_model
-    from kubedistill.train.dist import select_device
 
     model, ckpt = load_model(weights)
     imgsz = int(ckpt["train_args"]["imgsz"])
-    spec = load_data_yaml(data)
-    if list(spec.names) != list(model.names):
-        raise DataError(f"'{weights}' predicts classes {list(model.names)}, the dataset has {list(spec.names)}",
-                        "Evaluate on the dataset the models were trained for")
-    samples = check_dataset(spec, splits=("val",), min_usable=0.0).samples["val"]
-    if not samples:
-        raise DataError(f"No usable images in the val split of {data}", f"Run `kubedistill data check {data}`")
-    dev = select_device(device)
-    model.to(dev)
-    loader = build_dataloader(DetectionDataset(samples, imgsz, augment=False, hyp=None, seed=0), batch, workers, shuffle=False, seed=0)
-    val = validate(model, loader, samples, list(model.names), dev)
+    val, dev = validate_split(model, data, imgsz=imgsz, batch=batch, device=device, workers=workers)
     info = model_info(model, imgsz)
     m = val.metrics.to_dict()
-    fig = {k: m.get(k) for k in ("mAP50-95", "mAP50", "mAP75", "AP_small", "AP_medium", "AP_large", "precision", "recall", "f1")}
+    fig = {k: m.get(k) for k in METRIC_NAMES}
     fig.update(model=f"yolo-{model.scale}", imgsz=imgsz, params_M=info["params_inference"] / 1e6, gflops=info["gflops"],
                latency_ms=_latency_ms(model, imgsz, dev, latency_iters), device=str(dev), file_mb=Path(weights).stat().st_size / 1e6,
-               per_class=m["per_class"], images=len(samples))
+               per_class=m["per_class"], images=len(val.gts))
     return fig, val, list(model.names), imgsz
 
 
@@ -355,8 +267,6 @@ def evaluate_step(data: str | Path, student: str | Path, teacher: str | Path, *,
                   out_dir: str | Path, experiment: str = "", fingerprint: str = "", batch: int = 16, device: str = "",
                   latency_iters: int = 20, report_html: Path | None = None) -> dict:
     """Teacher vs student on the val split; writes report.html, report.md and the figures into `out_dir`."""
-    from kubedistill.eval.plots import plot_pr_curves, plot_val_mosaic
-    from kubedistill.pipeline.report import eval_report
 
     data = data_yaml(data)
     out = Path(out_dir)
@@ -389,7 +299,6 @@ def evaluate_step(data: str | Path, student: str | Path, teacher: str | Path, *,
     child = ""
     parent = parent_run(experiment)
     if parent:
-        from kubedistill.track import log_child_run
 
         child = log_child_run(parent, "evaluate", params={"data_fingerprint": fingerprint, "latency_device": dev}, metrics=flat,
                               artifacts=[out / "report.html", out / "metrics.json", *[Path(p) for p in images.values()]],
@@ -401,8 +310,7 @@ def evaluate_step(data: str | Path, student: str | Path, teacher: str | Path, *,
 def flat_metrics(results: dict) -> dict[str, float]:
     """{'student_mAP50-95': .., 'teacher_latency_ms': .., 'delta_mAP50-95': ..}: numbers only, for KFP and MLflow."""
     out: dict[str, float] = {}
-    keys = ("mAP50-95", "mAP50", "mAP75", "AP_small", "AP_medium", "AP_large", "precision", "recall", "params_M", "gflops",
-            "latency_ms", "file_mb", "onnx_mb", "onnx_latency_ms")
+    keys = (*METRIC_NAMES, "params_M", "gflops", "latency_ms", "file_mb", "onnx_mb", "onnx_latency_ms")
     for label, fig in results.items():
         for k in keys:
             v = fig.get(k)
@@ -420,8 +328,8 @@ def flat_metrics(results: dict) -> dict[str, float]:
 def register_step(student: str | Path, model_name: str, *, onnx: str | Path | None = None, fingerprint: str = "",
                   student_run_id: str = "", teacher_run_id: str = "", metrics: dict | None = None, experiment: str = "") -> dict:
     """Register the student as a new version of `model_name` (alias challenger); returns {"version", "model_uri"}."""
-    _need_tracking("register")
-    from kubedistill.track.registry import register_student
+    need_tracking("register")
+    from kubedistill.release.register import register_student
 
     tags = {"data_fingerprint": fingerprint, "pipeline_run_id": os.environ.get(RUN_ID_ENV, ""), "teacher_run_id": teacher_run_id}
     for k in ("student_mAP50-95", "teacher_mAP50-95", "student_latency_ms"):
@@ -436,7 +344,7 @@ def register_step(student: str | Path, model_name: str, *, onnx: str | Path | No
             shutil.copyfile(onnx, onnx_file)
         version = register_student(weights, model_name, run_id=student_run_id or None, onnx=onnx_file,
                                    tags={k: v for k, v in tags.items() if v}, experiment=experiment)
-    _parent_tags(parent_run(experiment), {"registered_model": model_name, "registered_version": version,
+    parent_tags(parent_run(experiment), {"registered_model": model_name, "registered_version": version,
                                           "student_run_id": student_run_id, "teacher_run_id": teacher_run_id})
     _log(f"register: {model_name} version {version} (alias challenger)")
     return {"version": version, "model_uri": f"models:/{model_name}/{version}"}
@@ -445,12 +353,11 @@ def register_step(student: str | Path, model_name: str, *, onnx: str | Path | No
 def gate_step(model_name: str, version: str, data: str | Path, *, metric: str = "mAP50-95", min_delta: float = 0.0,
               experiment: str = "", out_md: Path | None = None) -> dict:
     """The promotion gate (`track.promote.promote`): champion and candidate scored now on this data."""
-    _need_tracking("The promotion gate")
-    from kubedistill.track.promote import promote
+    need_tracking("The promotion gate")
 
     res = promote(model_name, str(version), data_yaml(data), metric=metric, min_delta=float(min_delta))
     champ = res.get("champion") or {}
-    _parent_tags(parent_run(experiment), {"promoted": str(bool(res["promoted"])).lower(), "promotion_reason": res["reason"]})
+    parent_tags(parent_run(experiment), {"promoted": str(bool(res["promoted"])).lower(), "promotion_reason": res["reason"]})
     line = f"version {version} {'promoted to champion' if res['promoted'] else 'not promoted'}: {res['reason']}"
     _log(f"promotion gate: {line}")
     if out_md:
@@ -463,8 +370,7 @@ def gate_step(model_name: str, version: str, data: str | Path, *, metric: str = 
 
 
 def deploy_step(model_name: str, version: str, *, release: str, namespace: str) -> dict:
-    """Roll the pinned version out with the Helm chart (`kubedistill.deploy.deploy`)."""
-    from kubedistill.deploy import deploy
+    """Roll the pinned version out with the Helm chart (`kubedistill.deploy.run.deploy`)."""
 
     uri = f"models:/{model_name}/{version}"
     _log(f"deploy: {uri} -> release {release} in namespace {namespace}")

@@ -40,8 +40,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kubedistill import __version__
-from kubedistill.errors import UserError
+from kubedistill.core.errors import UserError
+from kubedistill.core.version import __version__
 from kubedistill.serve import protocol
 from kubedistill.serve.batching import MicroBatcher
 from kubedistill.serve.metrics import MetricsMiddleware, ServeMetrics

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kubedistill.core.errors import UserError
 from kubedistill.data.letterbox import letterbox, scale_boxes_to_original
-from kubedistill.errors import UserError
 
 _ORT_TYPES = {"tensor(float)": ("FP32", np.float32), "tensor(float16)": ("FP16", np.float16)}
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from kubedistill.errors import UserError
+from kubedistill.core.cache import cache_dir
+from kubedistill.core.errors import UserError
+from kubedistill.storage import download_cached, join_uri, list_files
+from kubedistill.track.registry import fetch_model
 
 _REMOTE = re.compile(r"^(s3|models|gs|https?|runs|mlflow-artifacts)://?", re.IGNORECASE)
 
@@ -28,7 +31,6 @@ def resolve_model_uri(uri: str | Path) -> Path:
         if scheme == "s3":
             text = str(_fetch_s3_model(text))
         elif scheme == "models":
-            from kubedistill.track.registry import fetch_model
 
             text = str(fetch_model(text, kind="onnx"))
         else:
@@ -56,8 +58,6 @@ def _fetch_s3_model(uri: str) -> Path:
     The cache ($KUBEDISTILL_CACHE/models, default ~/.cache/kubedistill/models) is keyed by the URI and the
     object's ETag: an unchanged object is not downloaded again, a changed one is.
     """
-    from kubedistill.cache import cache_dir
-    from kubedistill.storage import download_cached, join_uri, list_files
 
     if not uri.lower().endswith(".onnx"):
         files = list_files(uri)

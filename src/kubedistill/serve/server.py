@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 
-from kubedistill.errors import UserError
+from kubedistill.core.errors import UserError
 from kubedistill.serve.app import ENV_CONFIG, ServeConfig, check_batching, check_model_name, default_model_name
 from kubedistill.serve.model import default_threads
 from kubedistill.serve.resolve import resolve_model_uri

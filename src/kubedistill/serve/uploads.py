@@ -7,8 +7,10 @@ import io
 from functools import lru_cache
 
 import numpy as np
+from PIL import Image
 from starlette.requests import ClientDisconnect, Request
 
+from kubedistill.data.images import ImageReadError, pil_to_rgb
 from kubedistill.serve.protocol import ServeError
 
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF", "MPO", "PPM")  # Pillow names; nothing that shells out
@@ -44,9 +46,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def decode_upload(data: bytes, label: str, max_pixels: int) -> np.ndarray:
     """Encoded image bytes -> RGB uint8, with the size checked from the header before decoding."""
-    from PIL import Image
 
-    from kubedistill.data.images import ImageReadError, pil_to_rgb
 
     if not data:
         raise ServeError(400, f"{label} is empty")
@@ -73,7 +73,6 @@ def decode_upload(data: bytes, label: str, max_pixels: int) -> np.ndarray:
 @lru_cache(maxsize=1)
 def available_formats() -> tuple[str, ...]:
     """IMAGE_FORMATS that this Pillow build can open (WebP, for one, is optional)."""
-    from PIL import Image
 
     Image.init()
     return tuple(f for f in IMAGE_FORMATS if f in Image.OPEN)

@@ -15,6 +15,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from kubedistill.core.log import LOGGER
+from kubedistill.core.names import RUN_ID_ENV
+from kubedistill.core.version import __version__
+from kubedistill.data.check import fingerprint
 from kubedistill.track.logger import RunLogger, flatten, read_run_file
 from kubedistill.track.settings import git_commit, resolve_uri
 
@@ -32,8 +36,6 @@ class MlflowCallback:
     def on_train_start(self, trainer) -> None:
         if not trainer.main:
             return
-        from kubedistill.data.check import fingerprint
-        from kubedistill.train.progress import LOGGER
 
         cfg = trainer.cfg
         uri, artifacts = resolve_uri(cfg.mlflow_uri, cfg.project)
@@ -44,8 +46,8 @@ class MlflowCallback:
             "git_commit": git_commit(),
             "data_fingerprint": digest,
             "model_scale": str(cfg.model),
-            **({"pipeline_run_id": os.environ["KUBEDISTILL_PIPELINE_RUN_ID"]} if os.environ.get("KUBEDISTILL_PIPELINE_RUN_ID") else {}),
-            **({"teacher": trainer.teacher_source} if getattr(trainer, "teacher_source", None) else {}),
+            **({"pipeline_run_id": os.environ[RUN_ID_ENV]} if os.environ.get(RUN_ID_ENV) else {}),
+            **({"teacher": cfg.distill_model} if cfg.distill_model else {}),
             **({"mlflow.parentRunId": cfg.mlflow_parent} if cfg.mlflow_parent else {}),
             **{str(k): str(v) for k, v in cfg.mlflow_tags.items()},
         }
@@ -69,7 +71,6 @@ class MlflowCallback:
     def on_fit_end(self, trainer) -> None:
         if self.logger is None:
             return
-        from kubedistill.train.progress import LOGGER
 
         best = {f"best/{k}": v for k, v in trainer.best_metrics.items() if not isinstance(v, (dict, list))}
         self.logger.log_metrics({**best, "best/epoch": trainer.best_epoch + 1}, step=trainer.epoch)
@@ -102,7 +103,6 @@ class MlflowCallback:
 
 
 def _version() -> str:
-    from kubedistill import __version__
 
     return __version__
 

@@ -19,8 +19,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from kubedistill.atomic import atomic_write_text
-from kubedistill.track.settings import client, experiment_id, explain
+from kubedistill.core.atomic import atomic_write_text
+from kubedistill.track.settings import client, experiment_id, explain, resolve_uri
 
 SPOOL = "mlflow_pending.jsonl"
 RUN_FILE = "mlflow.json"
@@ -253,7 +253,6 @@ def sync(run_dir: str | Path, uri: str | None = None, log: Callable[[str], None]
     info = read_run_file(run_dir) or {}
     args_uri = uri or info.get("tracking_uri")
     if not args_uri:
-        from kubedistill.track.settings import resolve_uri
 
         args_uri = resolve_uri("", run_dir.parent)[0]
     logger = RunLogger(run_dir, args_uri, run_id=info.get("run_id"), retries=3, probe_s=0.0, log=log, background=False)

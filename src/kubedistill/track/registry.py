@@ -1,7 +1,8 @@
-"""The MLflow model registry: register a student, find the champion, fetch a registered model's files.
+"""Reading the MLflow model registry: parse model URIs, find a version or the champion, fetch a registered model's files.
 
-A registered version is an MLflow pyfunc (see `track.pyfunc`) holding `model.onnx` and the `.pt`
-checkpoint; new versions get the alias `challenger`; `kubedistill promote` moves `champion`.
+Registering and promoting sit above serving and evaluation, in `kubedistill.release`. A registered version is an
+MLflow pyfunc (see `serve.pyfunc`) holding `model.onnx` and the `.pt` checkpoint; new versions get the alias
+`challenger`; `kubedistill promote` moves `champion`.
 Model URIs: `models:/NAME/VERSION` (pinned) or `models:/NAME@ALIAS`.
 """
 
@@ -13,9 +14,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from kubedistill.cache import cache_dir
-from kubedistill.errors import UserError
-from kubedistill.track.settings import client, import_mlflow, resolve_uri, using
+from kubedistill.core.cache import cache_dir
+from kubedistill.core.errors import UserError
+from kubedistill.track.settings import client, resolve_uri, using
 
 CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous-champion"
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/@]+)|@(?P<alias>[^/@]+))/?$")
@@ -29,7 +30,7 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     return m["name"], m["version"], m["alias"]
 
 
-def _mlflow_error(e: Exception, what: str, uri: str) -> UserError:
+def mlflow_error(e: Exception, what: str, uri: str) -> UserError:
     """An MLflow failure -> a one-line UserError (missing model/version, auth, unreachable server)."""
     code = getattr(e, "error_code", "")
     text = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300]
@@ -56,7 +57,7 @@ def version_info(name: str, version: str, *, tracking_uri: str = "") -> dict:
     try:
         mv = client(uri).get_model_version(name, str(version))
     except Exception as e:
-        raise _mlflow_error(e, f"models:/{name}/{version}", uri) from None
+        raise mlflow_error(e, f"models:/{name}/{version}", uri) from None
     return {"name": name, "version": str(mv.version), "run_id": mv.run_id, "source": mv.source, "tags": dict(mv.tags),
             "aliases": list(mv.aliases)}
 
@@ -72,7 +73,7 @@ def resolve_version(uri_or_name: str, *, tracking_uri: str = "") -> tuple[str, s
     try:
         mv = client(uri).get_model_version_by_alias(name, alias)
     except Exception as e:
-        raise _mlflow_error(e, uri_or_name, uri) from None
+        raise mlflow_error(e, uri_or_name, uri) from None
     return name, str(mv.version)
 
 
@@ -85,62 +86,8 @@ def champion(name: str, *, tracking_uri: str = "") -> dict | None:
     except Exception as e:
         if getattr(e, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
-        raise _mlflow_error(e, f"models:/{name}@{CHAMPION}", uri) from None
+        raise mlflow_error(e, f"models:/{name}@{CHAMPION}", uri) from None
     return version_info(name, str(mv.version), tracking_uri=uri)
-
-
-def register_student(weights: str | Path, name: str, *, run_id: str | None = None, onnx: str | Path | None = None,
-                     tags: dict | None = None, tracking_uri: str = "", experiment: str = "") -> str:
-    """Log `weights` (and its ONNX export) as a pyfunc model and register it as a new version of `name`.
-
-    Logged into run `run_id` when given (the training run), else into a new run. The version gets the alias
-    `challenger` and the tags given (e.g. data_fingerprint) plus the checkpoint's sha256. Returns the version.
-    """
-    from kubedistill import __version__
-    from kubedistill.train.checkpoint import file_sha256
-
-    weights = Path(weights)
-    if not weights.is_file():
-        raise UserError(f"Checkpoint '{weights}' does not exist", "Pass the best.pt of a finished training run")
-    sha256 = file_sha256(weights)
-    uri, artifacts = resolve_uri(tracking_uri)
-    mlflow = import_mlflow()
-    from kubedistill.track.pyfunc import OnnxDetectorModel, pyfunc_signature
-    from kubedistill.track.settings import experiment_id
-
-    with tempfile.TemporaryDirectory() as tmp:
-        if onnx is None:
-            from kubedistill.model.export import export_onnx
-
-            onnx = export_onnx(weights, Path(tmp) / "model.onnx")["path"]
-        onnx = Path(onnx)
-        if not onnx.is_file():
-            raise UserError(f"ONNX model '{onnx}' does not exist", "Export it with `kubedistill export` or leave it out")
-        cl = client(uri)
-        try:
-            exp = None if run_id else experiment_id(cl, experiment, artifacts)
-            with using(uri), mlflow.start_run(run_id=run_id, experiment_id=exp, run_name=None if run_id else f"register-{name}"):
-                info = mlflow.pyfunc.log_model(
-                    name="model",
-                    python_model=OnnxDetectorModel(),
-                    artifacts={"onnx": str(onnx), "checkpoint": str(weights)},
-                    pip_requirements=[f"kubedistill[serve]=={__version__}", "pandas"],
-                    registered_model_name=name,
-                    metadata={"kubedistill_version": __version__, "weights_sha256": sha256},
-                    signature=pyfunc_signature(),
-                )
-                active_run = mlflow.active_run().info.run_id
-        except UserError:
-            raise
-        except Exception as e:
-            raise _mlflow_error(e, f"registering '{weights}' as '{name}'", uri) from None
-    version = str(info.registered_model_version)
-    all_tags = {"weights_sha256": sha256, "source_run_id": active_run, "kubedistill_version": __version__,
-                **{str(k): str(v) for k, v in (tags or {}).items()}}
-    for k, v in all_tags.items():
-        cl.set_model_version_tag(name, version, k, v)
-    cl.set_registered_model_alias(name, CHALLENGER, version)
-    return version
 
 
 def fetch_model(uri: str, dest: str | Path | None = None, *, kind: str = "pt", tracking_uri: str = "") -> Path:
@@ -161,7 +108,7 @@ def fetch_model(uri: str, dest: str | Path | None = None, *, kind: str = "pt", t
                 mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp))
         except Exception as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise _mlflow_error(e, f"downloading models:/{name}/{version}", turi) from None
+            raise mlflow_error(e, f"downloading models:/{name}/{version}", turi) from None
         if dest.exists():  # a concurrent fetch finished first
             shutil.rmtree(tmp, ignore_errors=True)
         else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kubedistill.track.logger import read_run_file
+from kubedistill.track.logger import flatten, is_number, param_text, read_run_file
 from kubedistill.track.settings import client, experiment_id, git_commit, resolve_uri
 
 
@@ -39,7 +39,6 @@ def log_child_run(parent_run_id: str, name: str, *, params: dict | None = None, 
     """A finished child run of `parent_run_id` holding params, metrics (numbers only) and artifacts."""
     from mlflow.entities import Metric, Param
 
-    from kubedistill.track.logger import flatten, is_number, param_text
 
     uri = resolve_uri(tracking_uri, project)[0]
     cl = client(uri)

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kubedistill.errors import UserError
+from kubedistill.core.errors import UserError
 
 DEFAULT_EXPERIMENT = "kubedistill"
 

@@ -3,7 +3,8 @@
 - The teacher comes from a checkpoint, in eval mode with no gradients. It runs under inference mode on
   the same augmented batch as the student.
 - Features: the three neck outputs that feed the detection head (strides 8/16/32) of both networks.
-  The student's are taken with a forward pre-hook on its head, so its forward is unchanged. The
+  The student's are taken with a forward pre-hook on its head, so its forward is unchanged (see
+  `kubedistill.train.objective.DistillObjective`, which adds this loss to the detection loss). The
   teacher runs only what the loss reads: its neck, then the class branches of both heads (its box
   branches, about 8% of its FLOPs, are skipped).
 - A projector per level (1x1 conv, ReLU, 1x1 conv) maps the student's channels to the teacher's. It
@@ -18,15 +19,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from kubedistill.errors import ConfigError, UserError
+from kubedistill.core.checkpoint import file_sha256, load_checkpoint
+from kubedistill.core.errors import ConfigError, UserError
+from kubedistill.model.checkpoint import model_from_checkpoint
 from kubedistill.model.head import HEADS
-from kubedistill.model.yolo import DetectionModel, neck_features
-from kubedistill.train.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
+from kubedistill.model.yolo import DetectionModel
 
 
 class FeatureProjector(nn.Module):
@@ -91,61 +94,51 @@ def check_teacher(teacher_meta: dict, student: DetectionModel, teacher_path: str
         )
 
 
-class FeatureDistiller:
-    """What the trainer needs for distillation: the frozen teacher, the projector, the loss, resume state."""
+@dataclass
+class Teacher:
+    """The frozen teacher: its network (eval mode, no gradients) and the file it came from, with its hash."""
 
-    def __init__(self, teacher_path: str, student: DetectionModel, gain: float, device: torch.device,
-                 o2o_gain: float = 0.0, temp: float = 2.0):
-        path = Path(teacher_path)
+    model: DetectionModel
+    path: str
+    sha256: str
+
+    @classmethod
+    def load(cls, path: str | Path, student: DetectionModel, device: torch.device) -> Teacher:
         ckpt = load_checkpoint(path)
-        check_teacher(ckpt["model"]["meta"], student, teacher_path)
-        self.path = str(path)
-        self.sha256 = file_sha256(path)
-        self.gain = gain
-        self.o2o_gain = o2o_gain
-        self.temp = temp
-        self.teacher = model_from_checkpoint(ckpt).to(device).eval()
-        for p in self.teacher.parameters():
+        check_teacher(ckpt["model"]["meta"], student, str(path))
+        model = model_from_checkpoint(ckpt).to(device).eval()
+        for p in model.parameters():
             p.requires_grad_(False)
-        self.projector = FeatureProjector(student.neck_channels, self.teacher.neck_channels).to(device)
-        self._student_hook = neck_features(student)
-        self.student_feats = self._student_hook.__enter__()
+        return cls(model, str(path), file_sha256(path))
 
-    def close(self) -> None:
-        self._student_hook.__exit__(None, None, None)
-
-    def loss(self, img: torch.Tensor, preds: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Distillation loss (gains applied; the scale of the detection loss) for the batch just seen, and its parts.
-
-        `preds`: the student's training output, needed for the one-to-one term (`o2o_gain` > 0).
-        """
-        with torch.inference_mode():  # the teacher's neck and class branches; its box branches are not needed
-            t_feats = self.teacher.neck(img)
-            t_out = {h: {"scores": self.teacher.head.class_logits(t_feats, h)} for h in HEADS}
-        # Leave inference mode: the loss multiplies teacher tensors with student ones under autograd.
-        t_feats = [f.clone() for f in t_feats]
-        weights = [w.clone() for w in anchor_weights(t_out, [tuple(f.shape[2:]) for f in t_feats])]
-        projected = self.projector(self.student_feats)
-        feat = score_weighted_l2(projected, t_feats, weights) * self.gain
-        items = {"dis_loss": feat.detach()}
-        if self.o2o_gain <= 0:
-            return feat, items
-        if preds is None or "one2one" not in preds:
-            raise ValueError("the one-to-one distillation term needs the student's training output (both heads)")
-        o2o = o2o_score_kl(preds["one2one"]["scores"], t_out["one2one"]["scores"].clone(), self.temp) * self.o2o_gain
-        items["dis_o2o_loss"] = o2o.detach()
-        return feat + o2o, items
-
-    def state(self, projector: nn.Module | None = None) -> dict:
-        proj = projector if projector is not None else self.projector
-        proj = proj.module if hasattr(proj, "module") else proj
-        return {"teacher_path": self.path, "teacher_sha256": self.sha256,
-                "projector": {k: v.detach().cpu() for k, v in proj.state_dict().items()}}
-
-    def load_state(self, state: dict) -> None:
-        if state["teacher_sha256"] != self.sha256:
+    def check_unchanged(self, sha256: str) -> None:
+        """On resume: the teacher must be the file the run started with."""
+        if sha256 != self.sha256:
             raise UserError(
                 f"The teacher '{self.path}' changed since this run started (content hash differs)",
                 "Restore the original teacher file, or start a new run instead of resuming",
             )
-        self.projector.load_state_dict(state["projector"])
+
+
+def distill_loss(teacher: DetectionModel, projected: list[torch.Tensor], img: torch.Tensor, preds: dict | None = None, *,
+                 gain: float, o2o_gain: float = 0.0, temp: float = 2.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Distillation loss per image (gains applied; the scale of the per-image detection loss) and its parts.
+
+    `projected`: the student's neck features of this batch, through the projector. `preds`: the student's
+    training output, needed for the one-to-one term (`o2o_gain` > 0).
+    """
+    with torch.inference_mode():  # the teacher's neck and class branches; its box branches are not needed
+        t_feats = teacher.neck(img)
+        t_out = {h: {"scores": teacher.head.class_logits(t_feats, h)} for h in HEADS}
+    # Leave inference mode: the loss multiplies teacher tensors with student ones under autograd.
+    t_feats = [f.clone() for f in t_feats]
+    weights = [w.clone() for w in anchor_weights(t_out, [tuple(f.shape[2:]) for f in t_feats])]
+    feat = score_weighted_l2(projected, t_feats, weights) * gain
+    items = {"dis_loss": feat.detach()}
+    if o2o_gain <= 0:
+        return feat, items
+    if preds is None or "one2one" not in preds:
+        raise ValueError("the one-to-one distillation term needs the student's training output (both heads)")
+    o2o = o2o_score_kl(preds["one2one"]["scores"], t_out["one2one"]["scores"].clone(), temp) * o2o_gain
+    items["dis_o2o_loss"] = o2o.detach()
+    return feat + o2o, items

@@ -19,8 +19,7 @@ The suggestion (`suggest_lr`) is the lr of steepest descent of the smoothed loss
 minimum of the smoothed loss (past the minimum lies the diverging tail). The lr at the minimum and
 minimum / 10 are reported too.
 
-The model, data loader, loss (with the trainer's `extra_loss` hook, so distillation terms count) and
-optimizer come from `Trainer._setup()`, so they match what `kubedistill train` would use with the same
+The model, data loader, objective (distillation terms count) and optimizer come from `Trainer.setup()`, so they match what `kubedistill train` would use with the same
 options. The trainer's own run folder goes to a temporary directory that is deleted afterwards.
 """
 
@@ -37,9 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from kubedistill.atomic import atomic_path
 from kubedistill.config import TrainConfig
-from kubedistill.errors import ConfigError, UserError
+from kubedistill.core.atomic import atomic_path, write_json_atomic
+from kubedistill.core.errors import ConfigError, UserError
+from kubedistill.core.log import LOGGER, Progress, setup_logging
+from kubedistill.train import build_trainer
 
 LR_FIND_JSON = "lr_find.json"
 LR_FIND_PNG = "lr_find.png"
@@ -176,7 +177,7 @@ def suggest_lr(lrs, smoothed, skip_start: float = SKIP_START) -> LRSuggestion:
 def plot_lr_find(path: str | os.PathLike[str], lrs, losses, smoothed, suggestion: LRSuggestion, title: str = "") -> Path:
     """Loss against lr (log x): raw loss faint, smoothed loss bold, markers at the suggestion and the minimum.
 
-    Written atomically (`kubedistill.atomic.atomic_path`) with matplotlib's Agg canvas (no pyplot state).
+    Written atomically (`kubedistill.core.atomic.atomic_path`) with matplotlib's Agg canvas (no pyplot state).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -263,16 +264,15 @@ def _sweep(trainer, lrs_plan: np.ndarray, smooth: float, diverge: float, verbose
     """
     import torch
 
-    from kubedistill.train.progress import Progress
-    from kubedistill.train.trainer import GRAD_CLIP
+    from kubedistill.train.objective import to_input
+    from kubedistill.train.optim import clipped_step
 
-    model, optimizer, scaler, device = trainer.model, trainer.optimizer, trainer.scaler, trainer.device
-    params = [p for g in optimizer.param_groups for p in g["params"]]
+    objective, optimizer, scaler, device = trainer.objective, trainer.optimizer, trainer.scaler, trainer.device
     stream = _batches(trainer.train_loader, trainer.train_set)
     curve = _Curve()
     bar = Progress(len(lrs_plan), "lr find", enabled=verbose)
     best, avg, beta = math.inf, 0.0, 1.0 - smooth
-    model.train()
+    trainer.model.train()
     try:
         for i, lr in enumerate(float(x) for x in lrs_plan):
             for g in optimizer.param_groups:
@@ -281,14 +281,9 @@ def _sweep(trainer, lrs_plan: np.ndarray, smooth: float, diverge: float, verbose
             step_loss = 0.0
             for _ in range(trainer.accumulate):
                 batch = next(stream)
-                img = batch["img"].to(device, non_blocking=True).float() / 255.0
-                batch["img"] = img
+                img = batch["img"] = to_input(batch["img"], device)
                 with torch.autocast(device.type, enabled=trainer.use_amp):
-                    preds = model(img)
-                    loss, _ = trainer.loss_fn(preds, batch, trainer.prog_weights)
-                    extra, _ = trainer.extra_loss(batch, preds)
-                    if extra is not None:
-                        loss = loss + extra
+                    loss, _ = objective(batch)
                 value = float(loss.detach()) / img.shape[0]
                 if not math.isfinite(value):
                     curve.stop_reason = f"non-finite loss at step {i} (lr {lr:.3g})"
@@ -299,10 +294,7 @@ def _sweep(trainer, lrs_plan: np.ndarray, smooth: float, diverge: float, verbose
                 curve.stop_reason = (f"loss collapsed at step {i} (lr {lr:.3g}): {step_loss:.3g} <= {COLLAPSE:g} x best "
                                      f"{best:.4g} (the model predicts no objects, so no anchors are assigned)")
                 return curve
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm=GRAD_CLIP)
-            scaler.step(optimizer)
-            scaler.update()
+            grad_norm = clipped_step(optimizer, scaler)
             avg = beta * avg + smooth * step_loss
             sm = avg / (1.0 - beta ** (i + 1)) if beta > 0 else avg
             curve.lrs.append(lr)
@@ -339,12 +331,9 @@ def find_lr(
     """
     import torch
 
-    from kubedistill.eval.predictions import write_json_atomic
-    from kubedistill.train import build_trainer
-    from kubedistill.train import dist as du
-    from kubedistill.train.losses import progloss_weights
-    from kubedistill.train.progress import LOGGER, setup_logging
-    from kubedistill.train.trainer import GRAD_CLIP, increment_path
+    from kubedistill.core import device as du
+    from kubedistill.train.optim import GRAD_CLIP
+    from kubedistill.train.trainer import increment_path
 
     check_sweep(start_lr, end_lr, steps, smooth, diverge)
     if cfg.resume:
@@ -359,15 +348,14 @@ def find_lr(
         run_cfg = cfg.model_copy(update={"project": tmp, "name": "setup", "exist_ok": True, "resume": False})
         trainer = build_trainer(run_cfg)
         try:
-            trainer._setup()
+            trainer.setup()  # the objective starts at epoch 0's ProgLoss weights, as training does
             info = trainer.optim_info
-            trainer.prog_weights = dict(zip(("one2many", "one2one"), progloss_weights(0, cfg.epochs, cfg.o2m, cfg.o2m_final)))
             LOGGER.info(f"lr finder: {info['optimizer']} (momentum {info['momentum']}), lr {start_lr:g} -> {end_lr:g} over "
                         f"{steps} steps of {trainer.accumulate} x {trainer.batch} images, {len(trainer.train_set)} training images")
             curve = _sweep(trainer, exp_lrs(start_lr, end_lr, steps), smooth, diverge, cfg.verbose)
         finally:
-            if getattr(trainer, "distiller", None) is not None:  # as Trainer.train(): release the teacher's hooks
-                trainer.distiller.close()
+            if trainer.objective is not None:  # as Trainer.train(): release the distillation hook
+                trainer.objective.close()
             du.cleanup()
         batch, accumulate, device = trainer.batch, trainer.accumulate, trainer.device
         del trainer  # model, optimizer and data go with it

@@ -27,7 +27,9 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from kubedistill.errors import ConfigError
+from kubedistill.core.errors import ConfigError
+
+GRAD_CLIP = 10.0  # the gradient-norm clip of every training step
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 OPTIMIZERS = ("SGD", "AdamW", "MuSGD", "auto")
@@ -278,3 +280,14 @@ __all__ = [
     "split_params",
     "zeropower_via_newtonschulz",
 ]
+
+
+def clipped_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, max_norm: float = GRAD_CLIP) -> float:
+    """One optimizer step as training takes it: unscale (AMP), clip the gradient norm, step, update the scaler.
+    Returns the gradient norm before clipping."""
+    scaler.unscale_(optimizer)
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    return float(norm)

@@ -3,10 +3,19 @@
 Trainer(cfg).train() runs data check -> model -> optimizer/schedule/EMA -> epochs of
 (train, validate with the EMA weights, save last/best, results.csv row, callbacks).
 
-Extension points for later features:
+The loss of a batch is the objective's (`kubedistill.train.objective`): detection alone, or wrapped for
+distillation when `distill_model` is set. The trainer has no distillation branches.
+
+Setup is public, step by step (`setup_run`, `setup_data`, `setup_model`, `setup_objective`, `setup_optimizer`;
+`setup()` runs them all), so the LR finder builds exactly what training would.
+
+Extension points:
 - callbacks: `add_callback(event, fn)`, fn(trainer) for events in CALLBACK_EVENTS;
-- extra loss terms: subclass and override `extra_loss(batch, preds)` (distillation does);
-- extra checkpoint content: override `checkpoint_extras()` / `load_extras(ckpt)`.
+- the objective: override `setup_objective()` (wrap `self.objective`: extra loss terms, extra trainable modules
+  via `extra_modules()`, resume state via `state_dict()`/`load_state_dict()`).
+
+A `models:/` teacher or start checkpoint is turned into a local file by `fetch` (build_trainer passes the MLflow
+registry's), so this module knows nothing of MLflow.
 """
 
 from __future__ import annotations
@@ -26,39 +35,36 @@ import torch
 import yaml
 from torch import nn
 
-from kubedistill import __version__
-from kubedistill.atomic import atomic_write_text
 from kubedistill.config import TrainConfig
+from kubedistill.core import device as du
+from kubedistill.core.atomic import atomic_write_text, write_json_atomic
+from kubedistill.core.checkpoint import atomic_torch_save, load_checkpoint
+from kubedistill.core.errors import ConfigError, UserError
+from kubedistill.core.interrupt import sigterm_as_interrupt
+from kubedistill.core.log import LOGGER, Progress, setup_logging
+from kubedistill.core.names import METRIC_NAMES
+from kubedistill.core.version import __version__
 from kubedistill.data.check import check_dataset
 from kubedistill.data.dataset import DetectionDataset, build_dataloader
 from kubedistill.data.dataset_yaml import load_data_yaml
 from kubedistill.data.fetch import resolve_data
-from kubedistill.errors import ConfigError, UserError
-from kubedistill.eval.predictions import write_json_atomic
+from kubedistill.eval.plots import write_run_plots
 from kubedistill.eval.validator import validate
-from kubedistill.interrupt import sigterm_as_interrupt
+from kubedistill.model.checkpoint import model_from_checkpoint
 from kubedistill.model.yolo import DetectionModel, parse_scale
-from kubedistill.train import dist as du
-from kubedistill.train.checkpoint import atomic_torch_save, load_checkpoint, model_from_checkpoint
 from kubedistill.train.ema import ModelEMA
 from kubedistill.train.loss_health import check_loss_health
-from kubedistill.train.losses import DetectionLoss, progloss_weights
-from kubedistill.train.optim import build_optimizer
-from kubedistill.train.progress import LOGGER, Progress, setup_logging
+from kubedistill.train.objective import build_objective, to_input, unwrap
+from kubedistill.train.optim import build_optimizer, clipped_step
 from kubedistill.train.schedule import LRSchedule
 
 # on_train_end always runs last, also after a failure or an interrupt (trainer.error holds the exception, else None)
 CALLBACK_EVENTS = ("on_train_start", "on_train_epoch_end", "on_fit_epoch_end", "on_model_save", "on_fit_end", "on_train_end")
 MAX_NONFINITE = 10
-GRAD_CLIP = 10.0
 
 
 class TrainingDiverged(UserError):
     pass
-
-
-def _unwrap(m: nn.Module) -> nn.Module:
-    return m.module if hasattr(m, "module") else m
 
 
 def increment_path(path: Path, exist_ok: bool) -> Path:
@@ -84,8 +90,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, callbacks: dict[str, list[Callable]] | None = None):
+    def __init__(self, cfg: TrainConfig, callbacks: dict[str, list[Callable]] | None = None, *,
+                 fetch: Callable[[str, TrainConfig], str] | None = None):
         self.cfg = cfg
+        self.fetch = fetch
         self.callbacks: dict[str, list[Callable]] = defaultdict(list)
         for event, fns in (callbacks or {}).items():
             for fn in fns:
@@ -96,13 +104,12 @@ class Trainer:
         self.best_metrics: dict[str, Any] = {}
         self.epoch = 0
         self.stop = False
-        self.distiller = None
+        self.objective = None
         self.best_val = None
         self.loss_history: dict[str, list[float]] = defaultdict(list)
         self.health_said: set[str] = set()
         self.plot_files: dict[str, Path] = {}
         self.error: BaseException | None = None
-        self.teacher_source: str | None = None
         self.resumed = False
 
     # ----------------------------------------------------------------------------- extension points
@@ -114,44 +121,6 @@ class Trainer:
     def run_callbacks(self, event: str) -> None:
         for fn in self.callbacks[event]:
             fn(self)
-
-    def extra_loss(self, batch: dict, preds: dict) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-        """Extra terms added to the detection loss (scaled like it: per-image value x batch size)."""
-        if self.distiller is None:
-            return None, {}
-        dis, items = self.distiller.loss(batch["img"], preds)
-        return dis * batch["img"].shape[0], items
-
-    def checkpoint_extras(self) -> dict:
-        """Extra resume state saved into last.pt (never into the inference weights)."""
-        return {"distill": self.distiller.state()} if self.distiller is not None else {}
-
-    def load_extras(self, ckpt: dict) -> None:
-        if self.distiller is not None:
-            self.distiller.load_state(ckpt["distill"])
-
-    def setup_extras(self) -> None:
-        """Called after model and data are ready, before the optimizer is built."""
-        if self.cfg.distill_model:
-            from kubedistill.train.distill import FeatureDistiller
-
-            teacher = self.cfg.distill_model
-            self.teacher_source = teacher
-            if teacher.startswith("models:/"):  # a registered teacher: its checkpoint, fetched once into the cache
-                from kubedistill.track.registry import fetch_model
-                from kubedistill.track.settings import resolve_uri
-
-                uri = resolve_uri(self.cfg.mlflow_uri, self.cfg.project)[0]
-                teacher = str(fetch_model(teacher, kind="pt", tracking_uri=uri))
-            self.distiller = FeatureDistiller(teacher, self.model, self.cfg.dis, self.device,
-                                              o2o_gain=self.cfg.dis_o2o, temp=self.cfg.dis_temp)
-            if self.main:
-                LOGGER.info(f"distilling from teacher {self.cfg.distill_model} (yolo-{self.distiller.teacher.scale}), dis={self.cfg.dis}"
-                            + (f", dis_o2o={self.cfg.dis_o2o} (dis_temp={self.cfg.dis_temp})" if self.cfg.dis_o2o > 0 else ""))
-
-    def extra_modules(self) -> list[nn.Module]:
-        """Trainable modules besides the model (their parameters join the optimizer)."""
-        return [self.distiller.projector] if self.distiller is not None else []
 
     # ----------------------------------------------------------------------------- setup
     def _resolve_resume(self) -> dict | None:
@@ -176,7 +145,30 @@ class Trainer:
             raise UserError(f"Run in '{self.save_dir}' already finished all {self.cfg.epochs} epochs", "Start a new run instead of resume")
         return ckpt
 
-    def _setup(self) -> None:
+    def local_file(self, ref: str) -> str:
+        """A checkpoint reference (path or models:/ URI) -> a local path."""
+        if ref.startswith("models:/"):
+            if self.fetch is None:
+                raise ConfigError(f"'{ref}' needs the MLflow registry", "Build the trainer with kubedistill.train.build_trainer")
+            return self.fetch(ref, self.cfg)
+        return ref
+
+    def setup(self) -> None:
+        """Everything training needs, in order; resumes when cfg.resume says so."""
+        ckpt = self.setup_run()
+        self.setup_data()
+        self.setup_model(ckpt)
+        self.setup_objective()
+        self.setup_optimizer()
+        if ckpt is not None:
+            self._load_resume_state(ckpt)
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.objective.distribute(lambda m: nn.parallel.DistributedDataParallel(m, device_ids=ids))
+            self.model = self.objective.model
+
+    def setup_run(self) -> dict | None:
+        """Resume state (or None), device, process group, run folder, seed, args.yaml."""
         ckpt = self._resolve_resume()
         cfg = self.cfg
         if cfg.data is None:
@@ -191,8 +183,11 @@ class Trainer:
         if self.main:
             self.wdir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.save_dir / "args.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+        return ckpt
 
-        # data: check first, skip what is bad, stop only when too little is usable
+    def setup_data(self) -> None:
+        """Check the data first (skip what is bad, stop only when too little is usable), then datasets and loaders."""
+        cfg = self.cfg
         self.spec = load_data_yaml(resolve_data(cfg.data))  # s3:// prefixes and archives: fetched into the cache first
         report = check_dataset(self.spec, splits=("train", "val"), min_usable=cfg.min_usable)
         if self.main:
@@ -210,12 +205,14 @@ class Trainer:
         self.train_loader = self._train_loader()
         self.val_loader = build_dataloader(self.val_set, max(self.batch, 1) * 2, cfg.workers, shuffle=False, seed=cfg.seed)
 
-        # model
+    def setup_model(self, ckpt: dict | None = None) -> None:
+        """The network: from the resume state, from a checkpoint (`model=x.pt`, fine-tuning), or new (`model=yolo-n`)."""
+        cfg = self.cfg
         names = self.spec.names
         if ckpt is not None:
             self.model = model_from_checkpoint(ckpt, weights="train")
-        elif cfg.model.endswith(".pt"):
-            base = load_checkpoint(cfg.model)
+        elif cfg.model.endswith(".pt") or cfg.model.startswith("models:/"):
+            base = load_checkpoint(self.local_file(cfg.model))
             self.model = model_from_checkpoint(base)
             if self.model.nc != len(names):
                 # fine-tune on new classes: keep backbone and neck, fresh head
@@ -228,14 +225,23 @@ class Trainer:
             self.model = DetectionModel(parse_scale(cfg.model), nc=len(names), names=names)
             self.model.head.init_bias(cfg.imgsz)
         self.model.to(self.device)
-        self.setup_extras()
-        self.loss_fn = DetectionLoss(self.model.nc, self.model.strides, cfg)
 
-        # optimizer, schedule, EMA
+    def setup_objective(self) -> None:
+        """The loss of a batch: detection, wrapped for distillation when `distill_model` is set."""
+        cfg = self.cfg
+        teacher = self.local_file(cfg.distill_model) if cfg.distill_model else None
+        self.objective = build_objective(self.model, cfg, self.device, teacher)
+        if teacher and self.main:
+            LOGGER.info(f"distilling from teacher {cfg.distill_model} (yolo-{self.objective.teacher.model.scale}), dis={cfg.dis}"
+                        + (f", dis_o2o={cfg.dis_o2o} (dis_temp={cfg.dis_temp})" if cfg.dis_o2o > 0 else ""))
+
+    def setup_optimizer(self) -> None:
+        """Optimizer (model and the objective's extra modules), LR schedule, EMA and AMP scaler."""
+        cfg = self.cfg
         self.nb = len(self.train_loader)
         self.accumulate = max(round(cfg.nbs / (self.batch * self.world_size)), 1)
         iterations = math.ceil(len(self.train_set) / max(cfg.batch, cfg.nbs)) * cfg.epochs
-        opt_root = nn.ModuleDict({"model": self.model, **{f"extra{i}": m for i, m in enumerate(self.extra_modules())}})
+        opt_root = nn.ModuleDict({"model": self.model, **{f"extra{i}": m for i, m in enumerate(self.objective.extra_modules())}})
         self.optimizer, self.optim_info = build_optimizer(
             opt_root, cfg.optimizer, cfg.lr0, cfg.momentum, cfg.weight_decay, iterations, self.model.nc, cfg.batch, cfg.nbs
         )
@@ -252,13 +258,6 @@ class Trainer:
         self.start_epoch = 0
         self.best_fitness = -1.0
         self.best_epoch = -1
-        if ckpt is not None:
-            self._load_resume_state(ckpt)
-        if self.world_size > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-            if self.distiller is not None:  # its gradients must be averaged across ranks too
-                self.distiller.projector = nn.parallel.DistributedDataParallel(self.distiller.projector, device_ids=ids)
 
     def _train_loader(self):
         return build_dataloader(
@@ -274,11 +273,10 @@ class Trainer:
         self.best_fitness = ckpt["best_fitness"]
         self.best_epoch = ckpt.get("best_epoch", -1)
         self.best_metrics = ckpt.get("best_metrics", {})
-        self.loss_fn.load_state_dict(ckpt.get("loss_state", {}))
+        self.objective.load_state_dict(ckpt)
         torch.set_rng_state(ckpt["rng"]["torch"])
         if torch.cuda.is_available() and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-        self.load_extras(ckpt)
         if self.main:
             LOGGER.info(f"resuming {self.save_dir} from epoch {self.start_epoch + 1}/{self.cfg.epochs}")
 
@@ -287,7 +285,7 @@ class Trainer:
         setup_logging()
         try:
             with sigterm_as_interrupt():  # a stopped pod ends the run as KILLED, like Ctrl-C
-                self._setup()
+                self.setup()
                 self.run_callbacks("on_train_start")
                 self._fit()
         except BaseException as e:
@@ -297,8 +295,8 @@ class Trainer:
             try:
                 self.run_callbacks("on_train_end")
             finally:
-                if self.distiller is not None:
-                    self.distiller.close()
+                if self.objective is not None:
+                    self.objective.close()
                 du.cleanup()
         return self.results()
 
@@ -328,8 +326,7 @@ class Trainer:
             self.train_set.set_epoch(epoch)
             if hasattr(self.train_loader.sampler, "set_epoch"):
                 self.train_loader.sampler.set_epoch(epoch)
-            w_o2m, w_o2o = progloss_weights(epoch, cfg.epochs, cfg.o2m, cfg.o2m_final)
-            self.prog_weights = {"one2many": w_o2m, "one2one": w_o2o}
+            weights = self.objective.set_epoch(epoch, cfg.epochs)
             train_items, n_img, lrs = self._train_epoch(epoch)
             epoch_s = time.perf_counter() - t0
             self.run_callbacks("on_train_epoch_end")
@@ -349,10 +346,10 @@ class Trainer:
             self.metrics = {
                 "epoch": epoch + 1,
                 **{f"train/{k}": v for k, v in train_items.items()},
-                **{f"metrics/{k}": metrics.get(k) for k in ("mAP50-95", "mAP50", "mAP75", "AP_small", "AP_medium", "AP_large", "precision", "recall")},
+                **{f"metrics/{k}": metrics.get(k) for k in METRIC_NAMES},
                 **lrs,
-                "prog/o2m": w_o2m,
-                "prog/o2o": w_o2o,
+                "prog/o2m": weights["one2many"],
+                "prog/o2o": weights["one2one"],
                 "img_s": n_img * self.world_size / max(epoch_s, 1e-9),
                 "epoch_s": epoch_s,
             }
@@ -381,7 +378,6 @@ class Trainer:
     def _plots(self) -> None:
         """results.png, PR curves, confusion matrix, confidence/calibration, label statistics and a val
         mosaic of the best epoch; a plot that fails only logs a warning."""
-        from kubedistill.eval.plots import write_run_plots
 
         best = self.best_val
         out = write_run_plots(self.save_dir, results_csv=self.save_dir / "results.csv", metrics=best.metrics if best else None,
@@ -394,7 +390,7 @@ class Trainer:
 
     @property
     def model_names(self) -> list[str]:
-        return list(_unwrap(self.model).names)
+        return list(unwrap(self.model).names)
 
     def _train_epoch(self, epoch: int) -> tuple[dict[str, float], int, dict[str, float]]:
         cfg = self.cfg
@@ -409,15 +405,9 @@ class Trainer:
         for i, batch in enumerate(self.train_loader):
             ni = epoch * self.nb + i
             lrs = self.schedule.apply(self.optimizer, ni)
-            img = batch["img"].to(self.device, non_blocking=True).float() / 255.0
-            batch["img"] = img
+            img = batch["img"] = to_input(batch["img"], self.device)
             with torch.autocast(self.device.type, enabled=self.use_amp):
-                preds = self.model(img)
-                loss, items = self.loss_fn(preds, batch, self.prog_weights)
-                extra, extra_items = self.extra_loss(batch, preds)
-                if extra is not None:
-                    loss = loss + extra
-                    items = {**items, **extra_items}
+                loss, items = self.objective(batch)
             if self.world_size > 1:
                 loss = loss * self.world_size  # DDP averages gradients; keep the sum over the global batch
             finite = du.all_true(bool(torch.isfinite(loss)), self.device)
@@ -453,17 +443,13 @@ class Trainer:
             )
 
     def _optimizer_step(self) -> None:
-        self.scaler.unscale_(self.optimizer)
-        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(params, max_norm=GRAD_CLIP)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        clipped_step(self.optimizer, self.scaler)
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.model)
 
     # ----------------------------------------------------------------------------- outputs
     def _model_record(self) -> dict:
-        return {"meta": _unwrap(self.model).meta(), "state_dict": {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in self.ema.ema.state_dict().items()}}
+        return {"meta": unwrap(self.model).meta(), "state_dict": {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in self.ema.ema.state_dict().items()}}
 
     def _save(self, epoch: int, improved: bool, metrics: dict) -> None:
         common = {
@@ -479,12 +465,11 @@ class Trainer:
         last = {
             **common,
             "best_metrics": self.best_metrics,
-            "train_state_dict": {k: v.detach().cpu() for k, v in _unwrap(self.model).state_dict().items()},
+            "train_state_dict": {k: v.detach().cpu() for k, v in unwrap(self.model).state_dict().items()},
             "ema_updates": self.ema.updates,
             "optimizer": self.optimizer.state_dict(),
-            "loss_state": self.loss_fn.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-            **self.checkpoint_extras(),
+            **self.objective.state_dict(),
         }
         atomic_torch_save(last, self.wdir / "last.pt")
         if improved:

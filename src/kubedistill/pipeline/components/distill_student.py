@@ -14,29 +14,30 @@ def distill_student(
     model: Output[Model],
     onnx: Output[Model],
     metrics: Output[Metrics],
-    student_model: str = "yolo-n",
-    epochs: int = 100,
-    imgsz: int = 640,
-    dis: float = 6.0,
-    optimizer: str = "auto",
-    lr0: float = 0.01,
-    lrf: float = 0.01,
-    label_smoothing: float = 0.0,
-    box_loss: str = "ciou",
-    cls_loss: str = "bce",
-    extra_config: dict = {},
-    mlflow_experiment: str = "kubedistill",
+    student_model: str,
+    epochs: int,
+    imgsz: int,
+    dis: float,
+    optimizer: str,
+    lr0: float,
+    lrf: float,
+    label_smoothing: float,
+    box_loss: str,
+    cls_loss: str,
+    extra_config: dict,
+    mlflow_experiment: str,
 ):
     """Train the student with the teacher's features as an extra target (gain dis), then export it to an
-    end-to-end ONNX model checked against torch. Writes best.pt and model.onnx."""
+    end-to-end ONNX model checked against torch. Writes best.pt and model.onnx. The training options have no
+    defaults here: the pipeline passes each (its defaults are TrainConfig's)."""
     from pathlib import Path
 
     from kubedistill.pipeline.steps import export_step, run, train_step
 
-    res = run(train_step, dataset.path, model.path, role="student", model=student_model, epochs=epochs, imgsz=imgsz,
-              optimizer=optimizer, lr0=lr0, lrf=lrf, label_smoothing=label_smoothing, box_loss=box_loss, cls_loss=cls_loss,
-              extra_config=extra_config, fingerprint=fingerprint, experiment=mlflow_experiment, teacher=teacher.path, dis=dis,
-              work=Path(model.path).parent / "training")
+    options = dict(model=student_model, epochs=epochs, imgsz=imgsz, dis=dis, optimizer=optimizer, lr0=lr0, lrf=lrf,
+                   label_smoothing=label_smoothing, box_loss=box_loss, cls_loss=cls_loss)
+    res = run(train_step, dataset.path, model.path, role="student", options=options, extra_config=extra_config,
+              fingerprint=fingerprint, experiment=mlflow_experiment, teacher=teacher.path, work=Path(model.path).parent / "training")
     exp = run(export_step, model.path, onnx.path, done=res.get("onnx", ""))
     model.metadata.update({"role": "student", "source": res["source"], "data_fingerprint": fingerprint,
                            "mlflow_run_id": res["mlflow_run_id"], "teacher_mlflow_run_id": teacher.metadata.get("mlflow_run_id", ""),

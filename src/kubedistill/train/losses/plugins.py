@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from kubedistill.errors import ConfigError
+from kubedistill.core.errors import ConfigError
 
 ENTRY_POINT_GROUP = "kubedistill.losses"
 

@@ -1,97 +1,18 @@
-"""Detection losses: a registry of box and class losses, the per-head loss, and ProgLoss weighting.
+"""The detection criterion: the loss of both heads, combined by ProgLoss weights.
 
 Each term is normalised by the sum of target scores, so its scale does not depend on how many
-positives a batch has or on the feature-map sizes. Box term = IoU-family loss + L1 on the four edge
-distances normalised by image size; class term = an element-wise class loss (BCE by default).
-
-Registry interface (entries: BOX_LOSSES / CLS_LOSSES, filled here and in `loss_zoo`; user plugins as
-"module:attr" or a `kubedistill.losses` entry point, checked by `loss_plugins`; see docs/losses.md):
-- box loss: nn.Module, forward(pred [N, 4] xyxy, target [N, 4] xyxy) -> per-box loss [N];
-- class loss: nn.Module, forward(logits [..., C], targets [..., C] in [0, 1]) -> element-wise loss [..., C].
-A registered factory may take keyword arguments filled from config fields (`register_*_loss(name,
-hyp={"kwarg": "config_field"})`); `build_*_loss(name, hyp=cfg)` passes them (None values are skipped).
+positives a batch has or on the feature-map sizes. Box term = a registered box loss (IoU family by
+default) + L1 on the four edge distances normalised by image size; class term = a registered
+element-wise class loss (BCE by default).
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from kubedistill.model.head import bbox2dist, dist2bbox, make_anchors
 from kubedistill.train.assigner import TaskAlignedAssigner
-from kubedistill.train.iou import IOU_KINDS, bbox_iou
-
-BOX_LOSSES: dict[str, Callable[..., nn.Module]] = {}
-CLS_LOSSES: dict[str, Callable[..., nn.Module]] = {}
-# registered name -> {factory keyword: TrainConfig field}, per option
-LOSS_HYP: dict[str, dict[str, dict[str, str]]] = {"box_loss": {}, "cls_loss": {}}
-
-
-def register_box_loss(name: str, hyp: dict[str, str] | None = None):
-    def deco(factory):
-        BOX_LOSSES[name] = factory
-        LOSS_HYP["box_loss"][name] = dict(hyp or {})
-        return factory
-
-    return deco
-
-
-def register_cls_loss(name: str, hyp: dict[str, str] | None = None):
-    def deco(factory):
-        CLS_LOSSES[name] = factory
-        LOSS_HYP["cls_loss"][name] = dict(hyp or {})
-        return factory
-
-    return deco
-
-
-def _build(registry: dict, kind: str, name: str, hyp=None, **kwargs) -> nn.Module:
-    if name in registry:
-        params = {}
-        if hyp is not None:
-            for arg, field in LOSS_HYP[kind].get(name, {}).items():
-                value = getattr(hyp, field, None)
-                if value is not None:
-                    params[arg] = value
-        params.update(kwargs)
-        return registry[name](**params)
-    from kubedistill.train.loss_plugins import load_loss_plugin  # a dotted path or an entry point
-
-    return load_loss_plugin(kind, name, builtin=sorted(registry))
-
-
-def build_box_loss(name: str, hyp=None, **kwargs) -> nn.Module:
-    """Registered box loss `name` (keywords from `hyp` per LOSS_HYP, then `kwargs`), or a checked plugin."""
-    return _build(BOX_LOSSES, "box_loss", name, hyp, **kwargs)
-
-
-def build_cls_loss(name: str, hyp=None, **kwargs) -> nn.Module:
-    """Registered class loss `name` (keywords from `hyp` per LOSS_HYP, then `kwargs`), or a checked plugin."""
-    return _build(CLS_LOSSES, "cls_loss", name, hyp, **kwargs)
-
-
-class IoULoss(nn.Module):
-    """1 - IoU-family score, per box."""
-
-    def __init__(self, kind: str = "ciou"):
-        super().__init__()
-        self.kind = kind
-
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return 1.0 - bbox_iou(pred, target, kind=self.kind).squeeze(-1)
-
-
-for _kind in IOU_KINDS:
-    register_box_loss(_kind)(lambda _k=_kind, **kw: IoULoss(_k, **kw))
-
-
-@register_cls_loss("bce")
-class BCELoss(nn.Module):
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+from kubedistill.train.losses.registry import build_box_loss, build_cls_loss
 
 
 def progloss_weights(epoch: int, epochs: int, start: float = 0.8, end: float = 0.1) -> tuple[float, float]:
@@ -199,6 +120,3 @@ class DetectionLoss:
             total = total + weights[head] * self.head_loss(out, targets, imgsz_hw, self.assigners[head])
         items = {"box_loss": total[0].detach(), "cls_loss": total[1].detach(), "l1_loss": total[2].detach()}
         return total.sum() * bsz, items
-
-
-from kubedistill.train import loss_zoo as _loss_zoo  # noqa: E402,F401  registers wiou ... ghm

@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from kubedistill.data.images import decode_image, read_image
+from kubedistill.serve.model import OnnxDetector
+
 try:  # the class must subclass PythonModel to be logged; importing this module without mlflow still works
     from mlflow.pyfunc import PythonModel
 except ImportError:  # pragma: no cover - mlflow is installed wherever a pyfunc is logged or loaded
@@ -35,7 +38,6 @@ COLUMNS = ["image", "class_id", "class_name", "score", "x1", "y1", "x2", "y2"]
 
 def to_images(data: Any) -> list[np.ndarray]:
     """Whatever `predict` was given -> a list of RGB uint8 HxWx3 arrays."""
-    from kubedistill.data.images import decode_image, read_image
 
     if hasattr(data, "columns"):  # pandas DataFrame
         if "image" not in data.columns:
@@ -70,7 +72,6 @@ class OnnxDetectorModel(PythonModel):
     """pyfunc wrapper around `kubedistill.serve.model.OnnxDetector`."""
 
     def load_context(self, context) -> None:
-        from kubedistill.serve.model import OnnxDetector
 
         self.detector = OnnxDetector(context.artifacts["onnx"])
 

@@ -7,11 +7,15 @@ removed and the target is untouched.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+
+import numpy as np
 
 
 def _umask() -> int:
@@ -54,3 +58,45 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def none_if_nan(value: Any) -> Any:
+    value = float(value)
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+def json_safe(obj: Any) -> Any:
+    """Copy of ``obj`` that ``json.dumps(..., allow_nan=False)`` accepts.
+
+    numpy scalars/arrays become Python numbers/lists, nan and inf become ``None``, tuples become
+    lists, other non-JSON objects (paths, ...) become ``str``.
+    """
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return none_if_nan(obj)
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return str(obj)
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> Path:
+    """Write ``obj`` as json to ``path`` atomically (temp file in the same folder, then os.replace).
+
+    Parent folders are created. numpy values are converted and nan/inf are written as ``null``
+    (see :func:`json_safe`), so the file is always strict JSON. Readers see
+    either the old file or the complete new one, never a partial write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(json_safe(obj), indent=indent, allow_nan=False)
+    atomic_write_text(path, text + "\n")
+    return path

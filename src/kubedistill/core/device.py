@@ -7,7 +7,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from kubedistill.errors import ConfigError
+from kubedistill.core.errors import ConfigError
 
 
 def world() -> tuple[int, int, int]:

@@ -1,11 +1,4 @@
-"""More box and class losses for the registry in `losses` (imported at its end, which registers them).
-
-Box losses (pred [N, 4] xyxy, target [N, 4] xyxy -> per-box loss [N]); `eiou` and `siou` are plain
-1 - score entries of the IoU family (see `iou.py`), registered with the others in `losses`:
-- `alpha_iou`: 1 - IoU^alpha (He et al. 2021, "Alpha-IoU"), alpha = config `alpha_iou` (3);
-- `wiou`: Wise-IoU v3 (Tong et al. 2023, arXiv:2301.10051), a module with a running-mean buffer.
-
-Class losses (logits [..., C], soft targets [..., C] in [0, 1] -> element-wise loss [..., C]), all
+"""Class losses: `bce` (the default), and (logits [..., C], soft targets [..., C] in [0, 1] -> element-wise loss [..., C]), all
 built on the element-wise BCE so that DetectionLoss's "sum, then divide by the target-score sum" holds:
 - `focal`: alpha_t * (1 - p_t)^gamma * BCE (Lin et al. 2017), soft-target form;
 - `varifocal`: (q if q > 0 else alpha * p^gamma) * BCE (Zhang et al. 2021, VarifocalNet);
@@ -20,79 +13,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kubedistill.train.iou import box_geometry
-from kubedistill.train.losses import register_box_loss, register_cls_loss
-
 _TINY = 1e-12  # floor of the bases raised to a (possibly < 1) power, so gradients stay finite
-
-
-@register_box_loss("alpha_iou", hyp={"alpha": "alpha_iou"})
-class AlphaIoULoss(nn.Module):
-    """Alpha-IoU: loss = 1 - IoU^alpha per box. alpha > 1 up-weights the loss and gradient of
-    high-IoU boxes relative to plain IoU loss; alpha = 1 is the IoU loss."""
-
-    def __init__(self, alpha: float = 3.0, eps: float = 1e-7):
-        super().__init__()
-        self.alpha = float(alpha)
-        self.eps = eps
-
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        iou = box_geometry(pred, target, self.eps).iou.squeeze(-1)
-        return 1.0 - iou.clamp(min=self.eps).pow(self.alpha)
-
-
-@register_box_loss("wiou", hyp={"momentum": "wiou_momentum"})
-class WIoULoss(nn.Module):
-    """Wise-IoU v3 (Tong et al. 2023, "Wise-IoU: Bounding Box Regression Loss with Dynamic Focusing
-    Mechanism", arXiv:2301.10051), per box:
-
-        L_IoU  = 1 - IoU
-        R_WIoU = exp(rho^2 / c^2*)     rho: centre distance, c: enclosing-box diagonal, * = detached
-        beta   = L_IoU* / mean(L_IoU)  outlier degree, against a running mean (buffer `iou_mean`)
-        r      = beta / (delta * alpha^(beta - delta))   non-monotonic focusing, alpha 1.9, delta 3
-        L      = r * R_WIoU * L_IoU
-
-    r is 1 at beta = delta, largest (about 1.31) at beta = 1 / ln(alpha) ~ 1.56 and falls towards
-    0 for both very good (beta -> 0) and outlier (large beta) boxes. Only R_WIoU and L_IoU carry
-    gradient (r and the c^2 in R_WIoU are detached, as in the paper).
-
-    State: `iou_mean` (a buffer, so it is in state_dict and follows .to()) starts at 1 and is updated
-    once per forward, before beta is computed, only in training mode (`module.train()`, the default):
-    iou_mean <- (1 - m) * iou_mean + m * batch mean of L_IoU. The paper's m = 1 - 0.05^(1 / (n * t))
-    (n batches per epoch, t epochs for the mean to settle) is about 0.01 for n * t = 300; the default is
-    the config field `wiou_momentum` = 0.01. In eval mode the mean is only read. Under DDP each rank
-    keeps its own mean (they see different boxes; the difference is small at this momentum).
-    """
-
-    def __init__(self, momentum: float = 0.01, alpha: float = 1.9, delta: float = 3.0, eps: float = 1e-7):
-        super().__init__()
-        if not 0.0 < momentum <= 1.0:
-            raise ValueError(f"wiou momentum must be in (0, 1], got {momentum}")
-        self.momentum = float(momentum)
-        self.alpha = float(alpha)
-        self.delta = float(delta)
-        self.eps = eps
-        self.register_buffer("iou_mean", torch.tensor(1.0))
-
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        g = box_geometry(pred, target, self.eps)
-        l_iou = (1.0 - g.iou).squeeze(-1)
-        r_wiou = torch.exp(g.rho2 / g.c2(self.eps).detach()).squeeze(-1)
-        if self.iou_mean.device != l_iou.device:
-            self.iou_mean = self.iou_mean.to(l_iou.device)
-        if self.training and l_iou.numel():
-            with torch.no_grad():
-                self.iou_mean.mul_(1.0 - self.momentum).add_(self.momentum * l_iou.detach().float().mean())
-        beta = l_iou.detach() / self.iou_mean.clamp(min=1e-6).to(l_iou.dtype)
-        r = beta / (self.delta * torch.pow(torch.full_like(beta, self.alpha), beta - self.delta))
-        return r * r_wiou * l_iou
 
 
 def _bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
 
 
-@register_cls_loss("focal", hyp={"gamma": "fl_gamma", "alpha": "fl_alpha"})
+class BCELoss(nn.Module):
+    """Element-wise binary cross-entropy on logits (the default class loss)."""
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return _bce(logits, targets)
+
+
 class FocalLoss(nn.Module):
     """Focal loss (Lin et al. 2017), for soft targets y in [0, 1]:
 
@@ -114,7 +48,6 @@ class FocalLoss(nn.Module):
         return alpha_t * (1 - p_t).clamp(min=_TINY).pow(self.gamma) * _bce(logits, targets)
 
 
-@register_cls_loss("varifocal", hyp={"gamma": "fl_gamma", "alpha": "fl_alpha"})
 class VarifocalLoss(nn.Module):
     """Varifocal loss (Zhang et al. 2021, VarifocalNet), q = the soft target (IoU-aware score):
 
@@ -136,7 +69,6 @@ class VarifocalLoss(nn.Module):
         return weight * _bce(logits, targets)
 
 
-@register_cls_loss("qfl", hyp={"beta": "fl_gamma"})
 class QualityFocalLoss(nn.Module):
     """Quality Focal Loss (Li et al. 2020, Generalized Focal Loss): loss = |y - p|^beta * BCE(x, y)
     with soft y (here the assigner's target score). Default beta 2 (config fl_gamma)."""
@@ -150,7 +82,6 @@ class QualityFocalLoss(nn.Module):
         return (targets - p).abs().clamp(min=_TINY).pow(self.beta) * _bce(logits, targets)
 
 
-@register_cls_loss("ghm", hyp={"bins": "ghm_bins", "momentum": "ghm_momentum"})
 class GHMCLoss(nn.Module):
     """GHM-C (Li et al. 2019, "Gradient Harmonized Single-stage Detector"): element-wise BCE times
 

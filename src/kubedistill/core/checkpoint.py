@@ -1,4 +1,4 @@
-"""Checkpoints: plain data and state dicts only (torch.load(weights_only=True) opens them), written atomically.
+"""Checkpoint I/O: plain data and state dicts only (torch.load(weights_only=True) opens them), written atomically.
 
 Layout:
   model:       {"meta": {scale, nc, names, strides}, "state_dict": EMA weights}  -- what inference needs
@@ -14,9 +14,8 @@ from typing import Any
 
 import torch
 
-from kubedistill.atomic import atomic_path
-from kubedistill.errors import UserError
-from kubedistill.model.yolo import DetectionModel
+from kubedistill.core.atomic import atomic_path
+from kubedistill.core.errors import UserError
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -38,20 +37,6 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt.get("model", {}):
         raise UserError(f"'{p}' is not a kubedistill checkpoint", "Use a best.pt/last.pt written by kubedistill train")
     return ckpt
-
-
-def model_from_checkpoint(ckpt: dict, weights: str = "model") -> DetectionModel:
-    """Rebuild the network; weights='model' takes the EMA (inference) weights, 'train' the raw ones."""
-    meta = ckpt["model"]["meta"]
-    model = DetectionModel(meta["scale"], nc=meta["nc"], names=meta["names"])
-    sd = ckpt["train_state_dict"] if weights == "train" else ckpt["model"]["state_dict"]
-    model.load_state_dict(sd)
-    return model
-
-
-def load_model(path: str | Path) -> tuple[DetectionModel, dict]:
-    ckpt = load_checkpoint(path)
-    return model_from_checkpoint(ckpt), ckpt
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -13,17 +13,16 @@ import math
 import time
 from pathlib import Path
 
-from kubedistill.errors import UserError
+from kubedistill.core.errors import UserError
+from kubedistill.core.names import PROMOTION_METRICS
 from kubedistill.track.registry import CHAMPION, PREVIOUS, champion, client, fetch_model, resolve_uri, version_info
-
-METRICS = ("mAP50-95", "mAP50", "mAP75", "AP_small", "AP_medium", "AP_large", "precision", "recall", "f1")
 
 
 def evaluate_version(name: str, version: str, data: str | Path, *, tracking_uri: str = "", imgsz: int | None = None,
                      batch: int = 16, workers: int = 2, device: str = "", cache: Path | None = None) -> dict:
     """COCO metrics of registered version `version` on `data` (its training imgsz unless given)."""
     from kubedistill.eval.run import run_val
-    from kubedistill.train.checkpoint import load_model
+    from kubedistill.model.checkpoint import load_model
 
     pt = fetch_model(f"models:/{name}/{version}", cache, kind="pt", tracking_uri=tracking_uri)
     model, ckpt = load_model(pt)
@@ -49,8 +48,8 @@ def promote(model_name: str, version: str, data: str | Path, *, metric: str = "m
             tracking_uri: str = "", imgsz: int | None = None, batch: int = 16, workers: int = 2, device: str = "",
             cache: Path | None = None) -> dict:
     """Evaluate candidate and champion now, move `champion` if the candidate passes; returns the decision."""
-    if metric not in METRICS:
-        raise UserError(f"Unknown promotion metric '{metric}'", f"Use one of: {', '.join(METRICS)}")
+    if metric not in PROMOTION_METRICS:
+        raise UserError(f"Unknown promotion metric '{metric}'", f"Use one of: {', '.join(PROMOTION_METRICS)}")
     uri = resolve_uri(tracking_uri)[0]
     version = str(version)
     version_info(model_name, version, tracking_uri=uri)  # fails clearly when the candidate does not exist
