@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 
 lint: install
 	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
 
 test: install lint
 	$(PY) -m pytest

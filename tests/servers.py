@@ -77,14 +77,24 @@ class S3Server:
 
     def env(self) -> dict[str, str]:
         """The environment a client (boto3, MLflow) needs to reach this store."""
-        return {"AWS_ENDPOINT_URL": self.endpoint, "MLFLOW_S3_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.key,
-                "AWS_SECRET_ACCESS_KEY": self.secret, "AWS_DEFAULT_REGION": self.region}
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.key,
+            "AWS_SECRET_ACCESS_KEY": self.secret,
+            "AWS_DEFAULT_REGION": self.region,
+        }
 
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.key, aws_secret_access_key=self.secret,
-                            region_name=self.region)
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.key,
+            aws_secret_access_key=self.secret,
+            region_name=self.region,
+        )
 
     def bucket(self, name: str) -> str:
         """Create bucket `name` once; returns the name."""
@@ -101,10 +111,25 @@ def seaweedfs(workdir: Path, timeout: float = 60.0):
     """A SeaweedFS `weed mini` with S3 on a free loopback port; yields an S3Server."""
     workdir.mkdir(parents=True, exist_ok=True)
     s3, master, volume, filer, admin, metrics, *grpc = _free_ports(11)
-    cmd = [_bin("weed"), "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
-           "-webdav=false", "-admin.ui=false", f"-s3.port={s3}", f"-master.port={master}", f"-volume.port={volume}",
-           f"-filer.port={filer}", f"-admin.port={admin}", f"-metricsPort={metrics}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-           *(f"-{c}.port.grpc={p}" for c, p in zip(("s3", "master", "volume", "filer", "admin"), grpc))]
+    cmd = [
+        _bin("weed"),
+        "mini",
+        f"-dir={workdir / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        "-webdav=false",
+        "-admin.ui=false",
+        f"-s3.port={s3}",
+        f"-master.port={master}",
+        f"-volume.port={volume}",
+        f"-filer.port={filer}",
+        f"-admin.port={admin}",
+        f"-metricsPort={metrics}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        *(f"-{c}.port.grpc={p}" for c, p in zip(("s3", "master", "volume", "filer", "admin"), grpc)),
+    ]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
     log = workdir / "weed.log"
     with open(log, "wb") as fh:
@@ -120,7 +145,7 @@ def seaweedfs(workdir: Path, timeout: float = 60.0):
                 break
             except Exception:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"SeaweedFS S3 not ready after {timeout:.0f}s:\n{_log_tail(log)}")
+                    raise RuntimeError(f"SeaweedFS S3 not ready after {timeout:.0f}s:\n{_log_tail(log)}") from None
                 time.sleep(0.3)
         yield server
     finally:
@@ -139,8 +164,20 @@ def mlflow_server(workdir: Path, s3: S3Server, bucket: str = "mlflow", timeout: 
     workdir.mkdir(parents=True, exist_ok=True)
     s3.bucket(bucket)
     port = free_port()
-    cmd = [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}", "--artifacts-destination", f"s3://{bucket}/artifacts"]
+    cmd = [
+        _bin("mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination",
+        f"s3://{bucket}/artifacts",
+    ]
     env = {**os.environ, **s3.env(), "MLFLOW_TRACKING_URI": ""}
     env.pop("MLFLOW_TRACKING_URI")
     log = workdir / "mlflow.log"

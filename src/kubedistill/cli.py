@@ -5,19 +5,43 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
 
+import click
 import typer
 
+from kubedistill.benchmark.serve import run_serve_benchmark
+from kubedistill.config import TrainConfig, parse_cli_overrides, train_config
+from kubedistill.core.atomic import atomic_write_text, write_json_atomic
 from kubedistill.core.errors import UserError
 from kubedistill.core.names import METRIC_NAMES
+from kubedistill.data.check import check_dataset
+from kubedistill.data.dataset_yaml import load_data_yaml
+from kubedistill.data.fetch import fetch_dataset, resolve_data
+from kubedistill.data.images import read_image
+from kubedistill.deploy.helm import user_values
+from kubedistill.deploy.run import deploy, dry_run_text, log_to_stderr
+from kubedistill.detector import Detector
+from kubedistill.eval.predictions import draw_detections, to_coco_predictions_json
+from kubedistill.pipeline.cli import add_pipeline_commands
+from kubedistill.release.promote import promote
+from kubedistill.serve.config import option_help
+from kubedistill.track.logger import sync
+from kubedistill.track.runs import run_info
+from kubedistill.train import build_trainer
+from kubedistill.train.lr_finder import find_lr
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, distill, evaluate and serve YOLO-style detectors.")
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: a built-in demo set, fetching (S3, archives) and a checker.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Train, distill, evaluate and serve YOLO-style detectors."
+)
+data_app = typer.Typer(
+    no_args_is_help=True, help="Datasets: a built-in demo set, fetching (S3, archives) and a checker."
+)
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (figures go to docs/benchmarks.md).")
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="benchmark")
-app.add_typer(tune_app := typer.Typer(no_args_is_help=True, help="Tuning helpers: the learning-rate finder."), name="tune")
+app.add_typer(
+    tune_app := typer.Typer(no_args_is_help=True, help="Tuning helpers: the learning-rate finder."), name="tune"
+)
 
 
 def _echo_json(obj) -> None:
@@ -41,8 +65,16 @@ def data_synth(
     if not 1 <= classes <= len(SHAPES):
         raise UserError(f"--classes {classes} is out of range", f"Use 1 to {len(SHAPES)}")
     try:
-        path = make_synth(out, train=train, val=val, imgsz=imgsz, seed=seed, names=SHAPES[:classes],
-                          min_size=min_size, max_objects=max_objects)
+        path = make_synth(
+            out,
+            train=train,
+            val=val,
+            imgsz=imgsz,
+            seed=seed,
+            names=SHAPES[:classes],
+            min_size=min_size,
+            max_objects=max_objects,
+        )
     except ValueError as e:
         raise UserError(f"Cannot make the demo set: {e}", "Adjust the options named") from None
     typer.echo(f"wrote {path} ({train} train, {val} val images at {imgsz}px)")
@@ -50,7 +82,9 @@ def data_synth(
 
 @data_app.command("fetch")
 def data_fetch(
-    uri: str = typer.Argument(..., help="s3://bucket/prefix/, a local or s3:// .zip/.tar/.tar.gz archive, or a local data.yaml or folder."),
+    uri: str = typer.Argument(
+        ..., help="s3://bucket/prefix/, a local or s3:// .zip/.tar/.tar.gz archive, or a local data.yaml or folder."
+    ),
     dest: Path = typer.Argument(..., help="Folder to fetch into (unchanged files are reused on the next fetch)."),
 ):
     """Fetch a dataset (S3 prefix or archive, extracted safely) into DEST; prints the path of its data.yaml."""
@@ -60,10 +94,12 @@ def data_fetch(
 
 @data_app.command("check")
 def data_check(
-    data: str = typer.Argument(..., help="data.yaml, a folder holding one, an s3:// prefix or an archive (fetched into the cache first)."),
+    data: str = typer.Argument(
+        ..., help="data.yaml, a folder holding one, an s3:// prefix or an archive (fetched into the cache first)."
+    ),
     splits: str = typer.Option("train,val", help="Comma-separated splits to check."),
     min_usable: float = typer.Option(0.5, help="Fail when less than this fraction of a split is usable."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the full report as JSON."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the full report as JSON."),
 ):
     """Check a dataset: every problem with file and line; exit 1 when too little is usable."""
 
@@ -96,7 +132,9 @@ def _train_help() -> str:
     return "\n".join(lines)
 
 
-@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+@app.command(
+    "train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False
+)
 def train_cmd(ctx: typer.Context):
     """Train a detector (run `kubedistill train --help` for every option)."""
 
@@ -112,17 +150,11 @@ def train_cmd(ctx: typer.Context):
     typer.echo(f"best weights: {res['best']}")
 
 
-def _load(weights: Path):
-    from kubedistill.model.checkpoint import load_model
-
-    return load_model(weights)
-
-
 @app.command("val")
 def val_cmd(
     weights: Path = typer.Option(..., help="Checkpoint (best.pt/last.pt)."),
-    data: Optional[str] = typer.Option(None, help="data.yaml (default: the one the model was trained on)."),
-    imgsz: Optional[int] = typer.Option(None, help="Image size (default: training imgsz)."),
+    data: str | None = typer.Option(None, help="data.yaml (default: the one the model was trained on)."),
+    imgsz: int | None = typer.Option(None, help="Image size (default: training imgsz)."),
     batch: int = typer.Option(16),
     conf: float = typer.Option(0.001, help="Score threshold."),
     iou: float = typer.Option(0.7, help="NMS IoU threshold (--nms only)."),
@@ -134,14 +166,19 @@ def val_cmd(
     out: Path = typer.Option(Path("metrics.json"), help="Where to write metrics.json."),
 ):
     """COCO metrics (faster-coco-eval) of a checkpoint on a dataset split."""
-    from kubedistill.eval.run import run_val
-
-    model, ckpt = _load(weights)
-    data = data or ckpt["train_args"].get("data")
-    if not data:
-        raise UserError("No dataset to validate on", "Pass --data path/to/data.yaml")
-    res = run_val(model, data, imgsz=imgsz or int(ckpt["train_args"]["imgsz"]), batch=batch, device=device, conf=conf,
-                  iou=iou, max_det=max_det, nms=nms, split=split, workers=workers, out=out)
+    res = Detector(str(weights)).val(
+        data,
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        conf=conf,
+        iou=iou,
+        max_det=max_det,
+        nms=nms,
+        split=split,
+        workers=workers,
+        out=out,
+    )
     keys = (*METRIC_NAMES, "ms_per_img")
     _echo_json({k: res[k] for k in keys})
     typer.echo(f"wrote {out}")
@@ -153,7 +190,7 @@ def predict_cmd(
     source: Path = typer.Option(..., help="Image file or folder."),
     out: Path = typer.Option(Path("preds.json"), help="COCO results JSON to write."),
     conf: float = typer.Option(0.25),
-    imgsz: Optional[int] = typer.Option(None, help="Image size (default: training imgsz)."),
+    imgsz: int | None = typer.Option(None, help="Image size (default: training imgsz)."),
     max_det: int = typer.Option(300),
     nms: bool = typer.Option(False, "--nms", help="One-to-many head + NMS instead of the NMS-free head."),
     iou: float = typer.Option(0.7),
@@ -161,15 +198,10 @@ def predict_cmd(
     save_images: bool = typer.Option(False, "--save-images", help="Also draw boxes into OUT_images/."),
 ):
     """Detect objects in images; writes COCO-format results (boxes in original pixels)."""
-    from kubedistill.core.device import select_device
-    from kubedistill.predict import list_images, predict_files
-
-    model, ckpt = _load(weights)
-    files = list_images(source)
-    dev = select_device(device)
-    model.to(dev)
-    preds = predict_files(model, files, imgsz or int(ckpt["train_args"]["imgsz"]), dev, conf=conf, iou=iou, max_det=max_det, nms=nms)
-    write_json_atomic(out, to_coco_predictions_json([str(f) for f in files], preds, model.names))
+    det = Detector(str(weights))
+    files = det.images(source)
+    preds = det.predict(files, conf=conf, imgsz=imgsz, max_det=max_det, nms=nms, iou=iou, device=device)
+    write_json_atomic(out, to_coco_predictions_json([str(f) for f in files], preds, det.names))
     n = sum(len(p.scores) for p in preds)
     typer.echo(f"{n} detections in {len(files)} images -> {out}")
     if save_images:
@@ -178,7 +210,7 @@ def predict_cmd(
         img_dir = out.parent / f"{out.stem}_images"
         img_dir.mkdir(parents=True, exist_ok=True)
         for f, p in zip(files, preds):
-            drawn = draw_detections(read_image(f), p, model.names, conf=conf)
+            drawn = draw_detections(read_image(f), p, det.names, conf=conf)
             cv2.imwrite(str(img_dir / f"{f.stem}.jpg"), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
         typer.echo(f"drawn images in {img_dir}")
 
@@ -187,11 +219,14 @@ def predict_cmd(
 def export_cmd(
     weights: Path = typer.Option(..., help="Checkpoint (best.pt)."),
     format: str = typer.Option("onnx", help="Export format (onnx)."),
-    out: Optional[Path] = typer.Option(None, help="Output file (default: next to the weights, .onnx)."),
-    imgsz: Optional[int] = typer.Option(None, help="Input size (default: training imgsz)."),
+    out: Path | None = typer.Option(None, help="Output file (default: next to the weights, .onnx)."),
+    imgsz: int | None = typer.Option(None, help="Input size (default: training imgsz)."),
     dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch dimension."),
-    half: bool = typer.Option(False, "--half", help="fp16 weights and input: for GPU serving (onnxruntime on a CPU runs it, "
-                                                   "slower than fp32)."),
+    half: bool = typer.Option(
+        False,
+        "--half",
+        help="fp16 weights and input: for GPU serving (onnxruntime on a CPU runs it, slower than fp32).",
+    ),
     max_det: int = typer.Option(300, help="Detections per image in the output."),
     opset: int = typer.Option(18),
     device: str = typer.Option(""),
@@ -201,9 +236,13 @@ def export_cmd(
         raise UserError(f"Unknown export format '{format}'", "Use --format onnx")
     from kubedistill.model.export import export_onnx
 
-    res = export_onnx(weights, out, imgsz=imgsz, dynamic=dynamic, half=half, max_det=max_det, opset=opset, device=device)
-    typer.echo(f"wrote {res['path']} (imgsz {res['imgsz']}, max_det {res['max_det']}, dynamic={res['dynamic']}); "
-               f"matches torch on {res['checked_detections']} detections (score atol {res['score_atol']}, box atol {res['box_atol_px']} px)")
+    res = export_onnx(
+        weights, out, imgsz=imgsz, dynamic=dynamic, half=half, max_det=max_det, opset=opset, device=device
+    )
+    typer.echo(
+        f"wrote {res['path']} (imgsz {res['imgsz']}, max_det {res['max_det']}, dynamic={res['dynamic']}); "
+        f"matches torch on {res['checked_detections']} detections (score atol {res['score_atol']}, box atol {res['box_atol_px']} px)"
+    )
 
 
 @app.command("info")
@@ -213,11 +252,12 @@ def info_cmd(
     nc: int = typer.Option(80, help="Classes (scale names only)."),
 ):
     """Parameters and GFLOPs (torch.utils.flop_counter) at an image size."""
+    from kubedistill.model.checkpoint import load_model
     from kubedistill.model.info import model_info
     from kubedistill.model.yolo import DetectionModel, parse_scale
 
     if model.endswith(".pt"):
-        m, _ = _load(Path(model))
+        m, _ = load_model(model)
     else:
         m = DetectionModel(parse_scale(model), nc=nc)
     info = model_info(m, imgsz)
@@ -231,7 +271,9 @@ def _int_list(text: str, option: str, example: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise UserError(f"{option} '{text}' is not a comma-separated list of integers", f"Write it like {option} {example}") from None
+        raise UserError(
+            f"{option} '{text}' is not a comma-separated list of integers", f"Write it like {option} {example}"
+        ) from None
 
 
 @bench_app.command("train")
@@ -242,49 +284,75 @@ def bench_train(
     iters: int = typer.Option(5, help="Timed iterations per measurement (after 2 warm-up)."),
     workers: int = typer.Option(2, help="DataLoader workers for the loader measurement."),
     device: str = typer.Option(""),
-    out: Optional[Path] = typer.Option(None, help="Also write the figures as JSON."),
+    out: Path | None = typer.Option(None, help="Also write the figures as JSON."),
 ):
     """Forward+backward img/s and data-loader img/s for each scale and size."""
     from kubedistill.benchmark.train import run_train_benchmark
 
-    rows = run_train_benchmark([s for s in scales.split(",") if s], list(_int_list(imgsz, "--imgsz", "320,640")), batch=batch,
-                               iters=iters, workers=workers, device=device)
+    rows = run_train_benchmark(
+        [s for s in scales.split(",") if s],
+        list(_int_list(imgsz, "--imgsz", "320,640")),
+        batch=batch,
+        iters=iters,
+        workers=workers,
+        device=device,
+    )
     if out:
-
         write_json_atomic(out, rows)
 
 
 @bench_app.command("distill")
 def bench_distill(
     out: Path = typer.Option(Path("runs/benchmark_distill"), help="Work folder (runs and the demo data)."),
-    data: Optional[str] = typer.Option(None, help="data.yaml (default: an easy built-in demo set)."),
+    data: str | None = typer.Option(None, help="data.yaml (default: an easy built-in demo set)."),
     student: str = typer.Option("n", help="Student scale."),
     teacher: str = typer.Option("s", help="Teacher scale (trained here unless --teacher-weights)."),
-    teacher_weights: Optional[str] = typer.Option(None, help="Use this teacher checkpoint instead of training one."),
+    teacher_weights: str | None = typer.Option(None, help="Use this teacher checkpoint instead of training one."),
     epochs: int = typer.Option(60, help="Student epochs, the same for (a) and (b)."),
     teacher_epochs: int = typer.Option(150),
     imgsz: int = typer.Option(96),
     batch: int = typer.Option(16),
-    seeds: str = typer.Option("0,1,2", help="Seeds, comma-separated: every arm trains once per seed; the summary gives the spread."),
-    arm: List[str] = typer.Option([], "--arm", help="A distilled arm's options, e.g. dis=6,dis_o2o=0.125 (repeatable; default: --dis)."),
+    seeds: str = typer.Option(
+        "0,1,2", help="Seeds, comma-separated: every arm trains once per seed; the summary gives the spread."
+    ),
+    arm: list[str] = typer.Option(
+        [], "--arm", help="A distilled arm's options, e.g. dis=6,dis_o2o=0.125 (repeatable; default: --dis)."
+    ),
     dis: float = typer.Option(6.0, help="Feature distillation gain of the single arm when no --arm is given."),
     steps: int = typer.Option(10, help="Timed steps for the cost measurement."),
     jobs: int = typer.Option(1, help="Seeds trained at once, in separate processes sharing the CPU threads."),
-    cost_only: bool = typer.Option(False, "--cost-only", help="Only time the training step, plain and per arm (needs --teacher-weights)."),
-    cost_imgsz: Optional[int] = typer.Option(None, help="Image size for the step timing (default: --imgsz)."),
+    cost_only: bool = typer.Option(
+        False, "--cost-only", help="Only time the training step, plain and per arm (needs --teacher-weights)."
+    ),
+    cost_imgsz: int | None = typer.Option(None, help="Image size for the step timing (default: --imgsz)."),
     device: str = typer.Option(""),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON."),
 ):
     """Student alone vs distilled (mAP50-95 at equal epochs, over seeds) and the step-time cost against its floor."""
     from kubedistill.benchmark.distill import parse_arm, run_distill_benchmark
 
     seed_list = _int_list(seeds, "--seeds", "0,1,2")
     arms = [parse_arm(a) for a in arm] or [parse_arm(f"dis={dis}")]
-    res = run_distill_benchmark(out, data=data, student=student, teacher=teacher, teacher_weights=teacher_weights, epochs=epochs,
-                                teacher_epochs=teacher_epochs, imgsz=imgsz, batch=batch, seeds=seed_list, arms=arms, steps=steps,
-                                device=device, jobs=jobs, cost_only=cost_only, cost_imgsz=cost_imgsz, echo=typer.echo)
+    res = run_distill_benchmark(
+        out,
+        data=data,
+        student=student,
+        teacher=teacher,
+        teacher_weights=teacher_weights,
+        epochs=epochs,
+        teacher_epochs=teacher_epochs,
+        imgsz=imgsz,
+        batch=batch,
+        seeds=seed_list,
+        arms=arms,
+        steps=steps,
+        device=device,
+        jobs=jobs,
+        cost_only=cost_only,
+        cost_imgsz=cost_imgsz,
+        echo=typer.echo,
+    )
     if json_out:
-
         write_json_atomic(json_out, res)
 
 
@@ -296,11 +364,14 @@ def tune_lr(
     steps: int = typer.Option(100, help="Optimizer steps (lr rises exponentially from --start-lr to --end-lr)."),
     smooth: float = typer.Option(0.05, help="Weight of the newest loss in the smoothed curve (1: no smoothing)."),
     diverge: float = typer.Option(4.0, help="Stop when the smoothed loss exceeds this x the best so far."),
-    out: Optional[Path] = typer.Option(None, help="Output folder (default: runs/lr_find, made unique like runs: lr_find2, ...)."),
+    out: Path | None = typer.Option(
+        None, help="Output folder (default: runs/lr_find, made unique like runs: lr_find2, ...)."
+    ),
 ):
     """Learning-rate range test: sweep lr up, suggest lr0 (steepest loss descent).
 
-    Takes every training option as `kubedistill train` does (--data D --model yolo-n --batch 16 --optimizer SGD ... or name=value). Writes lr_find.json and lr_find.png; keeps no weights. See docs/lr_finder.md.
+    Takes every training option as `kubedistill train` does (--data D --model yolo-n --batch 16 --optimizer SGD ...
+    or name=value). Writes lr_find.json and lr_find.png; keeps no weights. See docs/lr_finder.md.
     """
 
     overrides = parse_cli_overrides(list(ctx.args))
@@ -309,71 +380,108 @@ def tune_lr(
     res = find_lr(cfg, start_lr=start_lr, end_lr=end_lr, steps=steps, smooth=smooth, diverge=diverge, out=out)
     s = res.suggestion
     stop = f"; stopped early: {res.stop_reason}" if res.stopped_early else ""
-    typer.echo(f"suggested lr0={s.lr:.3g} ({s.method}; min-loss lr {s.min_lr:.3g}, min/10 {s.min_lr_div10:.3g}; "
-               f"{len(res.lrs)} steps{stop}) -> {res.out_dir}")
+    typer.echo(
+        f"suggested lr0={s.lr:.3g} ({s.method}; min-loss lr {s.min_lr:.3g}, min/10 {s.min_lr_div10:.3g}; "
+        f"{len(res.lrs)} steps{stop}) -> {res.out_dir}"
+    )
     typer.echo(f"use it: {res.train_command}")
 
 
 @app.command("serve")
 def serve_cmd(
-    model: str = typer.Option(..., help="Model: a local .onnx file, s3://bucket/key.onnx, or a registered model models:/NAME/VERSION (or @ALIAS)."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 in a container)."),
-    port: int = typer.Option(8000),
-    workers: int = typer.Option(1, help="Server processes (each loads the model; prefer 1 and more replicas)."),
-    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads per process (default: CPU cores / workers)."),
-    name: Optional[str] = typer.Option(None, help="Model name in /v2/models/{name} (default: the file name without .onnx)."),
-    max_body_mb: float = typer.Option(20.0, help="Largest request body in MiB (larger: 413)."),
-    max_images: int = typer.Option(32, help="Most images in one /v1/detect request."),
-    max_batch_size: int = typer.Option(1, help="Micro-batching: run up to this many images of concurrent requests in one model call "
-                                            "(1: off; needs a model exported with --dynamic)."),
-    max_latency_ms: float = typer.Option(5.0, help="Micro-batching: longest a request waits for others to fill a batch."),
-    graceful_timeout: int = typer.Option(30, help="Seconds in-flight requests get to finish after SIGTERM."),
-    log_level: str = typer.Option("info", help="debug, info, warning or error."),
-    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log every request."),
+    model: str = typer.Option(
+        ...,
+        help="Model: a local .onnx file, s3://bucket/key.onnx, or a registered model models:/NAME/VERSION (or @ALIAS).",
+    ),
+    host: str | None = typer.Option(None, help=option_help("host"), show_default=False),
+    port: int | None = typer.Option(None, help=option_help("port"), show_default=False),
+    workers: int | None = typer.Option(None, help=option_help("workers"), show_default=False),
+    threads: int | None = typer.Option(None, help=option_help("threads"), show_default=False),
+    name: str | None = typer.Option(None, help=option_help("name"), show_default=False),
+    max_body_mb: float | None = typer.Option(None, help=option_help("max_body_mb"), show_default=False),
+    max_images: int | None = typer.Option(None, help=option_help("max_images"), show_default=False),
+    max_batch_size: int | None = typer.Option(None, help=option_help("max_batch_size"), show_default=False),
+    max_latency_ms: float | None = typer.Option(None, help=option_help("max_latency_ms"), show_default=False),
+    graceful_timeout: int | None = typer.Option(None, help=option_help("graceful_timeout"), show_default=False),
+    log_level: str | None = typer.Option(None, help=option_help("log_level"), show_default=False),
+    access_log: bool | None = typer.Option(
+        None, "--access-log/--no-access-log", help=option_help("access_log"), show_default=False
+    ),
 ):
-    """Serve an exported ONNX model over HTTP: /v1/detect, Open Inference Protocol v2, /metrics and a page at /."""
+    """Serve an exported ONNX model over HTTP: /v1/detect, Open Inference Protocol v2, /metrics and a page at /.
+
+    Every option's default and range are those of `kubedistill.serve.config.ServeConfig`."""
     from kubedistill.serve.server import serve
 
-    serve(model, host=host, port=port, workers=workers, threads=threads, name=name, max_body_mb=max_body_mb,
-          max_images=max_images, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms, graceful_timeout=graceful_timeout,
-          log_level=log_level, access_log=access_log)
+    serve(
+        model,
+        host=host,
+        port=port,
+        workers=workers,
+        threads=threads,
+        name=name,
+        max_body_mb=max_body_mb,
+        max_images=max_images,
+        max_batch_size=max_batch_size,
+        max_latency_ms=max_latency_ms,
+        graceful_timeout=graceful_timeout,
+        log_level=log_level,
+        access_log=access_log,
+    )
 
 
 @bench_app.command("serve")
 def bench_serve(
     model: str = typer.Option(..., help="Exported .onnx model."),
-    image: Optional[Path] = typer.Option(None, help="Image to post (default: a synthetic 640 px sample)."),
+    image: Path | None = typer.Option(None, help="Image to post (default: a synthetic 640 px sample)."),
     requests: int = typer.Option(200, help="Requests per concurrency level."),
     concurrency: str = typer.Option("1,4,16", help="Comma-separated concurrency levels."),
-    threads: Optional[int] = typer.Option(None, help="onnxruntime threads of the server and the in-process timing."),
+    threads: int | None = typer.Option(None, help="onnxruntime threads of the server and the in-process timing."),
     warmup: int = typer.Option(10, help="Untimed requests before the first level."),
-    max_batch_size: int = typer.Option(1, help="The server's --max-batch-size (micro-batching; 1: off)."),
-    max_latency_ms: float = typer.Option(5.0, help="The server's --max-latency-ms."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON."),
+    max_batch_size: int | None = typer.Option(
+        None, help="The server's --max-batch-size: " + option_help("max_batch_size"), show_default=False
+    ),
+    max_latency_ms: float | None = typer.Option(
+        None, help="The server's --max-latency-ms: " + option_help("max_latency_ms"), show_default=False
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON."),
 ):
     """Latency (p50/p99) and requests/s of `kubedistill serve` on loopback, beside the raw model and preprocessing time."""
 
     levels = _int_list(concurrency, "--concurrency", "1,4,16")
-    res = run_serve_benchmark(model, image=str(image) if image else None, requests=requests, concurrency=levels,
-                              warmup=warmup, threads=threads, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms,
-                              echo=typer.echo)
+    res = run_serve_benchmark(
+        model,
+        image=str(image) if image else None,
+        requests=requests,
+        concurrency=levels,
+        warmup=warmup,
+        threads=threads,
+        max_batch_size=max_batch_size,
+        max_latency_ms=max_latency_ms,
+        echo=typer.echo,
+    )
     if json_out:
-
         write_json_atomic(json_out, res)
 
 
-mlflow_app = typer.Typer(no_args_is_help=True, help="MLflow helpers: send records kept locally while the server was down.")
+mlflow_app = typer.Typer(
+    no_args_is_help=True, help="MLflow helpers: send records kept locally while the server was down."
+)
 app.add_typer(mlflow_app, name="mlflow")
-_TRACKING = typer.Option("", "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite in ./runs).")
+_TRACKING = typer.Option(
+    "", "--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite in ./runs)."
+)
 
 
 @app.command("register")
 def register_cmd(
     weights: Path = typer.Option(..., help="Student checkpoint (best.pt)."),
     model_name: str = typer.Option(..., help="Registered model name."),
-    onnx: Optional[Path] = typer.Option(None, help="Its ONNX export (default: exported now)."),
-    run_id: Optional[str] = typer.Option(None, help="Log the model into this MLflow run (default: the training run's, if any)."),
-    tag: List[str] = typer.Option([], help="Version tag KEY=VALUE (repeatable)."),
+    onnx: Path | None = typer.Option(None, help="Its ONNX export (default: exported now)."),
+    run_id: str | None = typer.Option(
+        None, help="Log the model into this MLflow run (default: the training run's, if any)."
+    ),
+    tag: list[str] = typer.Option([], help="Version tag KEY=VALUE (repeatable)."),
     tracking_uri: str = _TRACKING,
 ):
     """Register a student in the MLflow registry (a pyfunc running its ONNX model); the version gets alias `challenger`."""
@@ -389,7 +497,14 @@ def register_cmd(
         info = run_info(weights.resolve().parent.parent)
         run_id = info["run_id"] if info and (not tracking_uri or info["tracking_uri"] == tracking_uri) else None
     version = register_student(weights, model_name, run_id=run_id, onnx=onnx, tags=tags, tracking_uri=tracking_uri)
-    _echo_json({"model_name": model_name, "version": version, "model_uri": f"models:/{model_name}/{version}", "alias": "challenger"})
+    _echo_json(
+        {
+            "model_name": model_name,
+            "version": version,
+            "model_uri": f"models:/{model_name}/{version}",
+            "alias": "challenger",
+        }
+    )
 
 
 @app.command("promote")
@@ -399,7 +514,7 @@ def promote_cmd(
     data: str = typer.Option(..., help="Validation data (data.yaml) both models are scored on now."),
     metric: str = typer.Option("mAP50-95", help="Metric the gate compares."),
     min_delta: float = typer.Option(0.0, help="Candidate must reach champion + min_delta."),
-    imgsz: Optional[int] = typer.Option(None, help="Evaluation size (default: each model's training size)."),
+    imgsz: int | None = typer.Option(None, help="Evaluation size (default: each model's training size)."),
     batch: int = typer.Option(16),
     workers: int = typer.Option(2),
     device: str = typer.Option(""),
@@ -407,8 +522,20 @@ def promote_cmd(
 ):
     """The promotion gate: evaluate champion and candidate now; move `champion` only if the candidate is not worse."""
 
-    _echo_json(promote(model_name, version, data, metric=metric, min_delta=min_delta, tracking_uri=tracking_uri, imgsz=imgsz,
-                       batch=batch, workers=workers, device=device))
+    _echo_json(
+        promote(
+            model_name,
+            version,
+            data,
+            metric=metric,
+            min_delta=min_delta,
+            tracking_uri=tracking_uri,
+            imgsz=imgsz,
+            batch=batch,
+            workers=workers,
+            device=device,
+        )
+    )
 
 
 @mlflow_app.command("sync")
@@ -423,32 +550,61 @@ def mlflow_sync_cmd(
     res = sync(run_dir, tracking_uri or None, log=typer.echo)
     _echo_json(res)
     if not res["ok"]:
-        raise UserError(f"{res['pending']} record(s) still pending: the tracking server did not accept them", "Try again later")
+        raise UserError(
+            f"{res['pending']} record(s) still pending: the tracking server did not accept them", "Try again later"
+        )
 
 
 @app.command("deploy")
 def deploy_cmd(
     release: str = typer.Option(..., "--release", help="Helm release name."),
     namespace: str = typer.Option(..., "--namespace", "-n", help="Kubernetes namespace."),
-    model_uri: str = typer.Option(..., "--model-uri", help="Pinned model: models:/NAME/VERSION or s3://bucket/key.onnx (no @alias, no latest)."),
-    canary_uri: Optional[str] = typer.Option(None, "--canary-uri", help="Candidate model for a canary Deployment behind the same Service."),
-    canary_weight: Optional[int] = typer.Option(None, "--canary-weight", help="The canary's share of requests in percent (1-99), set as replica counts."),
-    values_files: List[Path] = typer.Option([], "--values", "-f", help="Chart values file (repeatable; later ones win)."),
-    sets: List[str] = typer.Option([], "--set", help="Chart value name=value, Helm syntax (repeatable; after the files)."),
-    chart: Optional[Path] = typer.Option(None, "--chart", help="Chart folder (default: $KUBEDISTILL_CHART, else the chart shipped with kubedistill)."),
+    model_uri: str = typer.Option(
+        ..., "--model-uri", help="Pinned model: models:/NAME/VERSION or s3://bucket/key.onnx (no @alias, no latest)."
+    ),
+    canary_uri: str | None = typer.Option(
+        None, "--canary-uri", help="Candidate model for a canary Deployment behind the same Service."
+    ),
+    canary_weight: int | None = typer.Option(
+        None, "--canary-weight", help="The canary's share of requests in percent (1-99), set as replica counts."
+    ),
+    values_files: list[Path] = typer.Option(
+        [], "--values", "-f", help="Chart values file (repeatable; later ones win)."
+    ),
+    sets: list[str] = typer.Option(
+        [], "--set", help="Chart value name=value, Helm syntax (repeatable; after the files)."
+    ),
+    chart: Path | None = typer.Option(
+        None, "--chart", help="Chart folder (default: $KUBEDISTILL_CHART, else the chart shipped with kubedistill)."
+    ),
     timeout: float = typer.Option(300, help="Seconds for the rollout, and again for the helm test."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the values and the rendered manifests; contact no cluster."),
-    kubeconfig: Optional[Path] = typer.Option(None, "--kubeconfig", help="kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster)."),
-    kube_context: Optional[str] = typer.Option(None, "--kube-context", help="kubeconfig context."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the summary as JSON."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the values and the rendered manifests; contact no cluster."
+    ),
+    kubeconfig: Path | None = typer.Option(
+        None, "--kubeconfig", help="kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster)."
+    ),
+    kube_context: str | None = typer.Option(None, "--kube-context", help="kubeconfig context."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the summary as JSON."),
 ):
-    """helm upgrade --install the server chart with a pinned model, wait for the rollout, run helm test; roll back on failure (docs/deploy.md)."""
+    """helm upgrade --install the server chart with a pinned model, wait for the rollout, run helm test; roll back on
+    failure (docs/deploy.md)."""
 
     log_to_stderr()
-    res = deploy(release, namespace, model_uri, canary_uri=canary_uri, canary_weight=canary_weight, values=user_values(values_files, sets),
-                 dry_run=dry_run, timeout=timeout, chart=chart, kubeconfig=str(kubeconfig) if kubeconfig else None, kube_context=kube_context)
+    res = deploy(
+        release,
+        namespace,
+        model_uri,
+        canary_uri=canary_uri,
+        canary_weight=canary_weight,
+        values=user_values(values_files, sets),
+        dry_run=dry_run,
+        timeout=timeout,
+        chart=chart,
+        kubeconfig=str(kubeconfig) if kubeconfig else None,
+        kube_context=kube_context,
+    )
     if json_out:
-
         atomic_write_text(json_out, json.dumps(res, indent=2, default=str))
     if dry_run:
         typer.echo(dry_run_text(res), nl=False)
@@ -459,38 +615,33 @@ def deploy_cmd(
 
 
 # `kubedistill run`, `kubedistill pipeline ...`, `kubedistill schedule ...` (kubedistill/pipeline/cli.py)
-import click
-
-from kubedistill.benchmark.serve import run_serve_benchmark
-from kubedistill.config import TrainConfig, parse_cli_overrides, train_config
-from kubedistill.core.atomic import atomic_write_text, write_json_atomic
-from kubedistill.data.check import check_dataset
-from kubedistill.data.dataset_yaml import load_data_yaml
-from kubedistill.data.fetch import fetch_dataset, resolve_data
-from kubedistill.data.images import read_image
-from kubedistill.deploy.helm import user_values
-from kubedistill.deploy.run import deploy, dry_run_text, log_to_stderr
-from kubedistill.eval.predictions import draw_detections, to_coco_predictions_json
-from kubedistill.pipeline.cli import add_pipeline_commands  # noqa: E402
-from kubedistill.release.promote import promote
-from kubedistill.track.logger import sync
-from kubedistill.track.runs import run_info
-from kubedistill.train import build_trainer
-from kubedistill.train.lr_finder import find_lr
-
 add_pipeline_commands(app)
 
 
 # optional packages -> the extra that brings them
-_EXTRA_OF = {"torch": "train", "cv2": "train", "matplotlib": "train", "faster_coco_eval": "train", "onnx": "train",
-             "onnxscript": "train", "mlflow": "track", "boto3": "track", "botocore": "track", "kfp": "pipeline",
-             "kubernetes": "deploy", "helm_python": "deploy", "onnxruntime": "serve", "fastapi": "serve", "uvicorn": "serve"}
+_EXTRA_OF = {
+    "torch": "train",
+    "cv2": "train",
+    "matplotlib": "train",
+    "faster_coco_eval": "train",
+    "onnx": "train",
+    "onnxscript": "train",
+    "mlflow": "track",
+    "boto3": "track",
+    "botocore": "track",
+    "kfp": "pipeline",
+    "kubernetes": "deploy",
+    "helm_python": "deploy",
+    "onnxruntime": "serve",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+}
 
 
 INTERRUPTED = "interrupted; finished training epochs are kept in weights/last.pt (continue with resume=True)"
 
 
-def main(argv: List[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     try:
         rc = app(args=argv, standalone_mode=False)
     except UserError as e:
@@ -502,13 +653,15 @@ def main(argv: List[str] | None = None) -> None:
         extra = _EXTRA_OF.get((e.name or "").split(".")[0])
         if extra is None:
             raise
-        typer.echo(f"error: this command needs the '{e.name}' package, which is not installed. "
-                   f"Install it with: pip install 'kubedistill[{extra}]'.", err=True)
+        typer.echo(
+            f"error: this command needs the '{e.name}' package, which is not installed. "
+            f"Install it with: pip install 'kubedistill[{extra}]'.",
+            err=True,
+        )
         sys.exit(2)
     except SystemExit:
         raise
     except Exception as e:  # click usage errors come as exceptions with standalone_mode=False
-
         if isinstance(e, click.exceptions.ClickException):
             e.show()
             sys.exit(e.exit_code)

@@ -68,7 +68,9 @@ class TrainConfig(BaseModel):
         None, ge=0.0, le=1.0, description="Focal positive-class weight / varifocal negative weight (None: 0.25 / 0.75)."
     )
     ghm_bins: int = Field(10, ge=1, le=1000, description="GHM-C: gradient-norm histogram bins.")
-    ghm_momentum: float = Field(0.75, ge=0.0, lt=1.0, description="GHM-C: EMA momentum of the bin counts (0: per batch).")
+    ghm_momentum: float = Field(
+        0.75, ge=0.0, lt=1.0, description="GHM-C: EMA momentum of the bin counts (0: per batch)."
+    )
     alpha_iou: float = Field(3.0, gt=0.0, le=10.0, description="Alpha-IoU exponent: loss = 1 - IoU^alpha.")
     wiou_momentum: float = Field(
         0.01, gt=0.0, le=1.0, description="Wise-IoU v3: momentum of the running mean of the IoU loss."
@@ -80,7 +82,10 @@ class TrainConfig(BaseModel):
     stal: bool = Field(True, description="Small-target-aware assignment: tiny objects still get anchors.")
 
     # distillation (see the distillation docs)
-    distill_model: str | None = Field(None, description="Teacher for feature distillation: a checkpoint path or a registered model models:/NAME/VERSION.")
+    distill_model: str | None = Field(
+        None,
+        description="Teacher for feature distillation: a checkpoint path or a registered model models:/NAME/VERSION.",
+    )
     dis: float = Field(6.0, ge=0.0, description="Distillation loss gain.")
     dis_o2o: float = Field(0.0, ge=0.0, description="Gain of the one-to-one head's class-score distillation (0: off).")
     dis_temp: float = Field(2.0, gt=0.0, le=20.0, description="Temperature of the one-to-one class-score distillation.")
@@ -118,10 +123,16 @@ class TrainConfig(BaseModel):
 
     # MLflow tracking (on with mlflow=True or when MLFLOW_TRACKING_URI is set)
     mlflow: bool = Field(False, description="Track the run in MLflow (also on when MLFLOW_TRACKING_URI is set).")
-    mlflow_uri: str = Field("", description="Tracking URI; default MLFLOW_TRACKING_URI, else a sqlite file in the project folder.")
-    mlflow_experiment: str = Field("", description="Experiment name; default MLFLOW_EXPERIMENT_NAME, else 'kubedistill'.")
+    mlflow_uri: str = Field(
+        "", description="Tracking URI; default MLFLOW_TRACKING_URI, else a sqlite file in the project folder."
+    )
+    mlflow_experiment: str = Field(
+        "", description="Experiment name; default MLFLOW_EXPERIMENT_NAME, else 'kubedistill'."
+    )
     mlflow_parent: str = Field("", description="Parent run id: this run becomes a nested child (pipelines set it).")
-    mlflow_tags: dict[str, str] = Field(default_factory=dict, description="Extra tags on the run, e.g. {pipeline_run_id: abc}.")
+    mlflow_tags: dict[str, str] = Field(
+        default_factory=dict, description="Extra tags on the run, e.g. {pipeline_run_id: abc}."
+    )
 
     @field_validator("optimizer", mode="before")
     @classmethod
@@ -185,7 +196,7 @@ class TrainConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _check_cross(self) -> "TrainConfig":
+    def _check_cross(self) -> TrainConfig:
         if self.o2m_final > self.o2m:
             raise ValueError(f"o2m_final ({self.o2m_final}) must not exceed o2m ({self.o2m})")
         return self
@@ -215,8 +226,9 @@ def normalize_keys(d: dict[str, Any]) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in d.items()}
 
 
-def read_yaml_mapping(path: str | Path, what: str = "Config file", missing_fix: str = "Check the path",
-                      item: str = "option") -> dict[str, Any]:
+def read_yaml_mapping(
+    path: str | Path, what: str = "Config file", missing_fix: str = "Check the path", item: str = "option"
+) -> dict[str, Any]:
     """A YAML file holding a mapping (config, parameters, schedules); ConfigError naming the file otherwise."""
     p = Path(path)
     if not p.is_file():
@@ -234,7 +246,9 @@ def read_yaml_config(path: str | Path) -> dict[str, Any]:
     return normalize_keys(read_yaml_mapping(path, "Config file", "Check the path given to --cfg"))
 
 
-def make_config(schema: type[BaseModel], cfg: str | Path | dict | None = None, source: str = "config", /, **overrides: Any):
+def make_config(
+    schema: type[BaseModel], cfg: str | Path | dict | None = None, source: str = "config", /, **overrides: Any
+):
     """Build `schema` from a YAML path or dict, with keyword overrides taking precedence.
 
     The parameters are positional-only so that options may be called `model`, `cfg` or `source`.

@@ -52,26 +52,45 @@ class Detector:
         return self.results
 
     def val(self, data: str | None = None, imgsz: int | None = None, batch: int = 16, device: str = "", **kw) -> dict:
+        """COCO metrics on `data` (default: the dataset the checkpoint was trained on); keywords of `run_val`."""
         from kubedistill.eval.run import run_val
 
         if data is None:
             if self.ckpt is None or not self.ckpt["train_args"].get("data"):
-                raise UserError("No dataset to validate on", "Pass data=path/to/data.yaml")
+                raise UserError("No dataset to validate on", "Pass data=path/to/data.yaml (--data on the command line)")
             data = self.ckpt["train_args"]["data"]
         return run_val(self.model, data, imgsz=self._imgsz(imgsz), batch=batch, device=device, **kw)
 
-    def predict(self, source: str | Path | np.ndarray | list, conf: float = 0.25, imgsz: int | None = None,
-                max_det: int = 300, nms: bool = False, device: str = "") -> list:
-        """Images (paths, a folder, or RGB arrays) -> list of ImagePred (boxes xyxy in original pixels)."""
+    def predict(
+        self,
+        source: str | Path | np.ndarray | list,
+        conf: float = 0.25,
+        imgsz: int | None = None,
+        max_det: int = 300,
+        nms: bool = False,
+        iou: float = 0.7,
+        device: str = "",
+    ) -> list:
+        """Images (a path, a folder, a list of paths, or RGB arrays) -> list of ImagePred (boxes xyxy in original
+        pixels), in the order of `images(source)` for paths."""
         from kubedistill.core.device import select_device
-        from kubedistill.predict import list_images, predict_arrays, predict_files
+        from kubedistill.predict import predict_arrays, predict_files
 
         dev = select_device(device)
         self.model.to(dev)
-        kw = dict(conf=conf, max_det=max_det, nms=nms)
+        kw = dict(conf=conf, iou=iou, max_det=max_det, nms=nms)
         size = self._imgsz(imgsz)
         if isinstance(source, np.ndarray):
             return predict_arrays(self.model, [source], size, dev, **kw)
         if isinstance(source, list) and source and isinstance(source[0], np.ndarray):
             return predict_arrays(self.model, source, size, dev, **kw)
-        return predict_files(self.model, list_images(source), size, dev, **kw)
+        return predict_files(self.model, self.images(source), size, dev, **kw)
+
+    @staticmethod
+    def images(source: str | Path | list) -> list[Path]:
+        """The image files `predict` reads for a path, a folder (sorted) or a list of paths."""
+        from kubedistill.predict import list_images
+
+        if isinstance(source, list):
+            return [f for s in source for f in list_images(s)]
+        return list_images(source)

@@ -21,7 +21,10 @@ def image_ref(block: dict, what: str = "image") -> str:
     tag = str(block.get("tag") or "").strip()
     digest = str(block.get("digest") or "").strip()
     if not repo or not (tag or digest):
-        raise UserError(f"The chart's values.yaml has no {what}.repository/{what}.tag", f"Set {what}.repository and {what}.tag in values.yaml")
+        raise UserError(
+            f"The chart's values.yaml has no {what}.repository/{what}.tag",
+            f"Set {what}.repository and {what}.tag in values.yaml",
+        )
     return f"{repo}@{digest}" if digest else f"{repo}:{tag}"
 
 
@@ -29,7 +32,9 @@ def _block(key: str, chart: str | os.PathLike | None) -> dict:
 
     block = chart_values(chart).get(key)
     if not isinstance(block, dict):
-        raise UserError(f"The chart's values.yaml has no '{key}' block", f"Add {key}: {{repository: ..., tag: ...}} to values.yaml")
+        raise UserError(
+            f"The chart's values.yaml has no '{key}' block", f"Add {key}: {{repository: ..., tag: ...}} to values.yaml"
+        )
     return block
 
 

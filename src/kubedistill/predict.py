@@ -30,7 +30,9 @@ def list_images(source: str | Path) -> list[Path]:
 
 
 @torch.no_grad()
-def predict_arrays(model, images: list[np.ndarray], imgsz: int, device, *, conf=0.25, iou=0.7, max_det=300, nms=False) -> list[ImagePred]:
+def predict_arrays(
+    model, images: list[np.ndarray], imgsz: int, device, *, conf=0.25, iou=0.7, max_det=300, nms=False
+) -> list[ImagePred]:
     """RGB uint8 images -> detections mapped back to each image's pixels."""
     model.eval()
     model.set_eval_head(nms)

@@ -15,9 +15,16 @@ import yaml
 pytest.importorskip("kfp")
 pytest.importorskip("mlflow")
 
-TINY = {"imgsz": 64, "teacher_model": "yolo-n", "teacher_epochs": 1, "student_model": "yolo-n", "student_epochs": 1,
-        "optimizer": "AdamW", "lr0": 0.002,
-        "extra_config": {"batch": 8, "nbs": 8, "workers": 0, "warmup_epochs": 0.5, "plots": False}}
+TINY = {
+    "imgsz": 64,
+    "teacher_model": "yolo-n",
+    "teacher_epochs": 1,
+    "student_model": "yolo-n",
+    "student_epochs": 1,
+    "optimizer": "AdamW",
+    "lr0": 0.002,
+    "extra_config": {"batch": 8, "nbs": 8, "workers": 0, "warmup_epochs": 0.5, "plots": False},
+}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +58,12 @@ def test_summary_and_console(first):
     res, out, lines = first
     assert res["seconds"] < 300
     text = "\n".join(res["summary"])
-    assert "teacher yolo-n: mAP50-95" in text and "student yolo-n: mAP50-95" in text and "GFLOPs" in text and "ms/img" in text
+    assert (
+        "teacher yolo-n: mAP50-95" in text
+        and "student yolo-n: mAP50-95" in text
+        and "GFLOPs" in text
+        and "ms/img" in text
+    )
     assert "registered: models:/kubedistill-student/1" in text
     assert "promoted to champion: yes (no champion yet)" in text
     assert f"report: {res['report']}" in text and "serve it: MLFLOW_TRACKING_URI=sqlite:///" in text
@@ -115,11 +127,16 @@ def test_mlflow_records(first):
     assert parent.info.status == "FINISHED" and parent.data.tags["pipeline_run_id"] == res["run_id"]
     assert parent.data.tags["registered_version"] == "1" and parent.data.tags["promoted"] == "true"
     assert parent.data.tags["data_fingerprint"] == res["fingerprint"]
-    children = {r.data.tags.get("pipeline_step"): r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    children = {
+        r.data.tags.get("pipeline_step"): r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
     assert set(children) == {"teacher", "student", "evaluate"}
     assert children["student"].data.tags["data_fingerprint"] == res["fingerprint"]
     assert children["student"].data.params["distill_model"].endswith("/train-teacher/model")
-    assert children["teacher"].data.params["distill_model"] == "null" and "train/dis_loss" in children["student"].data.metrics
+    assert (
+        children["teacher"].data.params["distill_model"] == "null"
+        and "train/dis_loss" in children["student"].data.metrics
+    )
     assert children["evaluate"].data.metrics["student_mAP50-95"] == pytest.approx(res["metrics"]["student_mAP50-95"])
     assert {a.path for a in cl.list_artifacts(children["evaluate"].info.run_id)} >= {"report.html", "metrics.json"}
     mv = cl.get_model_version("kubedistill-student", "1")
@@ -141,8 +158,11 @@ def test_scheduled_rerun_on_unchanged_data_stops_early(first, tiny_data):
     assert sorted(again["steps"]) == ["check-unchanged", "finish-tracking", "prepare-data"]
     cl = _mlflow(res)
     assert [str(v.version) for v in cl.search_model_versions("name='kubedistill-student'")] == ["1"]
-    parent = [r for r in cl.search_runs([cl.get_experiment_by_name("kubedistill").experiment_id])
-              if r.data.tags.get("pipeline_run_id") == again["run_id"] and r.data.tags.get("kubedistill_kind") == "pipeline"]
+    parent = [
+        r
+        for r in cl.search_runs([cl.get_experiment_by_name("kubedistill").experiment_id])
+        if r.data.tags.get("pipeline_run_id") == again["run_id"] and r.data.tags.get("kubedistill_kind") == "pipeline"
+    ]
     assert parent[0].info.status == "FINISHED" and parent[0].data.tags["outcome"] == "skipped: data unchanged"
 
 

@@ -23,14 +23,27 @@ def _gone(pid: int) -> bool:
 @pytest.mark.slow
 def test_sigterm_stops_the_running_step(tmp_path, tiny_data):
     cfg = tmp_path / "params.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "dataset_uri": str(tiny_data), "imgsz": 64, "teacher_model": "yolo-n", "teacher_epochs": 500, "student_epochs": 1,
-        "extra_config": {"batch": 8, "nbs": 8, "workers": 0, "plots": False},
-    }))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "dataset_uri": str(tiny_data),
+                "imgsz": 64,
+                "teacher_model": "yolo-n",
+                "teacher_epochs": 500,
+                "student_epochs": 1,
+                "extra_config": {"batch": 8, "nbs": 8, "workers": 0, "plots": False},
+            }
+        )
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "KUBEDISTILL_CACHE": str(tmp_path / "cache")}
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen([sys.executable, "-m", "kubedistill", "run", "--config", str(cfg), "--out", str(tmp_path / "out")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubedistill", "run", "--config", str(cfg), "--out", str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:
         seen = []
         for line in proc.stdout:  # bounded by the test timeout

@@ -22,12 +22,11 @@ import pytest
 pytest.importorskip("fastapi")
 
 from kubedistill.benchmark.serve import free_port  # noqa: E402
-from tests.integration.test_serve_support import served_dynamic_model, served_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def onnx_model(tmp_path_factory, tiny_data):
-    return served_model(tmp_path_factory, tiny_data)[1]
+def onnx_model(served_model):
+    return served_model[1]
 
 
 def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -48,8 +47,8 @@ def _post(url: str, data: bytes, ctype: str, timeout: float = 30.0) -> tuple[int
 
 
 @pytest.fixture(scope="module")
-def dynamic_onnx_model(tmp_path_factory, tiny_data):
-    return served_dynamic_model(tmp_path_factory, tiny_data)
+def dynamic_onnx_model(served_dynamic_model):
+    return served_dynamic_model
 
 
 class Server:
@@ -57,8 +56,25 @@ class Server:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / f"server-{self.port}.log"
-        cmd = [sys.executable, "-m", "kubedistill", "serve", "--model", str(model), "--name", "tiny", "--host", "127.0.0.1",
-               "--port", str(self.port), "--threads", "1", "--graceful-timeout", "20", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "kubedistill",
+            "serve",
+            "--model",
+            str(model),
+            "--name",
+            "tiny",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--threads",
+            "1",
+            "--graceful-timeout",
+            "20",
+            *args,
+        ]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ | (env or {}))
 
@@ -84,7 +100,9 @@ class Server:
 def test_sigterm_drains_in_flight_requests(onnx_model, dynamic_onnx_model, tmp_path, batching):
     """Both requests finish after SIGTERM: the one in its 2 s model call and the one queued behind it
     (with micro-batching, it waits in the batcher for the model)."""
-    model, args = (dynamic_onnx_model, ("--max-batch-size", "4", "--max-latency-ms", "5")) if batching else (onnx_model, ())
+    model, args = (
+        (dynamic_onnx_model, ("--max-batch-size", "4", "--max-latency-ms", "5")) if batching else (onnx_model, ())
+    )
     srv = Server(model, tmp_path, env={"KUBEDISTILL_SERVE_TEST_DELAY_S": "2.0"}, args=args)
     try:
         srv.wait_ready()
@@ -122,15 +140,29 @@ def test_sigterm_drains_in_flight_requests(onnx_model, dynamic_onnx_model, tmp_p
 
 
 def _chromium_cmd(url: str, out_png, profile) -> list[str]:
-    return ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
-            "--hide-scrollbars", "--force-device-scale-factor=1", "--window-size=1000,800", "--virtual-time-budget=5000",
-            f"--screenshot={out_png}", url]
+    return [
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+        "--window-size=1000,800",
+        "--virtual-time-budget=5000",
+        f"--screenshot={out_png}",
+        url,
+    ]
 
 
 def _canvas_origin(shot: np.ndarray) -> tuple[int, int, int]:
     """(x, y, width) of the canvas content, found by its 1 px CSS border (#d5dae0) in the screenshot."""
-    border = (np.abs(shot.astype(int) - (213, 218, 224)).max(-1) <= 3)
+    border = np.abs(shot.astype(int) - (213, 218, 224)).max(-1) <= 3
     cols = np.flatnonzero(border.sum(0) >= 300)  # the canvas's left and right border columns
     assert len(cols) >= 2, "canvas border not found in the screenshot"
     x0, x1 = int(cols[0]), int(cols[-1])
@@ -158,8 +190,11 @@ def test_page_draws_demo_detections_in_chromium(onnx_model, tmp_path):
         drawn = [d for d in dets if d["score"] > conf]
         assert drawn
         out = tmp_path / "page.png"
-        r = subprocess.run(_chromium_cmd(f"{srv.base}/?demo=1&conf={conf!r}", out, tmp_path / f"chrome-{uuid.uuid4().hex}"),
-                           capture_output=True, timeout=90)
+        r = subprocess.run(
+            _chromium_cmd(f"{srv.base}/?demo=1&conf={conf!r}", out, tmp_path / f"chrome-{uuid.uuid4().hex}"),
+            capture_output=True,
+            timeout=90,
+        )
         assert out.exists(), r.stderr.decode(errors="replace")[-2000:]
         shutil.copy(out, os.environ.get("KUBEDISTILL_SCREENSHOT", tmp_path / "keep.png"))
     finally:
@@ -189,9 +224,30 @@ def test_page_draws_demo_detections_in_chromium(onnx_model, tmp_path):
 @pytest.mark.slow
 def test_benchmark_serve_smoke(onnx_model, tmp_path):
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, "-m", "kubedistill", "benchmark", "serve", "--model", str(onnx_model), "--requests", "6",
-                        "--concurrency", "1,2", "--warmup", "2", "--threads", "1", "--json", str(out)],
-                       capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kubedistill",
+            "benchmark",
+            "serve",
+            "--model",
+            str(onnx_model),
+            "--requests",
+            "6",
+            "--concurrency",
+            "1,2",
+            "--warmup",
+            "2",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads(out.read_text())
     assert [row["concurrency"] for row in res["rows"]] == [1, 2]

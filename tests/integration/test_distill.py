@@ -9,26 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from kubedistill.benchmark.distill import parse_arm, run_distill_benchmark, summarize
 from kubedistill.config import TrainConfig, train_config
+from kubedistill.core.checkpoint import atomic_torch_save, load_checkpoint
 from kubedistill.core.errors import ConfigError, UserError
 from kubedistill.model.yolo import DetectionModel
 from kubedistill.train import build_trainer
-from kubedistill.core.checkpoint import atomic_torch_save, load_checkpoint
-from kubedistill.benchmark.distill import parse_arm, run_distill_benchmark, summarize
 from kubedistill.train.distill import FeatureProjector, anchor_weights, o2o_score_kl, score_weighted_l2
-from tests.conftest import TINY_TRAIN
-
-
-def _train(tmp_path, data, name, callbacks=None, **kw):
-    cfg = train_config(data=str(data), project=str(tmp_path), name=name, **{**TINY_TRAIN, **kw})
-    trainer = build_trainer(cfg, callbacks)
-    return trainer, trainer.train()
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory, tiny_data):
+def teacher(tmp_path_factory, tiny_data, tiny_train):
     tmp = tmp_path_factory.mktemp("teacher")
-    _, res = _train(tmp, tiny_data, "teacher", model="yolo-s", epochs=1)
+    _, res = tiny_train(tmp, tiny_data, "teacher", model="yolo-s", epochs=1)
     return Path(res["best"])
 
 
@@ -57,7 +50,7 @@ def test_score_weighted_l2_hand_value():
     assert torch.allclose(wl, expected)
 
 
-def test_distillation_run(tmp_path, tiny_data, teacher):
+def test_distillation_run(tmp_path, tiny_data, teacher, tiny_train):
     before = load_checkpoint(teacher)["model"]["state_dict"]
     seen = {}
 
@@ -67,8 +60,16 @@ def test_distillation_run(tmp_path, tiny_data, teacher):
         seen["eval"] = not t.training
         seen["state"] = {k: v.detach().cpu().clone() for k, v in t.state_dict().items()}
 
-    trainer, res = _train(tmp_path, tiny_data, "student", epochs=4, close_mosaic=4, mosaic=0.0, distill_model=str(teacher),
-                          callbacks={"on_fit_end": [check_teacher]})
+    trainer, res = tiny_train(
+        tmp_path,
+        tiny_data,
+        "student",
+        epochs=4,
+        close_mosaic=4,
+        mosaic=0.0,
+        distill_model=str(teacher),
+        callbacks={"on_fit_end": [check_teacher]},
+    )
     assert seen["no_grad"] and seen["eval"]
     for k, v in before.items():  # bit-identical teacher after training
         assert torch.equal(v, seen["state"][k]), k
@@ -86,28 +87,28 @@ def test_distillation_run(tmp_path, tiny_data, teacher):
     last = torch.load(res["last"], weights_only=True)
     assert last["distill"]["teacher_sha256"] and last["distill"]["projector"]
     # same file size as a student trained without distillation (args differ by a few bytes only)
-    _, plain_res = _train(tmp_path, tiny_data, "plain", epochs=1)
+    _, plain_res = tiny_train(tmp_path, tiny_data, "plain", epochs=1)
     assert abs(Path(res["best"]).stat().st_size - Path(plain_res["best"]).stat().st_size) < 4096
 
 
-def test_mismatched_teachers_refused(tmp_path, tiny_data, teacher):
+def test_mismatched_teachers_refused(tmp_path, tiny_data, teacher, tiny_train):
     ckpt = load_checkpoint(teacher)
     ckpt["model"]["meta"]["names"] = ["cat", "dog"]
     wrong_names = tmp_path / "names.pt"
     atomic_torch_save(ckpt, wrong_names)
     with pytest.raises(ConfigError, match=r"classes \['cat', 'dog'\] but the dataset has \['circle', 'square'\]"):
-        _train(tmp_path, tiny_data, "x", epochs=1, distill_model=str(wrong_names))
+        tiny_train(tmp_path, tiny_data, "x", epochs=1, distill_model=str(wrong_names))
     ckpt = load_checkpoint(teacher)
     ckpt["model"]["meta"]["strides"] = [8, 16, 64]
     wrong_strides = tmp_path / "strides.pt"
     atomic_torch_save(ckpt, wrong_strides)
     with pytest.raises(ConfigError, match=r"strides \[8, 16, 64\] but the student has \[8, 16, 32\]"):
-        _train(tmp_path, tiny_data, "y", epochs=1, distill_model=str(wrong_strides))
+        tiny_train(tmp_path, tiny_data, "y", epochs=1, distill_model=str(wrong_strides))
     with pytest.raises(UserError, match="does not exist"):
-        _train(tmp_path, tiny_data, "z", epochs=1, distill_model=str(tmp_path / "missing.pt"))
+        tiny_train(tmp_path, tiny_data, "z", epochs=1, distill_model=str(tmp_path / "missing.pt"))
 
 
-def test_resume_rebuilds_teacher_and_refuses_changed_one(tmp_path, tiny_data, teacher):
+def test_resume_rebuilds_teacher_and_refuses_changed_one(tmp_path, tiny_data, teacher, tiny_train):
     t = tmp_path / "teacher.pt"
     shutil.copy(teacher, t)
 
@@ -118,7 +119,7 @@ def test_resume_rebuilds_teacher_and_refuses_changed_one(tmp_path, tiny_data, te
         raise Kill
 
     with pytest.raises(Kill):
-        _train(tmp_path, tiny_data, "cut", epochs=2, distill_model=str(t), callbacks={"on_fit_epoch_end": [kill]})
+        tiny_train(tmp_path, tiny_data, "cut", epochs=2, distill_model=str(t), callbacks={"on_fit_epoch_end": [kill]})
     last = tmp_path / "cut" / "weights" / "last.pt"
     saved_proj = torch.load(last, weights_only=True)["distill"]["projector"]
     # a changed teacher is refused
@@ -170,20 +171,24 @@ def test_o2o_term_trains_only_the_one_to_one_head(teacher, tiny_data):
         dist.close()
 
 
-def test_distillation_run_with_o2o_term_logs_it(tmp_path, tiny_data, teacher):
-    _, res = _train(tmp_path, tiny_data, "o2o", epochs=2, mosaic=0.0, distill_model=str(teacher), dis_o2o=1.0, dis_temp=3.0)
+def test_distillation_run_with_o2o_term_logs_it(tmp_path, tiny_data, teacher, tiny_train):
+    _, res = tiny_train(
+        tmp_path, tiny_data, "o2o", epochs=2, mosaic=0.0, distill_model=str(teacher), dis_o2o=1.0, dis_temp=3.0
+    )
     row = list(csv.DictReader(open(Path(res["save_dir"]) / "results.csv")))[-1]
     assert float(row["train/dis_o2o_loss"]) > 0 and float(row["train/dis_loss"]) > 0
 
 
 def test_summary_over_seeds():
-    rows = [{"seed": 0, "student_mAP50-95": 0.50, "distilled_mAP50-95": 0.52, "delta_points": 2.0},
-            {"seed": 1, "student_mAP50-95": 0.60, "distilled_mAP50-95": 0.60, "delta_points": 0.0},
-            {"seed": 2, "student_mAP50-95": 0.55, "distilled_mAP50-95": 0.57, "delta_points": 2.0}]
+    rows = [
+        {"seed": 0, "student_mAP50-95": 0.50, "distilled_mAP50-95": 0.52, "delta_points": 2.0},
+        {"seed": 1, "student_mAP50-95": 0.60, "distilled_mAP50-95": 0.60, "delta_points": 0.0},
+        {"seed": 2, "student_mAP50-95": 0.55, "distilled_mAP50-95": 0.57, "delta_points": 2.0},
+    ]
     s = summarize(rows)
     assert s["student_mAP50-95"] == pytest.approx(0.55) and s["student_sd"] == pytest.approx(0.05)
     assert s["delta_points"] == pytest.approx(4 / 3) and s["wins"] == 2 and s["seeds"] == [0, 1, 2]
-    assert s["delta_se"] == pytest.approx((4 / 3) ** 0.5 / 3 ** 0.5)  # sd of (2, 0, 2) = sqrt(4/3)
+    assert s["delta_se"] == pytest.approx((4 / 3) ** 0.5 / 3**0.5)  # sd of (2, 0, 2) = sqrt(4/3)
     assert summarize(rows[:1])["delta_se"] is None
 
 
@@ -191,17 +196,33 @@ def test_benchmark_distill_over_two_seeds_and_two_arms(tmp_path, tiny_data, teac
     lines = []
     arms = [parse_arm("dis=6"), parse_arm("dis=1,dis-o2o=0.5")]
     assert arms[1] == {"dis": 1.0, "dis_o2o": 0.5}
-    res = run_distill_benchmark(tmp_path, data=str(tiny_data), teacher_weights=str(teacher), epochs=1, imgsz=64,
-                                batch=8, seeds=(0, 1), arms=arms, steps=1, workers=0, jobs=2, echo=lines.append)
+    res = run_distill_benchmark(
+        tmp_path,
+        data=str(tiny_data),
+        teacher_weights=str(teacher),
+        epochs=1,
+        imgsz=64,
+        batch=8,
+        seeds=(0, 1),
+        arms=arms,
+        steps=1,
+        workers=0,
+        jobs=2,
+        echo=lines.append,
+    )
     assert [a["arm"] for a in res["arms"]] == ["dis=6", "dis=1,dis_o2o=0.5"] and res["seeds"] == [0, 1]
     for a in res["arms"]:
         assert [r["seed"] for r in a["per_seed"]] == [0, 1] and a["step_s"] > 0 and a["ratio"] > 0
-        assert [r["student_mAP50-95"] for r in a["per_seed"]] == [r["student_mAP50-95"] for r in res["arms"][0]["per_seed"]]
+        assert [r["student_mAP50-95"] for r in a["per_seed"]] == [
+            r["student_mAP50-95"] for r in res["arms"][0]["per_seed"]
+        ]
     assert res["step_s_plain"] > 0 and res["floor"] > 1
     for name in ("student_s1", "distilled_dis6_s1", "distilled_dis1_dis_o2o0.5_s0"):
         assert (tmp_path / name / "weights" / "best.pt").is_file(), name
     assert sum(line.startswith("(b) ") and "standard error" in line for line in lines) == 2, lines
-    assert "in 2 processes" in lines[0] and lines[1].startswith("seed 0: alone") and lines[2].startswith("seed 1: alone")
+    assert (
+        "in 2 processes" in lines[0] and lines[1].startswith("seed 0: alone") and lines[2].startswith("seed 1: alone")
+    )
 
 
 def test_benchmark_arms_are_checked_before_training():
@@ -215,17 +236,32 @@ def test_benchmark_arms_are_checked_before_training():
 
 def test_benchmark_cost_only(tmp_path, tiny_data, teacher):
     lines = []
-    res = run_distill_benchmark(tmp_path, data=str(tiny_data), teacher_weights=str(teacher), imgsz=64, cost_imgsz=96, batch=4, steps=1,
-                                arms=[parse_arm("dis=6")], cost_only=True, echo=lines.append)
-    assert res["cost_imgsz"] == 96 and res["step_s_plain"] > 0 and res["arms"][0]["arm"] == "dis=6" and res["arms"][0]["ratio"] > 0
+    res = run_distill_benchmark(
+        tmp_path,
+        data=str(tiny_data),
+        teacher_weights=str(teacher),
+        imgsz=64,
+        cost_imgsz=96,
+        batch=4,
+        steps=1,
+        arms=[parse_arm("dis=6")],
+        cost_only=True,
+        echo=lines.append,
+    )
+    assert (
+        res["cost_imgsz"] == 96
+        and res["step_s_plain"] > 0
+        and res["arms"][0]["arm"] == "dis=6"
+        and res["arms"][0]["ratio"] > 0
+    )
     assert lines[0].startswith("step at 96 px, batch 4") and not list(tmp_path.glob("student_*"))  # nothing trained
     with pytest.raises(UserError, match="needs a teacher"):
         run_distill_benchmark(tmp_path, data=str(tiny_data), cost_only=True)
 
 
 def test_teacher_class_logits_equal_its_full_forward(teacher):
-    from kubedistill.model.head import HEADS
     from kubedistill.model.checkpoint import load_model
+    from kubedistill.model.head import HEADS
 
     model, _ = load_model(teacher)
     model.head.eval_heads = HEADS

@@ -10,16 +10,15 @@ import pytest
 
 from kubedistill.core.errors import UserError
 from kubedistill.model.export import compare_detections, export_onnx
-from tests.integration.test_serve_support import served_dynamic_model, served_model
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory, tiny_data):
+def weights(served_model):
     """The serving tests' 1-epoch tiny model (trained once per session)."""
-    return served_model(tmp_path_factory, tiny_data)[0]
+    return served_model[0]
 
 
-def test_export_static_and_dynamic(tmp_path, tmp_path_factory, tiny_data, weights):
+def test_export_static_and_dynamic(tmp_path, weights, served_dynamic_model):
     res = export_onnx(weights, tmp_path / "m.onnx", max_det=50)
     sess = ort.InferenceSession(res["path"])
     assert sess.get_inputs()[0].shape == [1, 3, 64, 64]
@@ -27,7 +26,7 @@ def test_export_static_and_dynamic(tmp_path, tmp_path_factory, tiny_data, weight
     meta = sess.get_modelmeta().custom_metadata_map
     assert json.loads(meta["names"]) == ["circle", "square"] and meta["imgsz"] == "64" and meta["stride"] == "32"
     assert len(meta["source_sha256"]) == 64 and meta["model"] == "yolo-n"
-    s2 = ort.InferenceSession(str(served_dynamic_model(tmp_path_factory, tiny_data)))  # `export_onnx(..., dynamic=True)`
+    s2 = ort.InferenceSession(str(served_dynamic_model))  # `export_onnx(..., dynamic=True)`
     out = s2.run(None, {"images": np.random.default_rng(0).random((3, 3, 64, 64), dtype=np.float32)})[0]
     anchors = 8 * 8 + 4 * 4 + 2 * 2  # at 64 px: fewer (anchor, class) pairs than max_det
     assert out.shape == (3, min(300, anchors * 2), 6)

@@ -18,8 +18,14 @@ TINY = ["--imgsz", "32", "--batch", "4", "nbs=4", "workers=0", "--optimizer", "A
 
 
 def kd(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "kubedistill", *map(str, args)], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "kubedistill", *map(str, args)],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------- unit
@@ -66,16 +72,44 @@ def test_bad_sweep_settings():
 
 def test_lr_finder_cli(tmp_path, tiny_data):
     out = tmp_path / "lrf"
-    proc = kd("tune", "lr", "--data", tiny_data, "--model", "yolo-n", *TINY, "--steps", "30", "--start-lr", "1e-5",
-              "--end-lr", "1.0", "--out", out, cwd=tmp_path)
+    proc = kd(
+        "tune",
+        "lr",
+        "--data",
+        tiny_data,
+        "--model",
+        "yolo-n",
+        *TINY,
+        "--steps",
+        "30",
+        "--start-lr",
+        "1e-5",
+        "--end-lr",
+        "1.0",
+        "--out",
+        out,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[-2].startswith("suggested lr0=") and str(out) in lines[-2]
-    assert lines[-1].startswith("use it: kubedistill train ") and "optimizer=AdamW" in lines[-1] and " lr0=" in lines[-1]
+    assert (
+        lines[-1].startswith("use it: kubedistill train ") and "optimizer=AdamW" in lines[-1] and " lr0=" in lines[-1]
+    )
 
     res = json.loads((out / "lr_find.json").read_text())
-    for k in ("lrs", "losses", "smoothed", "suggestion", "min_lr", "min_lr_div10", "stopped_early", "stop_reason",
-              "settings", "train_command"):
+    for k in (
+        "lrs",
+        "losses",
+        "smoothed",
+        "suggestion",
+        "min_lr",
+        "min_lr_div10",
+        "stopped_early",
+        "stop_reason",
+        "settings",
+        "train_command",
+    ):
         assert k in res, k
     lrs = np.array(res["lrs"])
     n = len(lrs)
@@ -107,8 +141,22 @@ def test_lr_finder_cli(tmp_path, tiny_data):
 
     # divergence: an absurd end lr stops the sweep early
     out2 = tmp_path / "lrf_div"
-    proc = kd("tune", "lr", "--data", tiny_data, *TINY, "--steps", "12", "--start-lr", "1e-2", "--end-lr", "1e3",
-              "--out", out2, cwd=tmp_path)
+    proc = kd(
+        "tune",
+        "lr",
+        "--data",
+        tiny_data,
+        *TINY,
+        "--steps",
+        "12",
+        "--start-lr",
+        "1e-2",
+        "--end-lr",
+        "1e3",
+        "--out",
+        out2,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     res2 = json.loads((out2 / "lr_find.json").read_text())
     assert res2["stopped_early"] is True and res2["stop_reason"], res2["stop_reason"]

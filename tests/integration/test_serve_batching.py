@@ -19,15 +19,15 @@ with warnings.catch_warnings():
 
 from kubedistill.serve.app import create_app  # noqa: E402
 from kubedistill.serve.model import OnnxDetector  # noqa: E402
-from tests.integration.test_serve_support import served_dynamic_model, served_model, wait_ready  # noqa: E402
+from tests.integration.test_serve_support import wait_ready  # noqa: E402
 
 CONF = 0.05
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, tiny_data):
+def models(served_model, served_dynamic_model):
     """(fixed-batch export, dynamic-batch export) of the served test model (its answers depend on the image)."""
-    return served_model(tmp_path_factory, tiny_data)[1], served_dynamic_model(tmp_path_factory, tiny_data)
+    return served_model[1], served_dynamic_model
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,13 @@ def _same(a: list[dict], b: list[dict]) -> None:
     sure = [d for d in a if d["score"] > CONF + 1e-4]
     assert len(b) >= len(sure) and len(b) <= len(a) + sum(abs(d["score"] - CONF) <= 1e-4 for d in b)
     for d in sure:
-        twins = [e for e in b if e["class_id"] == d["class_id"] and abs(e["score"] - d["score"]) <= 1e-4
-                 and max(abs(x - y) for x, y in zip(e["box"], d["box"])) <= 0.01]
+        twins = [
+            e
+            for e in b
+            if e["class_id"] == d["class_id"]
+            and abs(e["score"] - d["score"]) <= 1e-4
+            and max(abs(x - y) for x, y in zip(e["box"], d["box"])) <= 0.01
+        ]
         assert twins, f"{d} has no twin in the batched answer"
 
 
@@ -59,7 +64,9 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_answers(models,
         expected = [_detect(alone, data) for data in images]
     assert all(expected) and len({str(e[:3]) for e in expected}) == len(images), "images must get different answers"
     # each model call sleeps 0.3 s, so requests pile up behind the first one
-    app = create_app(dynamic, name="tiny", background_load=False, max_batch_size=4, max_latency_ms=50, inference_delay_s=0.3)
+    app = create_app(
+        dynamic, name="tiny", background_load=False, max_batch_size=4, max_latency_ms=50, inference_delay_s=0.3
+    )
     order = [i % len(images) for i in range(10)]
     with TestClient(app) as c:
         wait_ready(c)
@@ -68,8 +75,9 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_answers(models,
         metrics = c.get("/metrics").text
     for i, dets in zip(order, got):
         _same(expected[i], dets)
-    sizes = app.state.batcher.batches
+    sizes = app.state.serve.batcher.batches
     assert sum(sizes) == len(order) and max(sizes) > 1 and all(s <= 4 for s in sizes), sizes
+
     def value(name: str) -> float:
         return float(next(line.split()[-1] for line in metrics.splitlines() if line.startswith(name)))
 
@@ -83,7 +91,9 @@ def test_v2_infer_requests_are_batched_too(models):
     det = OnnxDetector(dynamic, threads=1)
     rng = np.random.default_rng(0)
     inputs = [rng.random((n, 3, 64, 64), dtype=np.float32) for n in (1, 2, 1, 3)]
-    app = create_app(dynamic, name="tiny", background_load=False, max_batch_size=8, max_latency_ms=50, inference_delay_s=0.3)
+    app = create_app(
+        dynamic, name="tiny", background_load=False, max_batch_size=8, max_latency_ms=50, inference_delay_s=0.3
+    )
 
     def infer(x):
         body = {"inputs": [{"name": "images", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
@@ -101,7 +111,7 @@ def test_v2_infer_requests_are_batched_too(models):
         np.testing.assert_allclose(y[..., 4], ref[..., 4], atol=1e-4)  # scores; boxes of near-zero scores may reorder
         keep = ref[..., 4] > 0.01
         np.testing.assert_allclose(y[..., :4][keep], ref[..., :4][keep], atol=0.01)
-    assert max(app.state.batcher.batches) > 1
+    assert max(app.state.serve.batcher.batches) > 1
 
 
 def test_a_fixed_batch_model_is_refused_with_the_fix(models):
@@ -114,8 +124,13 @@ def test_a_fixed_batch_model_is_refused_with_the_fix(models):
 
 @pytest.mark.parametrize("flag,value", [("--max-batch-size", "0"), ("--max-latency-ms", "-1")])
 def test_bad_batching_flags_are_one_line_errors(models, tmp_path, flag, value):
-    r = subprocess.run([sys.executable, "-m", "kubedistill", "serve", "--model", str(models[1]), flag, value],
-                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "kubedistill", "serve", "--model", str(models[1]), flag, value],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert r.returncode == 2 and flag in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from kubedistill import storage
+from kubedistill.core.errors import DataError, UserError
 from kubedistill.data.dataset_yaml import load_data_yaml
 from kubedistill.data.fetch import fetch_dataset
-from kubedistill.core.errors import DataError, UserError
+from kubedistill.storage import s3 as storage_s3
 
 BUCKET = "kd-storage"
 
@@ -25,9 +26,9 @@ def s3(s3_env, monkeypatch, tmp_path):
     s3_env.bucket(BUCKET)
     monkeypatch.setenv("KUBEDISTILL_S3_BACKOFF_S", "0.01")
     monkeypatch.setenv("KUBEDISTILL_CACHE", str(tmp_path / "cache"))
-    storage._client.cache_clear()
+    storage_s3._client.cache_clear()
     yield s3_env
-    storage._client.cache_clear()
+    storage_s3._client.cache_clear()
 
 
 def _uri(request, *parts: str) -> str:
@@ -60,7 +61,11 @@ def test_file_round_trip(s3, request, tmp_path):
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != storage.MANIFEST}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != storage.MANIFEST
+    }
 
 
 def test_folder_round_trip_and_reuse(s3, request, tmp_path):
@@ -229,10 +234,21 @@ def test_cli_credential_and_endpoint_errors(s3, request, tmp_path, capfd, monkey
 def test_cli_no_credentials_subprocess(s3, request, tmp_path):
     """The installed command, with no credentials anywhere: one line on stderr, exit 2, no traceback."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_ENDPOINT_URL=s3.endpoint, AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
-               AWS_EC2_METADATA_DISABLED="true", AWS_DEFAULT_REGION="us-east-1")
-    r = subprocess.run([sys.executable, "-m", "kubedistill", "data", "fetch", _uri(request, "ds/"), str(tmp_path / "d")],
-                       capture_output=True, text=True, timeout=120, env=env)
+    env.update(
+        AWS_ENDPOINT_URL=s3.endpoint,
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "kubedistill", "data", "fetch", _uri(request, "ds/"), str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [
-        f"error: No S3 credentials to access '{_uri(request, 'ds/')}'. Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)."]
+        f"error: No S3 credentials to access '{_uri(request, 'ds/')}'. Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)."
+    ]

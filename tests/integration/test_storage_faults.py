@@ -11,6 +11,7 @@ import io
 import pytest
 
 from kubedistill import storage
+from kubedistill.storage import s3 as storage_s3
 
 BUCKET = "kd-faults"
 
@@ -31,17 +32,23 @@ def moto_endpoint():
 @pytest.fixture
 def client(moto_endpoint, monkeypatch):
     """kubedistill's client pointed at moto, with a bucket, 2 botocore attempts and fast whole-transfer retries."""
-    env = {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "KUBEDISTILL_S3_MAX_ATTEMPTS": "2", "KUBEDISTILL_S3_TRANSFER_RETRIES": "3",
-           "KUBEDISTILL_S3_BACKOFF_S": "0.01"}
+    env = {
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "KUBEDISTILL_S3_MAX_ATTEMPTS": "2",
+        "KUBEDISTILL_S3_TRANSFER_RETRIES": "3",
+        "KUBEDISTILL_S3_BACKOFF_S": "0.01",
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-    storage._client.cache_clear()
+    storage_s3._client.cache_clear()
     c = storage.s3_client()
     c.create_bucket(Bucket=BUCKET)
     yield c
-    storage._client.cache_clear()  # the hooks stay with this client only
+    storage_s3._client.cache_clear()  # the hooks stay with this client only
 
 
 class _Raw:
@@ -55,7 +62,9 @@ class _Raw:
 def _slow_down():
     from botocore.awsrequest import AWSResponse
 
-    body = b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+    body = (
+        b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+    )
     return AWSResponse("http://s3", 503, {"Content-Type": "application/xml"}, _Raw(body))
 
 
@@ -88,7 +97,9 @@ def test_persistent_throttling_is_one_clear_error(client, tmp_path):
     client.put_object(Bucket=BUCKET, Key="t/b.bin", Body=b"b")
     hook, calls = _fail_first(10**6, _slow_down)
     client.meta.events.register("before-send.s3.GetObject", hook)
-    with pytest.raises(storage.StorageError, match=r"kept failing for 's3://kd-faults/t/b.bin' \(SlowDown\) after 3 attempts") as e:
+    with pytest.raises(
+        storage.StorageError, match=r"kept failing for 's3://kd-faults/t/b.bin' \(SlowDown\) after 3 attempts"
+    ) as e:
         storage.download(f"s3://{BUCKET}/t/b.bin", tmp_path / "b.bin")
     assert calls["n"] == 6 and "Try again later" in str(e.value) and not (tmp_path / "b.bin").exists()
 
@@ -131,7 +142,9 @@ class _BreaksOff(io.RawIOBase):
 
         if self.pos >= len(self.data) // 2:
             raise ProtocolError("Connection broken: IncompleteRead")
-        chunk = self.data[self.pos: self.pos + min(amt if amt and amt > 0 else len(self.data), len(self.data) // 2 - self.pos)]
+        chunk = self.data[
+            self.pos : self.pos + min(amt if amt and amt > 0 else len(self.data), len(self.data) // 2 - self.pos)
+        ]
         self.pos += len(chunk)
         return chunk
 

@@ -4,20 +4,19 @@ import pytest
 import yaml
 
 from kubedistill import storage
-from kubedistill.config import train_config
+from kubedistill.storage import s3 as storage_s3
 from kubedistill.train import build_trainer
-from tests.conftest import TINY_TRAIN
 
 
 class _Stop(Exception):
     pass
 
 
-def test_trainer_fetches_s3_dataset(s3_env, tiny_data, tmp_path, monkeypatch):
+def test_trainer_fetches_s3_dataset(s3_env, tiny_data, tmp_path, monkeypatch, tiny_cfg):
     s3_env.bucket("kd-train")
     monkeypatch.setenv("KUBEDISTILL_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    storage._client.cache_clear()
+    storage_s3._client.cache_clear()
     uri = storage.upload(tiny_data.parent, "s3://kd-train/datasets/tiny")
     seen = {}
 
@@ -25,11 +24,13 @@ def test_trainer_fetches_s3_dataset(s3_env, tiny_data, tmp_path, monkeypatch):
         seen["spec"] = trainer.spec
         raise _Stop
 
-    cfg = train_config(data=uri, project=str(tmp_path), name="s3", epochs=1, **TINY_TRAIN)
+    cfg = tiny_cfg(uri, tmp_path, "s3", epochs=1)
     with pytest.raises(_Stop):
         build_trainer(cfg, {"on_train_start": [stop]}).train()
     spec = seen["spec"]
     assert (tmp_path / "cache" / "datasets") in spec.yaml_path.parents
     assert (len(spec.splits["train"]), len(spec.splits["val"])) == (16, 8)
-    assert yaml.safe_load((tmp_path / "s3" / "args.yaml").read_text())["data"] == uri  # the run records the URI, not the cache
-    storage._client.cache_clear()
+    assert (
+        yaml.safe_load((tmp_path / "s3" / "args.yaml").read_text())["data"] == uri
+    )  # the run records the URI, not the cache
+    storage_s3._client.cache_clear()

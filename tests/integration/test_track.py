@@ -13,22 +13,9 @@ import socket
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_TRAIN
-
 pytestmark = pytest.mark.slow
 
 mlflow = pytest.importorskip("mlflow")  # the `track` extra; installed by `make install`
-
-
-def _train(data, project, name, epochs=3, **kw):
-    from kubedistill.config import train_config
-    from kubedistill.train import build_trainer
-
-    cfg = train_config(data=str(data), model="yolo-n", epochs=epochs, project=str(project), name=name, exist_ok=True,
-                       **{**TINY_TRAIN, "plots": True, **kw})
-    trainer = build_trainer(cfg)
-    trainer.train()
-    return trainer
 
 
 def _zero_head(src, dst):
@@ -42,16 +29,27 @@ def _zero_head(src, dst):
     for k, v in sd.items():
         if k.startswith("head.") and v.is_floating_point():
             sd[k] = torch.zeros_like(v)
-    atomic_torch_save({k: v for k, v in ckpt.items() if k in ("model", "train_args", "version", "epoch", "metrics")}, dst)
+    atomic_torch_save(
+        {k: v for k, v in ckpt.items() if k in ("model", "train_args", "version", "epoch", "metrics")}, dst
+    )
     return dst
 
 
 @pytest.fixture(scope="module")
-def tracked(tiny_data, tmp_path_factory, monkeypatch_module):
+def tracked(tiny_data, tmp_path_factory, monkeypatch_module, tiny_train):
     """One tiny training run tracked into the embedded default store (no env: mlflow=True)."""
     monkeypatch_module.delenv("MLFLOW_TRACKING_URI", raising=False)
     project = tmp_path_factory.mktemp("tracked") / "runs"
-    trainer = _train(tiny_data, project, "student", mlflow=True, mlflow_tags={"pipeline_run_id": "run-42"})
+    trainer = tiny_train(
+        project,
+        tiny_data,
+        "student",
+        epochs=3,
+        exist_ok=True,
+        plots=True,
+        mlflow=True,
+        mlflow_tags={"pipeline_run_id": "run-42"},
+    )[0]
     uri = f"sqlite:///{project.resolve() / 'mlflow.db'}"
     return trainer, uri, project
 
@@ -72,11 +70,30 @@ def test_training_run_is_tracked_in_the_embedded_store(tracked):
     run = cl.get_run(info["run_id"])
     assert run.info.status == "FINISHED"
     # params: the full resolved config
-    for key in ("epochs", "imgsz", "lr0", "lrf", "optimizer", "box_loss", "dis", "label_smoothing", "mlflow_tags.pipeline_run_id"):
+    for key in (
+        "epochs",
+        "imgsz",
+        "lr0",
+        "lrf",
+        "optimizer",
+        "box_loss",
+        "dis",
+        "label_smoothing",
+        "mlflow_tags.pipeline_run_id",
+    ):
         assert key in run.data.params, key
     assert run.data.params["epochs"] == "3" and run.data.params["optimizer"] == "AdamW"
     # metrics each epoch with the epoch as step
-    for key in ("train/box_loss", "train/cls_loss", "lr/weights", "metrics/mAP50-95", "metrics/mAP50", "metrics/AP_small", "img_s", "epoch_s"):
+    for key in (
+        "train/box_loss",
+        "train/cls_loss",
+        "lr/weights",
+        "metrics/mAP50-95",
+        "metrics/mAP50",
+        "metrics/AP_small",
+        "img_s",
+        "epoch_s",
+    ):
         hist = cl.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in hist) == [0, 1, 2], key
     assert run.data.metrics["best/mAP50-95"] == pytest.approx(trainer.best_metrics["mAP50-95"])
@@ -96,7 +113,7 @@ def test_training_run_is_tracked_in_the_embedded_store(tracked):
     assert not (trainer.save_dir / "mlflow_pending.jsonl").exists()
 
 
-def test_a_killed_run_is_marked_killed_and_resume_logs_into_the_same_run(tiny_data, tmp_path, monkeypatch):
+def test_a_killed_run_is_marked_killed_and_resume_logs_into_the_same_run(tiny_data, tmp_path, monkeypatch, tiny_cfg):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     from kubedistill.config import train_config
     from kubedistill.train import build_trainer
@@ -105,8 +122,7 @@ def test_a_killed_run_is_marked_killed_and_resume_logs_into_the_same_run(tiny_da
         if trainer.epoch == 1:
             raise KeyboardInterrupt
 
-    cfg = train_config(data=str(tiny_data), model="yolo-n", epochs=3, project=str(tmp_path / "runs"), name="r", mlflow=True,
-                       plots=False, **TINY_TRAIN)
+    cfg = tiny_cfg(tiny_data, tmp_path / "runs", "r", epochs=3, mlflow=True, plots=False)
     first = build_trainer(cfg, {"on_fit_epoch_end": [kill_after_second_epoch]})
     with pytest.raises(KeyboardInterrupt):
         first.train()
@@ -128,10 +144,12 @@ def _dead_port() -> int:
         return s.getsockname()[1]  # closed again at once: connections are refused
 
 
-def test_server_down_never_loses_the_run_and_sync_sends_it_later(tiny_data, tmp_path, monkeypatch, mlflow_server):
+def test_server_down_never_loses_the_run_and_sync_sends_it_later(
+    tiny_data, tmp_path, monkeypatch, mlflow_server, tiny_train
+):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_dead_port()}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    trainer = _train(tiny_data, tmp_path / "runs", "offline", epochs=2, plots=False)
+    trainer = tiny_train(tmp_path / "runs", tiny_data, "offline", epochs=2, exist_ok=True, plots=False)[0]
     d = trainer.save_dir
     # training finished and kept everything locally
     assert (d / "weights" / "best.pt").is_file() and (d / "results.csv").is_file()
@@ -154,7 +172,9 @@ def test_server_down_never_loses_the_run_and_sync_sends_it_later(tiny_data, tmp_
     assert "weights" in {a.path for a in cl.list_artifacts(run.info.run_id)}
 
 
-def test_registry_and_promotion_gate_on_a_real_server(tracked, tmp_path, monkeypatch, mlflow_server, s3_server, tiny_data):
+def test_registry_and_promotion_gate_on_a_real_server(
+    tracked, tmp_path, monkeypatch, mlflow_server, s3_server, tiny_data
+):
     """register -> pyfunc predict from models:/NAME@champion; a worse model is never promoted."""
     trainer, _, _ = tracked
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
@@ -219,17 +239,29 @@ def test_registry_and_promotion_gate_on_a_real_server(tracked, tmp_path, monkeyp
     assert resolve_model_uri(f"models:/{name}/{v3}") == onnx
     # the .pt checkpoint sits beside the ONNX model
     local = mlflow.artifacts.download_artifacts(f"models:/{name}/{v3}", dst_path=str(tmp_path / "dl"))
-    assert sorted(p.suffix for p in __import__("pathlib").Path(local).rglob("*") if p.suffix in (".pt", ".onnx")) == [".onnx", ".pt"]
+    assert sorted(p.suffix for p in __import__("pathlib").Path(local).rglob("*") if p.suffix in (".pt", ".onnx")) == [
+        ".onnx",
+        ".pt",
+    ]
 
 
-def test_distill_from_a_registered_teacher_logs_dis_loss(tracked, tmp_path, monkeypatch, tiny_data):
+def test_distill_from_a_registered_teacher_logs_dis_loss(tracked, tmp_path, monkeypatch, tiny_data, tiny_train):
     trainer, uri, project = tracked
     monkeypatch.setenv("KUBEDISTILL_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     from kubedistill.release.register import register_student
 
     v = register_student(trainer.wdir / "best.pt", "teacher", tracking_uri=uri, onnx=trainer.wdir / "best.onnx")
-    student = _train(tiny_data, project, "distilled", epochs=1, mlflow=True, distill_model=f"models:/teacher/{v}", plots=False)
+    student = tiny_train(
+        project,
+        tiny_data,
+        "distilled",
+        epochs=1,
+        exist_ok=True,
+        mlflow=True,
+        distill_model=f"models:/teacher/{v}",
+        plots=False,
+    )[0]
     cl = mlflow.MlflowClient(uri)
     run = cl.get_run(student.mlflow_run["run_id"])
     assert "train/dis_loss" in run.data.metrics
@@ -243,10 +275,16 @@ def test_cli_promote_errors_are_one_line(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         main(["promote", "--model-name", "nope", "--version", "1", "--data", str(tmp_path)])
     err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and err == f"error: No MLflow registry at sqlite:///{tmp_path / 'm.db'}. Set MLFLOW_TRACKING_URI (or --tracking-uri) to your MLflow server."
+    assert (
+        e.value.code == 2
+        and err
+        == f"error: No MLflow registry at sqlite:///{tmp_path / 'm.db'}. Set MLFLOW_TRACKING_URI (or --tracking-uri) to your MLflow server."
+    )
     import mlflow as _mlflow
 
-    _mlflow.MlflowClient(f"sqlite:///{tmp_path / 'm.db'}").search_experiments()  # now the store exists, the model does not
+    _mlflow.MlflowClient(
+        f"sqlite:///{tmp_path / 'm.db'}"
+    ).search_experiments()  # now the store exists, the model does not
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         main(["promote", "--model-name", "nope", "--version", "1", "--data", str(tmp_path)])
@@ -263,10 +301,21 @@ def test_register_cli_uses_the_training_run(tracked, capsys, monkeypatch):
     monkeypatch.chdir(project.parent)  # the default store is ./runs/mlflow.db
     from kubedistill.cli import main
 
-    main(["register", "--weights", str(trainer.wdir / "best.pt"), "--model-name", "cli-model", "--onnx",
-          str(trainer.wdir / "best.onnx"), "--tag", "k=v"])
+    main(
+        [
+            "register",
+            "--weights",
+            str(trainer.wdir / "best.pt"),
+            "--model-name",
+            "cli-model",
+            "--onnx",
+            str(trainer.wdir / "best.onnx"),
+            "--tag",
+            "k=v",
+        ]
+    )
     stdout = capsys.readouterr().out
-    out = json.loads(stdout[stdout.index("{"):])
+    out = json.loads(stdout[stdout.index("{") :])
     assert out["model_uri"] == f"models:/cli-model/{out['version']}" and out["alias"] == "challenger"
     cl = mlflow.MlflowClient(uri)
     mv = cl.get_model_version_by_alias("cli-model", "challenger")
@@ -278,6 +327,7 @@ def test_import_track_is_cheap():
     import sys
 
     code = "import kubedistill.track, kubedistill.track.settings, sys; print('mlflow' in sys.modules, 'torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, check=True
+    ).stdout.split()
     assert out == ["False", "False"]
-

@@ -14,23 +14,38 @@ from kubedistill.config import train_config
 from kubedistill.core.errors import DataError, UserError
 from kubedistill.train import build_trainer
 from kubedistill.train.trainer import TrainingDiverged
-from tests.conftest import TINY_TRAIN
 
 
-def _train(tmp_path, data, name="run", callbacks=None, **kw):
-    cfg = train_config(data=str(data), project=str(tmp_path), name=name, **{**TINY_TRAIN, **kw})
-    return build_trainer(cfg, callbacks).train()
-
-
-def test_outputs_and_checkpoint_format(tmp_path, tiny_data):
-    res = _train(tmp_path, tiny_data, epochs=2, close_mosaic=1)
+def test_outputs_and_checkpoint_format(tmp_path, tiny_data, tiny_train):
+    res = tiny_train(tmp_path, tiny_data, epochs=2, close_mosaic=1)[1]
     run = Path(res["save_dir"])
-    for f in ("weights/last.pt", "weights/best.pt", "results.csv", "args.yaml", "metrics.json", "data_check.json",
-              "results.png", "pr_curves.png", "confusion_matrix.png", "confidence.png", "labels.png", "val_batch.png"):
+    for f in (
+        "weights/last.pt",
+        "weights/best.pt",
+        "results.csv",
+        "args.yaml",
+        "metrics.json",
+        "data_check.json",
+        "results.png",
+        "pr_curves.png",
+        "confusion_matrix.png",
+        "confidence.png",
+        "labels.png",
+        "val_batch.png",
+    ):
         assert (run / f).is_file(), f
     rows = list(csv.DictReader(open(run / "results.csv")))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    for col in ("train/box_loss", "train/cls_loss", "train/l1_loss", "metrics/mAP50-95", "metrics/mAP50", "prog/o2m", "prog/o2o", "lr/weights"):
+    for col in (
+        "train/box_loss",
+        "train/cls_loss",
+        "train/l1_loss",
+        "metrics/mAP50-95",
+        "metrics/mAP50",
+        "prog/o2m",
+        "prog/o2o",
+        "lr/weights",
+    ):
         assert rows[0][col] != "", col
     assert float(rows[0]["prog/o2m"]) == pytest.approx(0.8) and float(rows[1]["prog/o2m"]) == pytest.approx(0.1)
     # checkpoints are plain data: weights_only loading works
@@ -42,9 +57,9 @@ def test_outputs_and_checkpoint_format(tmp_path, tiny_data):
 
 
 @pytest.mark.parametrize("losses", [{}, {"box_loss": "wiou", "cls_loss": "ghm"}], ids=["default", "stateful-losses"])
-def test_resume_continues_exactly(tmp_path, tiny_data, losses):
+def test_resume_continues_exactly(tmp_path, tiny_data, losses, tiny_train):
     # Wise-IoU's running mean and GHM's bin counts are resume state too: without them the runs differ
-    full = _train(tmp_path, tiny_data, name="full", epochs=3, close_mosaic=1, **losses)
+    full = tiny_train(tmp_path, tiny_data, name="full", epochs=3, close_mosaic=1, **losses)[1]
 
     class Kill(Exception):
         pass
@@ -54,7 +69,15 @@ def test_resume_continues_exactly(tmp_path, tiny_data, losses):
             raise Kill
 
     with pytest.raises(Kill):
-        _train(tmp_path, tiny_data, name="cut", epochs=3, close_mosaic=1, callbacks={"on_fit_epoch_end": [kill_after_first]}, **losses)
+        tiny_train(
+            tmp_path,
+            tiny_data,
+            name="cut",
+            epochs=3,
+            close_mosaic=1,
+            callbacks={"on_fit_epoch_end": [kill_after_first]},
+            **losses,
+        )[1]
     resumed = build_trainer(train_config(resume=str(tmp_path / "cut" / "weights" / "last.pt"), workers=0)).train()
     assert resumed["save_dir"] == str(tmp_path / "cut")
     a = torch.load(Path(full["last"]), weights_only=True)
@@ -82,22 +105,22 @@ def _break_dataset(src: Path, dst: Path) -> Path:
     return dst / "data.yaml"
 
 
-def test_bad_samples_skipped_and_reported(tmp_path, tiny_data):
+def test_bad_samples_skipped_and_reported(tmp_path, tiny_data, tiny_train):
     data = _break_dataset(tiny_data, tmp_path / "broken")
-    res = _train(tmp_path, data, epochs=1)
+    res = tiny_train(tmp_path, data, epochs=1)[1]
     report = (Path(res["save_dir"]) / "data_check.json").read_text()
     assert "class_range" in report and "label_columns" in report and "image_corrupt" in report
     ckpt = torch.load(res["last"], weights_only=True)
     assert ckpt["epoch"] == 0
 
 
-def test_too_little_usable_data_stops_clearly(tmp_path, tiny_data):
+def test_too_little_usable_data_stops_clearly(tmp_path, tiny_data, tiny_train):
     data = _break_dataset(tiny_data, tmp_path / "broken")
     with pytest.raises(DataError, match=r"usable"):
-        _train(tmp_path, data, epochs=1, min_usable=0.95)
+        tiny_train(tmp_path, data, epochs=1, min_usable=0.95)[1]
 
 
-def test_nonfinite_loss_skips_then_stops(tmp_path, tiny_data):
+def test_nonfinite_loss_skips_then_stops(tmp_path, tiny_data, tiny_cfg):
     from kubedistill.train.trainer import Trainer
 
     class NaNTrainer(Trainer):
@@ -106,22 +129,35 @@ def test_nonfinite_loss_skips_then_stops(tmp_path, tiny_data):
             loss = self.objective.loss
             self.objective.loss = lambda preds, batch: (loss(preds, batch)[0] * float("nan"), {})
 
-    cfg = train_config(data=str(tiny_data), project=str(tmp_path), name="nan", epochs=20, **{**TINY_TRAIN, "batch": 2, "nbs": 2})
+    cfg = tiny_cfg(tiny_data, tmp_path, "nan", epochs=20, batch=2, nbs=2)
     with pytest.raises(TrainingDiverged, match="non-finite for 10 steps"):
         NaNTrainer(cfg).train()
 
 
-def test_missing_data_is_a_user_error(tmp_path):
+def test_missing_data_is_a_user_error(tmp_path, tiny_train):
     with pytest.raises(UserError, match="does not exist|not found|No such"):
-        _train(tmp_path, tmp_path / "nope.yaml", epochs=1)
+        tiny_train(tmp_path, tmp_path / "nope.yaml", epochs=1)[1]
 
 
 @pytest.mark.slow
 def test_learns_to_map50_half(tmp_path, easy_data):
     """It learns, not only runs: yolo-n from scratch, ~90 s on 2 CPU cores, val mAP50 >= 0.5."""
     det = Detector("yolo-n")
-    res = det.train(data=str(easy_data), project=str(tmp_path), name="learn", epochs=24, imgsz=96, batch=16, nbs=16,
-                    workers=2, optimizer="AdamW", lr0=0.004, warmup_epochs=1, close_mosaic=5, verbose=False)
+    res = det.train(
+        data=str(easy_data),
+        project=str(tmp_path),
+        name="learn",
+        epochs=24,
+        imgsz=96,
+        batch=16,
+        nbs=16,
+        workers=2,
+        optimizer="AdamW",
+        lr0=0.004,
+        warmup_epochs=1,
+        close_mosaic=5,
+        verbose=False,
+    )
     assert res["metrics"]["mAP50"] >= 0.5, res["metrics"]
     # the Python API keeps the trained model: val and predict use the same code as the CLI
     m = det.val(workers=0)

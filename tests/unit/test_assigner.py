@@ -69,5 +69,7 @@ def test_no_objects():
     anc, _ = _anchors()
     a = anc.shape[0]
     assigner = TaskAlignedAssigner(3)
-    out = assigner(torch.rand(2, a, 3), torch.rand(2, a, 4), anc, torch.zeros(2, 0, 1), torch.zeros(2, 0, 4), torch.zeros(2, 0, 1))
+    out = assigner(
+        torch.rand(2, a, 3), torch.rand(2, a, 4), anc, torch.zeros(2, 0, 1), torch.zeros(2, 0, 4), torch.zeros(2, 0, 1)
+    )
     assert out[3].sum() == 0 and out[2].sum() == 0

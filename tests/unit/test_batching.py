@@ -63,7 +63,9 @@ def test_requests_waiting_for_the_model_share_the_next_call(pool):
     async def main():
         b = MicroBatcher(model, max_batch_size=8, max_latency_s=0.05, executor=pool, on_wait=waits.append)
         first = await in_the_model(b, model, rows(1))  # the lone first request runs at once
-        rest = [asyncio.create_task(b.submit(rows(*range(10 * i, 10 * i + n)))) for i, n in ((2, 1), (3, 2), (4, 1), (5, 3))]
+        rest = [
+            asyncio.create_task(b.submit(rows(*range(10 * i, 10 * i + n)))) for i, n in ((2, 1), (3, 2), (4, 1), (5, 3))
+        ]
         await asyncio.sleep(0.05)
         model.release.set()
         out = await asyncio.gather(first, *rest)
@@ -72,7 +74,9 @@ def test_requests_waiting_for_the_model_share_the_next_call(pool):
 
     out = run(main())
     assert [len(c) for c in model.calls] == [1, 7]  # the four queued requests (7 images) in one call
-    assert len(waits) == 5 and waits[0] < min(waits[1:]) and min(waits[1:]) >= 0.04  # the four waited for the first call
+    assert (
+        len(waits) == 5 and waits[0] < min(waits[1:]) and min(waits[1:]) >= 0.04
+    )  # the four waited for the first call
     assert out[0].ravel().tolist() == [10]
     assert [o.ravel().tolist() for o in out[1:]] == [[200], [300, 310], [400], [500, 510, 520]]
 

@@ -8,7 +8,16 @@ from kubedistill.core.errors import ConfigError
 
 def test_defaults_follow_ultralytics():
     c = TrainConfig()
-    assert (c.lr0, c.lrf, c.momentum, c.weight_decay, c.warmup_epochs, c.nbs, c.max_det, c.dis) == (0.01, 0.01, 0.937, 0.0005, 3.0, 64, 300, 6.0)
+    assert (c.lr0, c.lrf, c.momentum, c.weight_decay, c.warmup_epochs, c.nbs, c.max_det, c.dis) == (
+        0.01,
+        0.01,
+        0.937,
+        0.0005,
+        3.0,
+        64,
+        300,
+        6.0,
+    )
 
 
 def test_unknown_name_suggests():
@@ -17,7 +26,9 @@ def test_unknown_name_suggests():
 
 
 def test_bad_values_named():
-    with pytest.raises(ConfigError, match=r"option 'imgsz' = 300: must be a multiple of 32 \(the largest stride\); try 288"):
+    with pytest.raises(
+        ConfigError, match=r"option 'imgsz' = 300: must be a multiple of 32 \(the largest stride\); try 288"
+    ):
         train_config(imgsz=300)
     with pytest.raises(ConfigError, match="option 'lr0'"):
         train_config(lr0=-1)
@@ -39,11 +50,22 @@ def test_yaml_then_overrides(tmp_path):
 
 
 def test_cli_overrides():
-    d = parse_cli_overrides(["--data", "d.yaml", "epochs=3", "--cos-lr", "--distill-model=t.pt", "--no-val", "--lr0", "0.02"])
-    assert d == {"data": "d.yaml", "epochs": "3", "cos_lr": "true", "distill_model": "t.pt", "val": "false", "lr0": "0.02"}
+    d = parse_cli_overrides(
+        ["--data", "d.yaml", "epochs=3", "--cos-lr", "--distill-model=t.pt", "--no-val", "--lr0", "0.02"]
+    )
+    assert d == {
+        "data": "d.yaml",
+        "epochs": "3",
+        "cos_lr": "true",
+        "distill_model": "t.pt",
+        "val": "false",
+        "lr0": "0.02",
+    }
     c = train_config(**d)
     assert c.epochs == 3 and c.cos_lr is True and c.val is False and c.lr0 == 0.02
-    assert train_config(resume="true").resume is True and train_config(resume="runs/x/weights/last.pt").resume.endswith("last.pt")
+    assert train_config(resume="true").resume is True and train_config(resume="runs/x/weights/last.pt").resume.endswith(
+        "last.pt"
+    )
     with pytest.raises(ConfigError, match="Unexpected argument 'oops'"):
         parse_cli_overrides(["oops"])
 

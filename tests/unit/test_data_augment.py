@@ -34,8 +34,9 @@ def test_affine_keeps_box_on_rectangle():
     kept = 0
     for seed in range(12):
         rng = np.random.default_rng(seed)
-        out, b, c = random_affine(img, boxes, np.array([3.0]), degrees=30, translate=0.2, scale=0.5,
-                                  border=GREY, out_size=96, rng=rng)
+        out, b, c = random_affine(
+            img, boxes, np.array([3.0]), degrees=30, translate=0.2, scale=0.5, border=GREY, out_size=96, rng=rng
+        )
         assert out.shape == (96, 96, 3) and out.dtype == np.uint8
         if not len(b):
             continue

@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
+from kubedistill.core.errors import DataError
 from kubedistill.data.check import check_dataset, fingerprint
 from kubedistill.data.dataset_yaml import load_data_yaml
-from kubedistill.core.errors import DataError
 
 NAMES = ["a", "b", "c"]
 

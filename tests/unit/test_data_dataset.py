@@ -83,7 +83,9 @@ def test_background_item_and_collate(tmp_path):
 
 def test_augmented_boxes_stay_on_objects(tmp_path):
     samples = [
-        _rect_sample(tmp_path / f"{k}.png", 48 + 8 * k, 64, [(k % 3, 6 + k, 8, 30 + k, 30), ((k + 1) % 3, 36, 20, 60, 44)])
+        _rect_sample(
+            tmp_path / f"{k}.png", 48 + 8 * k, 64, [(k % 3, 6 + k, 8, 30 + k, 30), ((k + 1) % 3, 36, 20, 60, 44)]
+        )
         for k in range(4)
     ]
     hyp = _hyp(mosaic=0.5, degrees=10.0, translate=0.1, scale=0.3, fliplr=0.5)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from kubedistill.data.images import ImageReadError, image_size, read_image, verify_image
 from kubedistill.core.errors import DataError
+from kubedistill.data.images import ImageReadError, image_size, read_image, verify_image
 
 
 def _pattern(h: int = 20, w: int = 40) -> np.ndarray:
@@ -99,7 +99,9 @@ def test_decode_matches_opencv(tmp_path, fmt):
     """Pillow decodes to the pixels OpenCV's imdecode gave training before the switch (within 1, in practice equal)."""
     rng = np.random.default_rng(3)
     y, x = np.mgrid[0:97, 0:131]
-    img = np.clip(np.dstack([x * 1.9, y * 2.5, (x + y) * 1.1]) + rng.normal(0, 20, (97, 131, 3)), 0, 255).astype(np.uint8)
+    img = np.clip(np.dstack([x * 1.9, y * 2.5, (x + y) * 1.1]) + rng.normal(0, 20, (97, 131, 3)), 0, 255).astype(
+        np.uint8
+    )
     f = tmp_path / ("x.png" if fmt == "png" else "x.jpg")
     if fmt == "cv2.jpg":
         cv2.imwrite(str(f), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])

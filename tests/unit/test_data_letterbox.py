@@ -89,19 +89,31 @@ def _smooth(h: int, w: int, c: int | None, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     shape = (h, w) if c is None else (h, w, c)
     y, x = np.mgrid[0:h, 0:w]
-    base = (x * 255 / max(1, w - 1) * 0.6 + y * 255 / max(1, h - 1) * 0.3)
+    base = x * 255 / max(1, w - 1) * 0.6 + y * 255 / max(1, h - 1) * 0.3
     base = base if c is None else base[:, :, None]
     img = np.clip(base + rng.normal(0, 25, shape), 0, 255)
     img[h // 4 : h // 2, w // 3 : w // 2] = 255
     return img.astype(np.uint8)
 
 
-@pytest.mark.parametrize("src,dst", [
-    ((720, 1280), (360, 640)), ((1080, 1920), (180, 320)), ((427, 640), (43, 64)), ((480, 640), (240, 321)),  # shrink
-    ((300, 200), (97, 64)), ((1000, 13), (64, 1)), ((13, 1000), (1, 64)), ((5, 7), (5, 3)),  # odd shrinks
-    ((48, 64), (480, 640)), ((31, 17), (64, 35)), ((2, 3), (64, 96)), ((1, 1), (9, 9)),  # enlarge
-    ((40, 60), (80, 30)),  # one side grows, the other shrinks: bilinear, as cv2 INTER_LINEAR
-])
+@pytest.mark.parametrize(
+    "src,dst",
+    [
+        ((720, 1280), (360, 640)),
+        ((1080, 1920), (180, 320)),
+        ((427, 640), (43, 64)),
+        ((480, 640), (240, 321)),  # shrink
+        ((300, 200), (97, 64)),
+        ((1000, 13), (64, 1)),
+        ((13, 1000), (1, 64)),
+        ((5, 7), (5, 3)),  # odd shrinks
+        ((48, 64), (480, 640)),
+        ((31, 17), (64, 35)),
+        ((2, 3), (64, 96)),
+        ((1, 1), (9, 9)),  # enlarge
+        ((40, 60), (80, 30)),  # one side grows, the other shrinks: bilinear, as cv2 INTER_LINEAR
+    ],
+)
 @pytest.mark.parametrize("channels", [3, None])
 def test_resize_matches_cv2_within_one_grey_level(src, dst, channels):
     cv2 = pytest.importorskip("cv2")  # a dev install has it (train extra); the serve image does not

@@ -45,12 +45,16 @@ def test_boxes_are_tight_on_shapes():
     for seed in range(12):
         img, labels, ids = _make_image(np.random.default_rng([seed]), n, kinds)
         assert ids.max() == len(labels)
-        for k, (c, cx, cy, w, h) in enumerate(labels):
+        for k, (_, cx, cy, w, h) in enumerate(labels):
             ys, xs = np.nonzero(ids == k + 1)
             np.testing.assert_allclose(
                 [cx * n, cy * n, w * n, h * n],
-                [(xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2, xs.max() + 1 - xs.min(),
-                 ys.max() + 1 - ys.min()],
+                [
+                    (xs.min() + xs.max() + 1) / 2,
+                    (ys.min() + ys.max() + 1) / 2,
+                    xs.max() + 1 - xs.min(),
+                    ys.max() + 1 - ys.min(),
+                ],
                 atol=1e-9,
             )
             px = img[ys, xs].astype(np.int32)
@@ -72,10 +76,14 @@ def test_labelled_pixels_differ_from_background(tmp_path):
             x1, y1 = int(round((cx - w / 2) * 128)), int(round((cy - h / 2) * 128))
             x2, y2 = int(round((cx + w / 2) * 128)), int(round((cy + h / 2) * 128))
             inner = img[y1:y2, x1:x2].reshape(-1, 3).mean(0)
-            ring = np.concatenate([
-                img[max(0, y1 - 3):y1, x1:x2].reshape(-1, 3), img[y2:y2 + 3, x1:x2].reshape(-1, 3),
-                img[y1:y2, max(0, x1 - 3):x1].reshape(-1, 3), img[y1:y2, x2:x2 + 3].reshape(-1, 3),
-            ])
+            ring = np.concatenate(
+                [
+                    img[max(0, y1 - 3) : y1, x1:x2].reshape(-1, 3),
+                    img[y2 : y2 + 3, x1:x2].reshape(-1, 3),
+                    img[y1:y2, max(0, x1 - 3) : x1].reshape(-1, 3),
+                    img[y1:y2, x2 : x2 + 3].reshape(-1, 3),
+                ]
+            )
             if len(ring):
                 diffs.append(np.abs(inner - ring.mean(0)).sum())
     assert len(diffs) > 10

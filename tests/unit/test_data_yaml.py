@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kubedistill.data.dataset_yaml import DataSpec, label_path, load_data_yaml
 from kubedistill.core.errors import DataError
+from kubedistill.data.dataset_yaml import DataSpec, label_path, load_data_yaml
 
 
 def _touch_images(d: Path, n: int, prefix: str = "im") -> list[Path]:

@@ -14,13 +14,13 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import yaml
 
+from kubedistill.core.errors import UserError
 from kubedistill.deploy import helm
-from kubedistill.deploy.run import deploy
 from kubedistill.deploy.chart import find_chart
 from kubedistill.deploy.helm import HelmActionError, user_values
 from kubedistill.deploy.plan import check_pinned_uri, make_plan, split_replicas
 from kubedistill.deploy.rollout import deployment_progress, kube_clients, pod_problems, wait_for_rollout
-from kubedistill.core.errors import UserError
+from kubedistill.deploy.run import deploy
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "k8s"
 STABLE, CANARY = "det-kubedistill", "det-kubedistill-canary"
@@ -81,7 +81,9 @@ class Core:
 
 def wait(apps, core, names=(STABLE,), timeout=30.0, **kw):
     clock = Clock()
-    res = wait_for_rollout(apps, core, "serving", list(names), timeout=timeout, poll=2.0, clock=clock, sleep=clock.sleep, **kw)
+    res = wait_for_rollout(
+        apps, core, "serving", list(names), timeout=timeout, poll=2.0, clock=clock, sleep=clock.sleep, **kw
+    )
     return res, clock
 
 
@@ -91,22 +93,36 @@ def test_pinned_uris_pass(uri):
     assert check_pinned_uri(uri) == uri
 
 
-@pytest.mark.parametrize("uri, why", [
-    ("models:/det@champion", "registry alias \\(@champion\\), which moves"),
-    ("models:/det/latest", "follows the latest version"),
-    ("models:/det/Production", "'Production' is not a version number"),
-    ("models:/det", "names no version"),
-    ("runs:/abc/model", "not a model URI a Deployment can pin"),
-    ("/data/model.onnx", "not a model URI a Deployment can pin"),
-])
+@pytest.mark.parametrize(
+    "uri, why",
+    [
+        ("models:/det@champion", "registry alias \\(@champion\\), which moves"),
+        ("models:/det/latest", "follows the latest version"),
+        ("models:/det/Production", "'Production' is not a version number"),
+        ("models:/det", "names no version"),
+        ("runs:/abc/model", "not a model URI a Deployment can pin"),
+        ("/data/model.onnx", "not a model URI a Deployment can pin"),
+    ],
+)
 def test_moving_or_unknown_uris_are_refused(uri, why):
     with pytest.raises(UserError, match=why) as e:
         check_pinned_uri(uri)
     assert "models:/NAME/VERSION" in str(e.value)
 
 
-@pytest.mark.parametrize("weight, total, expect", [(10, 4, (4, 1)), (10, 9, (9, 1)), (25, 6, (6, 2)), (50, 3, (3, 3)), (75, 2, (1, 2)), (90, 9, (1, 9)),
-                                                   (1, 2, (2, 1)), (99, 1, (1, 1))])
+@pytest.mark.parametrize(
+    "weight, total, expect",
+    [
+        (10, 4, (4, 1)),
+        (10, 9, (9, 1)),
+        (25, 6, (6, 2)),
+        (50, 3, (3, 3)),
+        (75, 2, (1, 2)),
+        (90, 9, (1, 9)),
+        (1, 2, (2, 1)),
+        (99, 1, (1, 1)),
+    ],
+)
 def test_canary_weight_to_replicas(weight, total, expect):
     assert split_replicas(weight, total) == expect
 
@@ -120,7 +136,9 @@ def test_canary_split_is_monotonic_and_symmetric():
             assert split_replicas(100 - w, total) == (c, s)
             shares.append(c / (s + c))
         assert shares == sorted(shares)
-        if total >= 9:  # enough replicas: within 5 points of the asked share from 10% to 90% (one pod is the floor below)
+        if (
+            total >= 9
+        ):  # enough replicas: within 5 points of the asked share from 10% to 90% (one pod is the floor below)
             assert max(abs(sh - w / 100) for sh, w in zip(shares, range(1, 100)) if 10 <= w <= 90) < 0.05
 
 
@@ -132,37 +150,64 @@ def test_canary_weight_out_of_range(weight):
 
 def test_plan_sets_model_replicas_and_canary():
     defaults = yaml.safe_load((find_chart() / "values.yaml").read_text())
-    plan = make_plan("det", "serving", "models:/det/7", canary_uri="models:/det/8", canary_weight=20,
-                     values={"replicaCount": 4, "model": {"name": "people"}}, defaults=defaults)
-    assert plan.values == {"replicaCount": 4, "model": {"name": "people", "uri": "models:/det/7"},
-                           "canary": {"enabled": True, "model": {"uri": "models:/det/8"}, "replicas": 1}}
+    plan = make_plan(
+        "det",
+        "serving",
+        "models:/det/7",
+        canary_uri="models:/det/8",
+        canary_weight=20,
+        values={"replicaCount": 4, "model": {"name": "people"}},
+        defaults=defaults,
+    )
+    assert plan.values == {
+        "replicaCount": 4,
+        "model": {"name": "people", "uri": "models:/det/7"},
+        "canary": {"enabled": True, "model": {"uri": "models:/det/8"}, "replicas": 1},
+    }
     assert plan.replicas == {"stable": 4, "canary": 1} and plan.canary_share == pytest.approx(0.2)
     assert plan.notes == []
-    coarse = make_plan("det", "serving", "models:/det/7", canary_uri="models:/det/8", canary_weight=10, defaults=defaults)
+    coarse = make_plan(
+        "det", "serving", "models:/det/7", canary_uri="models:/det/8", canary_weight=10, defaults=defaults
+    )
     assert coarse.replicas == {"stable": 2, "canary": 1}
     assert any("about 33% of requests, not 10%" in n for n in coarse.notes)
 
 
 def test_plan_with_autoscaling_sizes_the_canary_against_min_replicas():
     defaults = yaml.safe_load((find_chart() / "values.yaml").read_text())
-    plan = make_plan("det", "serving", "models:/det/7", canary_uri="models:/det/8", canary_weight=25,
-                     values={"autoscaling": {"enabled": True, "minReplicas": 6, "maxReplicas": 12}}, defaults=defaults)
+    plan = make_plan(
+        "det",
+        "serving",
+        "models:/det/7",
+        canary_uri="models:/det/8",
+        canary_weight=25,
+        values={"autoscaling": {"enabled": True, "minReplicas": 6, "maxReplicas": 12}},
+        defaults=defaults,
+    )
     assert "replicaCount" not in plan.values
     assert plan.values["canary"]["replicas"] == 2 and plan.replicas["stable"] == "6-12 (autoscaled)"
     assert any("share falls as the autoscaler adds stable pods" in n for n in plan.notes)
 
 
-@pytest.mark.parametrize("kw, why", [
-    ({"canary_uri": "models:/det/8"}, "needs both --canary-uri and --canary-weight"),
-    ({"canary_weight": 10}, "needs both --canary-uri and --canary-weight"),
-    ({"canary_uri": "models:/det@challenger", "canary_weight": 10}, "--canary-uri 'models:/det@challenger' is a registry alias"),
-])
+@pytest.mark.parametrize(
+    "kw, why",
+    [
+        ({"canary_uri": "models:/det/8"}, "needs both --canary-uri and --canary-weight"),
+        ({"canary_weight": 10}, "needs both --canary-uri and --canary-weight"),
+        (
+            {"canary_uri": "models:/det@challenger", "canary_weight": 10},
+            "--canary-uri 'models:/det@challenger' is a registry alias",
+        ),
+    ],
+)
 def test_plan_refuses_half_a_canary(kw, why):
     with pytest.raises(UserError, match=why):
         make_plan("det", "serving", "models:/det/7", **kw)
 
 
-@pytest.mark.parametrize("release, namespace", [("Det", "serving"), ("det", "serving_ns"), ("a" * 54, "x"), ("det-", "x"), ("det", "")])
+@pytest.mark.parametrize(
+    "release, namespace", [("Det", "serving"), ("det", "serving_ns"), ("a" * 54, "x"), ("det-", "x"), ("det", "")]
+)
 def test_plan_refuses_bad_names(release, namespace):
     with pytest.raises(UserError, match="is not a valid name"):
         make_plan(release, namespace, "models:/det/7")
@@ -173,8 +218,12 @@ def test_user_values_merge_files_then_sets(tmp_path):
     a.write_text("replicaCount: 3\nresources:\n  limits: {cpu: '4', memory: 4Gi}\n")
     b.write_text("replicaCount: 5\nserver: {threads: 4}\n")
     got = user_values([a, b], ["replicaCount=6", "ingress.enabled=true,ingress.hosts[0].host=det.example.com"])
-    assert got == {"replicaCount": 6, "resources": {"limits": {"cpu": "4", "memory": "4Gi"}}, "server": {"threads": 4},
-                   "ingress": {"enabled": True, "hosts": [{"host": "det.example.com"}]}}
+    assert got == {
+        "replicaCount": 6,
+        "resources": {"limits": {"cpu": "4", "memory": "4Gi"}},
+        "server": {"threads": 4},
+        "ingress": {"enabled": True, "hosts": [{"host": "det.example.com"}]},
+    }
     (tmp_path / "bad.yaml").write_text("a: [1,\n")
     with pytest.raises(UserError, match="not valid YAML"):
         user_values([tmp_path / "bad.yaml"])
@@ -183,13 +232,16 @@ def test_user_values_merge_files_then_sets(tmp_path):
 
 
 # -- reading a Deployment's progress and its pods -----------------------------------------------------
-@pytest.mark.parametrize("fixture, state, words", [
-    ("deployment_unobserved.json", "waiting", "waiting for the controller to see generation 8"),
-    ("deployment_surge.json", "waiting", "1 of 2 replicas updated"),
-    ("deployment_old_left.json", "waiting", "1 old replica(s) still running"),
-    ("deployment_complete.json", "done", "2 of 2 replicas updated, ready and available"),
-    ("deployment_deadline.json", "failed", 'ReplicaSet "det-kubedistill-7f8b9c6d4f" has timed out progressing'),
-])
+@pytest.mark.parametrize(
+    "fixture, state, words",
+    [
+        ("deployment_unobserved.json", "waiting", "waiting for the controller to see generation 8"),
+        ("deployment_surge.json", "waiting", "1 of 2 replicas updated"),
+        ("deployment_old_left.json", "waiting", "1 old replica(s) still running"),
+        ("deployment_complete.json", "done", "2 of 2 replicas updated, ready and available"),
+        ("deployment_deadline.json", "failed", 'ReplicaSet "det-kubedistill-7f8b9c6d4f" has timed out progressing'),
+    ],
+)
 def test_deployment_progress(fixture, state, words):
     got_state, msg = deployment_progress(recorded(fixture, "V1Deployment"))
     assert got_state == state and words in msg
@@ -198,32 +250,51 @@ def test_deployment_progress(fixture, state, words):
 def test_pod_problems_carry_the_pods_own_words():
     crash = pod_problems(recorded("pods_crashloop.json", "V1PodList"))
     assert len(crash) == 1 and crash[0].reason == "CrashLoopBackOff" and crash[0].restarts == 4
-    assert "last exit code 2 (Error): error: Model version models:/det/8 does not exist in the MLflow registry" in str(crash[0])
+    assert "last exit code 2 (Error): error: Model version models:/det/8 does not exist in the MLflow registry" in str(
+        crash[0]
+    )
     assert [p.reason for p in pod_problems(recorded("pods_unschedulable.json", "V1PodList"))] == ["Unschedulable"]
     assert pod_problems(recorded("pods_running.json", "V1PodList")) == []
 
 
 # -- waiting for the rollout --------------------------------------------------------------------------
 def test_rollout_completes_after_the_surge(caplog):
-    apps = Apps({STABLE: ["deployment_unobserved.json", "deployment_surge.json", "deployment_old_left.json", "deployment_complete.json"]})
+    apps = Apps(
+        {
+            STABLE: [
+                "deployment_unobserved.json",
+                "deployment_surge.json",
+                "deployment_old_left.json",
+                "deployment_complete.json",
+            ]
+        }
+    )
     core = Core(["pods_running.json"])
     with caplog.at_level(logging.INFO, logger="kubedistill.deploy"):
         res, clock = wait(apps, core)
     assert res.ok and "2 of 2 replicas updated, ready and available" in res.reason
     assert apps.reads == [STABLE] * 4 and clock.sleeps == [2.0] * 3
-    assert core.selectors[0] == "app.kubernetes.io/component=server,app.kubernetes.io/instance=det,app.kubernetes.io/name=kubedistill,kubedistill.io/track=stable"
+    assert (
+        core.selectors[0]
+        == "app.kubernetes.io/component=server,app.kubernetes.io/instance=det,app.kubernetes.io/name=kubedistill,"
+        "kubedistill.io/track=stable"
+    )
     assert "1 old replica(s) still running" in caplog.text
 
 
 def test_rollout_waits_for_stable_and_canary():
-    apps = Apps({STABLE: ["deployment_complete.json"], CANARY: ["deployment_surge.json", "deployment_canary_complete.json"]})
+    apps = Apps(
+        {STABLE: ["deployment_complete.json"], CANARY: ["deployment_surge.json", "deployment_canary_complete.json"]}
+    )
     res, _ = wait(apps, Core(["pods_running.json"]), names=(STABLE, CANARY))
     assert res.ok and set(res.states) == {STABLE, CANARY}
     assert apps.reads.count(CANARY) == 2
 
 
 def test_progress_deadline_fails_with_its_message():
-    res, clock = wait(Apps({STABLE: ["deployment_surge.json", "deployment_deadline.json"]}), Core(["pods_running.json"]))
+    res, clock = wait(
+        Apps({STABLE: ["deployment_surge.json", "deployment_deadline.json"]}), Core(["pods_running.json"])
+    )
     assert not res.ok and "has timed out progressing" in res.reason and clock.t == 2.0
 
 
@@ -235,8 +306,10 @@ def test_crash_loop_fails_fast_with_the_containers_last_words():
 
 
 def test_one_crash_is_not_a_failure():
-    res, _ = wait(Apps({STABLE: ["deployment_surge.json", "deployment_surge.json", "deployment_complete.json"]}),
-                  Core(["pods_crash_once.json", "pods_running.json"]))
+    res, _ = wait(
+        Apps({STABLE: ["deployment_surge.json", "deployment_surge.json", "deployment_complete.json"]}),
+        Core(["pods_crash_once.json", "pods_running.json"]),
+    )
     assert res.ok
 
 
@@ -246,7 +319,9 @@ def test_missing_secret_fails_at_once():
 
 
 def test_image_pull_gets_a_grace_period_then_fails():
-    res, clock = wait(Apps({STABLE: ["deployment_surge.json"]}), Core(["pods_imagepull.json"]), timeout=300, pull_grace=60)
+    res, clock = wait(
+        Apps({STABLE: ["deployment_surge.json"]}), Core(["pods_imagepull.json"]), timeout=300, pull_grace=60
+    )
     assert not res.ok and 60 <= clock.t <= 62
     assert 'ImagePullBackOff: Back-off pulling image "kubedistill/serve:0.1.1" (for 60 s)' in res.reason
 
@@ -261,17 +336,34 @@ def test_timeout_says_what_was_pending_and_why():
 def test_transient_api_errors_are_retried_and_forbidden_is_not():
     from kubernetes.client.exceptions import ApiException
 
-    flaky = Apps({STABLE: [ApiException(status=503, reason="Service Unavailable"), ApiException(status=0, reason="connection reset"),
-                           "deployment_complete.json"]})
+    flaky = Apps(
+        {
+            STABLE: [
+                ApiException(status=503, reason="Service Unavailable"),
+                ApiException(status=0, reason="connection reset"),
+                "deployment_complete.json",
+            ]
+        }
+    )
     res, clock = wait(flaky, Core(["pods_running.json"]))
     assert res.ok and clock.t == 4.0
     forbidden = ApiException(status=403, reason="Forbidden")
     forbidden.body = (FIXTURES / "status_forbidden.json").read_text()
     res, clock = wait(Apps({STABLE: [forbidden]}), Core(["pods_running.json"]))
     assert not res.ok and clock.t == 0.0
-    assert res.reason.startswith("cannot read Deployment det-kubedistill: 403 Forbidden (deployments.apps \"det-kubedistill\" is forbidden")
-    res, _ = wait(Apps({STABLE: [ApiException(status=503, reason="Service Unavailable")]}), Core(["pods_running.json"]), timeout=10)
-    assert not res.ok and "timed out after 10 s" in res.reason and "last API error: reading det-kubedistill: 503 Service Unavailable" in res.reason
+    assert res.reason.startswith(
+        'cannot read Deployment det-kubedistill: 403 Forbidden (deployments.apps "det-kubedistill" is forbidden'
+    )
+    res, _ = wait(
+        Apps({STABLE: [ApiException(status=503, reason="Service Unavailable")]}),
+        Core(["pods_running.json"]),
+        timeout=10,
+    )
+    assert (
+        not res.ok
+        and "timed out after 10 s" in res.reason
+        and "last API error: reading det-kubedistill: 503 Service Unavailable" in res.reason
+    )
 
 
 # -- the real Kubernetes client against recorded responses on loopback --------------------------------
@@ -308,7 +400,10 @@ class RecordedApi:
                 elif isinstance(item, tuple):
                     status, body = item[1], json.dumps({"kind": "Status", "code": item[1], "message": item[0]})
                 else:
-                    status, body = json.loads((FIXTURES / item).read_text()).get("code", 200), (FIXTURES / item).read_text()
+                    status, body = (
+                        json.loads((FIXTURES / item).read_text()).get("code", 200),
+                        (FIXTURES / item).read_text(),
+                    )
                 data = body.encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -331,17 +426,24 @@ class RecordedApi:
         self.server.server_close()
 
     def kubeconfig(self, tmp_path) -> Path:
-        cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "test",
-               "clusters": [{"name": "loop", "cluster": {"server": f"http://127.0.0.1:{self.server.server_port}"}}],
-               "users": [{"name": "ci", "user": {"token": "t0ken"}}],
-               "contexts": [{"name": "test", "context": {"cluster": "loop", "user": "ci", "namespace": "serving"}}]}
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "test",
+            "clusters": [{"name": "loop", "cluster": {"server": f"http://127.0.0.1:{self.server.server_port}"}}],
+            "users": [{"name": "ci", "user": {"token": "t0ken"}}],
+            "contexts": [{"name": "test", "context": {"cluster": "loop", "user": "ci", "namespace": "serving"}}],
+        }
         path = tmp_path / "kubeconfig"
         path.write_text(yaml.safe_dump(cfg))
         return path
 
 
 def test_real_client_waits_through_recorded_responses(tmp_path):
-    with RecordedApi({STABLE: [("etcd leader changed", 503), "deployment_surge.json", "deployment_complete.json"]}, ["pods_running.json"]) as api:
+    with RecordedApi(
+        {STABLE: [("etcd leader changed", 503), "deployment_surge.json", "deployment_complete.json"]},
+        ["pods_running.json"],
+    ) as api:
         apps, core = kube_clients(str(api.kubeconfig(tmp_path)))
         res = wait_for_rollout(apps, core, "serving", [STABLE], timeout=20, poll=0.01)
     assert res.ok, res.reason
@@ -353,7 +455,7 @@ def test_real_client_stops_on_forbidden(tmp_path):
     with RecordedApi({STABLE: ["status_forbidden.json"]}, ["pods_running.json"]) as api:
         apps, core = kube_clients(str(api.kubeconfig(tmp_path)))
         res = wait_for_rollout(apps, core, "serving", [STABLE], timeout=20, poll=0.01)
-    assert not res.ok and "403 Forbidden" in res.reason and "cannot get resource \"deployments/status\"" in res.reason
+    assert not res.ok and "403 Forbidden" in res.reason and 'cannot get resource "deployments/status"' in res.reason
 
 
 def test_no_kubeconfig_is_a_user_error(tmp_path, monkeypatch):
@@ -370,10 +472,18 @@ def test_helm_engine_says_when_the_cluster_is_unreachable(tmp_path):
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
     cfg = tmp_path / "kubeconfig"
-    cfg.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "current-context": "c",
-                                   "clusters": [{"name": "k", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-                                   "users": [{"name": "u", "user": {"token": "x"}}],
-                                   "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "c",
+                "clusters": [{"name": "k", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                "users": [{"name": "u", "user": {"token": "x"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+            }
+        )
+    )
     with pytest.raises(UserError, match="Cannot reach the Kubernetes API server"):
         helm.HelmSDK("serving", kubeconfig=str(cfg))
 
@@ -383,22 +493,46 @@ def helm_release_secret(revision: int, status: str) -> dict:
     import base64
     import gzip
 
-    release = {"name": "det", "namespace": "serving", "version": revision, "config": {"model": {"uri": f"models:/det/{revision}"}},
-               "info": {"first_deployed": "2026-11-20T09:14:02Z", "last_deployed": "2026-11-22T10:02:41Z", "deleted": "",
-                        "description": "kubedistill deploy", "status": status},
-               "chart": {"metadata": {"apiVersion": "v2", "name": "kubedistill", "version": "0.1.0", "appVersion": "0.1.0"}, "templates": [], "values": {}},
-               "manifest": "---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: det-kubedistill\n"}
+    release = {
+        "name": "det",
+        "namespace": "serving",
+        "version": revision,
+        "config": {"model": {"uri": f"models:/det/{revision}"}},
+        "info": {
+            "first_deployed": "2026-11-20T09:14:02Z",
+            "last_deployed": "2026-11-22T10:02:41Z",
+            "deleted": "",
+            "description": "kubedistill deploy",
+            "status": status,
+        },
+        "chart": {
+            "metadata": {"apiVersion": "v2", "name": "kubedistill", "version": "0.1.0", "appVersion": "0.1.0"},
+            "templates": [],
+            "values": {},
+        },
+        "manifest": "---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: det-kubedistill\n",
+    }
     payload = base64.b64encode(gzip.compress(json.dumps(release).encode())).decode()
-    return {"metadata": {"name": f"sh.helm.release.v1.det.v{revision}", "namespace": "serving",
-                         "labels": {"owner": "helm", "name": "det", "status": status, "version": str(revision)}},
-            "type": "helm.sh/release.v1", "data": {"release": base64.b64encode(payload.encode()).decode()}}
+    return {
+        "metadata": {
+            "name": f"sh.helm.release.v1.det.v{revision}",
+            "namespace": "serving",
+            "labels": {"owner": "helm", "name": "det", "status": status, "version": str(revision)},
+        },
+        "type": "helm.sh/release.v1",
+        "data": {"release": base64.b64encode(payload.encode()).decode()},
+    }
 
 
 def test_real_helm_engine_reads_release_history(tmp_path):
     """HelmSDK.history through the real Helm engine, from release records served on loopback: the fields deploy() uses."""
     version = {"major": "1", "minor": "30", "gitVersion": "v1.30.4", "platform": "linux/amd64"}
-    secrets = {"kind": "SecretList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"},
-               "items": [helm_release_secret(2, "superseded"), helm_release_secret(3, "deployed")]}
+    secrets = {
+        "kind": "SecretList",
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": "1"},
+        "items": [helm_release_secret(2, "superseded"), helm_release_secret(3, "deployed")],
+    }
     with RecordedApi({}, [], extra={"/version": version, "/api/v1/namespaces/serving/secrets": secrets}) as api:
         engine = helm.HelmSDK("serving", kubeconfig=str(api.kubeconfig(tmp_path)))
         history = engine.history("det")
@@ -463,11 +597,23 @@ class FakeEngine:
 
 def run_deploy(engine, apps, pods=("pods_running.json",), **kw):
     clock = Clock()
-    return deploy("det", "serving", kw.pop("model_uri", "models:/det/8"), engine=engine, kube=(apps, Core(list(pods))),
-                  clock=clock, sleep=clock.sleep, **kw)
+    return deploy(
+        "det",
+        "serving",
+        kw.pop("model_uri", "models:/det/8"),
+        engine=engine,
+        kube=(apps, Core(list(pods))),
+        clock=clock,
+        sleep=clock.sleep,
+        **kw,
+    )
 
 
-HISTORY = [{"revision": 1, "status": "superseded"}, {"revision": 2, "status": "failed"}, {"revision": 3, "status": "deployed"}]
+HISTORY = [
+    {"revision": 1, "status": "superseded"},
+    {"revision": 2, "status": "failed"},
+    {"revision": 3, "status": "deployed"},
+]
 
 
 def test_first_install_then_test():
@@ -475,7 +621,9 @@ def test_first_install_then_test():
     out = run_deploy(eng, Apps({STABLE: ["deployment_surge.json", "deployment_complete.json"]}))
     assert [c[0] for c in eng.calls] == ["history", "install", "test"]
     assert eng.calls[1][2] == {"model": {"uri": "models:/det/8"}}
-    assert out["status"] == "deployed" and out["revision"] == 1 and out["rolled_back"] is False and out["reason"] is None
+    assert (
+        out["status"] == "deployed" and out["revision"] == 1 and out["rolled_back"] is False and out["reason"] is None
+    )
     assert out["deployments"] == [STABLE] and "one inference" in out["test_logs"]
     json.dumps(out)  # the summary is JSON-able
 
@@ -500,14 +648,22 @@ def test_crash_looping_rollout_rolls_back_and_says_why():
 
 
 def test_failing_helm_test_rolls_back():
-    eng = FakeEngine(HISTORY, fail={"test": "helm test: pod det-kubedistill-test failed: error: inference failed: 503 model not loaded"})
+    eng = FakeEngine(
+        HISTORY,
+        fail={"test": "helm test: pod det-kubedistill-test failed: error: inference failed: 503 model not loaded"},
+    )
     out = run_deploy(eng, Apps({STABLE: ["deployment_complete.json"]}))
     assert [c[0] for c in eng.calls] == ["history", "upgrade", "test", "rollback", "manifest"]
-    assert out["status"] == "rolled-back" and out["reason"].startswith("helm test failed: helm test: pod det-kubedistill-test failed")
+    assert out["status"] == "rolled-back" and out["reason"].startswith(
+        "helm test failed: helm test: pod det-kubedistill-test failed"
+    )
 
 
 def test_failed_upgrade_rolls_back():
-    eng = FakeEngine(HISTORY, fail={"upgrade": 'helm upgrade: cannot patch "det-kubedistill" with kind Deployment: field is immutable'})
+    eng = FakeEngine(
+        HISTORY,
+        fail={"upgrade": 'helm upgrade: cannot patch "det-kubedistill" with kind Deployment: field is immutable'},
+    )
     out = run_deploy(eng, Apps({STABLE: ["deployment_complete.json"]}))
     assert [c[0] for c in eng.calls] == ["history", "upgrade", "rollback", "manifest"]
     assert out["status"] == "rolled-back" and "field is immutable" in out["reason"] and out["revision"] is None
@@ -519,29 +675,42 @@ def test_failed_first_install_has_nothing_to_roll_back_to():
     assert [c[0] for c in eng.calls] == ["history", "install"]
     assert out["status"] == "failed" and out["rolled_back"] is False
     assert 'secret "mlflow-credentials" not found' in out["reason"]
-    assert "no earlier deployed revision to roll back to" in out["reason"] and "helm uninstall det -n serving" in out["reason"]
+    assert (
+        "no earlier deployed revision to roll back to" in out["reason"]
+        and "helm uninstall det -n serving" in out["reason"]
+    )
 
 
 def test_failed_rollback_is_reported_too():
     eng = FakeEngine(HISTORY, fail={"test": "helm test: timed out", "rollback": "helm rollback: release det not found"})
     out = run_deploy(eng, Apps({STABLE: ["deployment_complete.json"]}))
     assert out["status"] == "failed" and out["rolled_back"] is False
-    assert "helm test failed" in out["reason"] and "the rollback to revision 3 failed too: helm rollback: release det not found" in out["reason"]
+    assert (
+        "helm test failed" in out["reason"]
+        and "the rollback to revision 3 failed too: helm rollback: release det not found" in out["reason"]
+    )
 
 
 def test_canary_rollout_waits_for_both_and_rollback_waits_for_what_was_restored():
     eng = FakeEngine(HISTORY, fail={"test": "helm test: failed"})
-    apps = Apps({STABLE: ["deployment_complete.json"], CANARY: ["deployment_surge.json", "deployment_canary_complete.json"]})
+    apps = Apps(
+        {STABLE: ["deployment_complete.json"], CANARY: ["deployment_surge.json", "deployment_canary_complete.json"]}
+    )
     out = run_deploy(eng, apps, model_uri="models:/det/8", canary_uri="models:/det/9", canary_weight=30)
     assert out["deployments"] == [STABLE, CANARY]
     assert eng.calls[1][2]["canary"] == {"enabled": True, "model": {"uri": "models:/det/9"}, "replicas": 1}
     assert out["canary_share"] == pytest.approx(1 / 3) and out["replicas"] == {"stable": 2, "canary": 1}
     reads_before_rollback = apps.reads.count(CANARY)
-    assert out["status"] == "rolled-back" and apps.reads.count(CANARY) == reads_before_rollback == 2  # revision 3 had no canary
+    assert (
+        out["status"] == "rolled-back" and apps.reads.count(CANARY) == reads_before_rollback == 2
+    )  # revision 3 had no canary
 
 
 def test_rollback_wait_falls_back_to_the_stable_deployment():
-    eng = FakeEngine(HISTORY, fail={"test": "helm test: failed", "manifest": "helm status: the server could not find the requested resource"})
+    eng = FakeEngine(
+        HISTORY,
+        fail={"test": "helm test: failed", "manifest": "helm status: the server could not find the requested resource"},
+    )
     apps = Apps({STABLE: ["deployment_complete.json"], CANARY: ["deployment_canary_complete.json"]})
     out = run_deploy(eng, apps, canary_uri="models:/det/9", canary_weight=30)
     assert out["status"] == "rolled-back" and out["rollback_rollout"] == "complete"
@@ -560,8 +729,11 @@ def test_bad_request_stops_before_the_cluster():
         def __getattr__(self, name):
             raise AssertionError(f"engine.{name} called")
 
-    for kw, why in [({"values": {"replicaCount": 0}}, "at '/replicaCount'"), ({"model_uri": "models:/det@champion"}, "registry alias"),
-                    ({"timeout": 0}, "--timeout 0 must be positive")]:
+    for kw, why in [
+        ({"values": {"replicaCount": 0}}, "at '/replicaCount'"),
+        ({"model_uri": "models:/det@champion"}, "registry alias"),
+        ({"timeout": 0}, "--timeout 0 must be positive"),
+    ]:
         with pytest.raises(UserError, match=why):
             run_deploy(Untouchable(), Apps({}), **kw)
 
@@ -571,7 +743,9 @@ def test_dry_run_renders_without_a_cluster():
         def __getattr__(self, name):
             raise AssertionError(f"engine.{name} called")
 
-    out = run_deploy(Untouchable(), Apps({}), dry_run=True, canary_uri="models:/det/9", canary_weight=50, values={"replicaCount": 3})
+    out = run_deploy(
+        Untouchable(), Apps({}), dry_run=True, canary_uri="models:/det/9", canary_weight=50, values={"replicaCount": 3}
+    )
     assert out["status"] == "dry-run" and out["revision"] is None
     docs = [d for d in yaml.safe_load_all(out["manifests"]) if d]
     deps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
@@ -582,13 +756,31 @@ def test_dry_run_renders_without_a_cluster():
 
 def test_deploy_end_to_end_with_the_real_kubernetes_client(tmp_path):
     """deploy() builds its own Kubernetes clients from --kubeconfig; the API answers are recorded ones on loopback."""
-    with RecordedApi({STABLE: ["deployment_unobserved.json", "deployment_complete.json"]}, ["pods_running.json"]) as api:
+    with RecordedApi(
+        {STABLE: ["deployment_unobserved.json", "deployment_complete.json"]}, ["pods_running.json"]
+    ) as api:
         eng = FakeEngine(HISTORY)
-        out = deploy("det", "serving", "models:/det/8", engine=eng, kubeconfig=str(api.kubeconfig(tmp_path)), poll=0.01, timeout=20)
+        out = deploy(
+            "det",
+            "serving",
+            "models:/det/8",
+            engine=eng,
+            kubeconfig=str(api.kubeconfig(tmp_path)),
+            poll=0.01,
+            timeout=20,
+        )
     assert out["status"] == "deployed" and out["revision"] == 4, out
     with RecordedApi({STABLE: ["deployment_deadline.json"]}, ["pods_crashloop.json"]) as api:
         eng = FakeEngine(HISTORY)
-        out = deploy("det", "serving", "models:/det/8", engine=eng, kubeconfig=str(api.kubeconfig(tmp_path)), poll=0.01, timeout=5)
+        out = deploy(
+            "det",
+            "serving",
+            "models:/det/8",
+            engine=eng,
+            kubeconfig=str(api.kubeconfig(tmp_path)),
+            poll=0.01,
+            timeout=5,
+        )
     assert out["status"] == "rolled-back" and "has timed out progressing" in out["reason"]
     assert "does not exist in the MLflow registry" in out["reason"]
 
@@ -609,29 +801,74 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
 def test_cli_dry_run_prints_values_then_manifests(capsys, tmp_path):
     vf = tmp_path / "prod.yaml"
     vf.write_text("replicaCount: 4\nmlflow: {trackingUri: 'http://mlflow.mlops.svc:5000'}\n")
-    code, out, err = run_cli(capsys, "deploy", "--release", "det", "-n", "serving", "--model-uri", "models:/det/8", "--canary-uri",
-                             "models:/det/9", "--canary-weight", "20", "-f", str(vf), "--set", "server.threads=4", "--dry-run",
-                             "--json", str(tmp_path / "plan.json"))
+    code, out, err = run_cli(
+        capsys,
+        "deploy",
+        "--release",
+        "det",
+        "-n",
+        "serving",
+        "--model-uri",
+        "models:/det/8",
+        "--canary-uri",
+        "models:/det/9",
+        "--canary-weight",
+        "20",
+        "-f",
+        str(vf),
+        "--set",
+        "server.threads=4",
+        "--dry-run",
+        "--json",
+        str(tmp_path / "plan.json"),
+    )
     assert code == 0, err
     head, _, manifests = out.partition("\n---\n")
     assert "# kubedistill deploy --dry-run: release det in namespace serving" in head
     assert "# replicas: {'stable': 4, 'canary': 1}, canary share ~20%" in head
-    assert "#   replicaCount: 4" in head and "#       uri: models:/det/9" in head and "#   server:\n#     threads: 4" in head
+    assert (
+        "#   replicaCount: 4" in head
+        and "#       uri: models:/det/9" in head
+        and "#   server:\n#     threads: 4" in head
+    )
     docs = [d for d in yaml.safe_load_all("---\n" + manifests) if d]
     kinds = sorted({d["kind"] for d in docs})
-    assert kinds == ["ConfigMap", "Deployment", "NetworkPolicy", "Pod", "PodDisruptionBudget", "Service", "ServiceAccount"]
+    assert kinds == [
+        "ConfigMap",
+        "Deployment",
+        "NetworkPolicy",
+        "Pod",
+        "PodDisruptionBudget",
+        "Service",
+        "ServiceAccount",
+    ]
     assert json.loads((tmp_path / "plan.json").read_text())["values"]["server"] == {"threads": 4}
 
 
 def test_cli_refuses_an_alias_in_one_line(capsys):
-    code, out, err = run_cli(capsys, "deploy", "--release", "det", "-n", "serving", "--model-uri", "models:/det@champion", "--dry-run")
+    code, out, err = run_cli(
+        capsys, "deploy", "--release", "det", "-n", "serving", "--model-uri", "models:/det@champion", "--dry-run"
+    )
     assert code == 2 and out == ""
-    assert err.startswith("error: --model-uri 'models:/det@champion' is a registry alias (@champion), which moves. Pin a version")
+    assert err.startswith(
+        "error: --model-uri 'models:/det@champion' is a registry alias (@champion), which moves. Pin a version"
+    )
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_cli_bad_value_in_one_line(capsys):
-    code, _, err = run_cli(capsys, "deploy", "--release", "det", "-n", "serving", "--model-uri", "models:/det/8", "--set", "service.type=Magic",
-                           "--dry-run")
+    code, _, err = run_cli(
+        capsys,
+        "deploy",
+        "--release",
+        "det",
+        "-n",
+        "serving",
+        "--model-uri",
+        "models:/det/8",
+        "--set",
+        "service.type=Magic",
+        "--dry-run",
+    )
     assert code == 2 and err.startswith("error: The chart refused the values: at '/service/type': value must be one of")
     assert err.count("\n") == 1

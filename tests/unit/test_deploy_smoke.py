@@ -12,7 +12,6 @@ import time
 import pytest
 
 from kubedistill.deploy import smoke
-from tests.integration.test_serve_support import served_model
 
 
 def free_port() -> int:
@@ -22,13 +21,28 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_data):
+def server(served_model, tmp_path_factory):
     """`kubedistill serve` in its own process; the model loads while the smoke test is already polling."""
-    onnx = served_model(tmp_path_factory, tiny_data)[1]
+    onnx = served_model[1]
     port = free_port()
     log = tmp_path_factory.mktemp("smoke") / "server.log"
-    cmd = [sys.executable, "-m", "kubedistill", "serve", "--model", str(onnx), "--name", "detector", "--host", "127.0.0.1",
-           "--port", str(port), "--threads", "1", "--no-access-log"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "kubedistill",
+        "serve",
+        "--model",
+        str(onnx),
+        "--name",
+        "detector",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--threads",
+        "1",
+        "--no-access-log",
+    ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -39,18 +53,27 @@ def server(tmp_path_factory, tiny_data):
 
 
 def run_smoke(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kubedistill.deploy.smoke", *args], capture_output=True, text=True, timeout=timeout,
-                          env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)})
+    return subprocess.run(
+        [sys.executable, "-m", "kubedistill.deploy.smoke", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)},
+    )
 
 
 def test_smoke_waits_for_ready_then_runs_one_inference(server):
     url, proc, log = server
-    res = run_smoke("--url", url, "--model", "detector", "--timeout", "60")  # started right after the server: it must wait
+    res = run_smoke(
+        "--url", url, "--model", "detector", "--timeout", "60"
+    )  # started right after the server: it must wait
     assert res.returncode == 0, res.stdout + res.stderr + log.read_text()
     lines = res.stdout.splitlines()
     assert lines[0].startswith("ready after ") and lines[0].endswith(url)
     assert lines[1].startswith("model detector version")
-    assert lines[2].startswith("one inference: ") and "detection(s) in" in lines[2] and "(model_name detector)" in lines[2]
+    assert (
+        lines[2].startswith("one inference: ") and "detection(s) in" in lines[2] and "(model_name detector)" in lines[2]
+    )
     assert lines[-1] == "ok" and proc.poll() is None
 
 
@@ -65,13 +88,19 @@ def test_smoke_times_out_when_nothing_answers():
     t0 = time.monotonic()
     res = run_smoke("--url", f"http://127.0.0.1:{port}", "--model", "detector", "--timeout", "2")
     assert res.returncode == 1 and time.monotonic() - t0 < 30
-    assert res.stderr.startswith(f"error: http://127.0.0.1:{port}/v2/health/ready not ready after 2 s (last: URLError: ")
+    assert res.stderr.startswith(
+        f"error: http://127.0.0.1:{port}/v2/health/ready not ready after 2 s (last: URLError: "
+    )
 
 
 def test_smoke_imports_nothing_heavy():
     """The test pod runs it in the serve image: standard library only at import (no torch, no Helm, no kubernetes)."""
-    code = ("import sys, kubedistill.deploy.smoke; "
-            "print(sorted(m for m in ('torch', 'helm_python', 'kubernetes', 'yaml', 'numpy') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    code = (
+        "import sys, kubedistill.deploy.smoke; "
+        "print(sorted(m for m in ('torch', 'helm_python', 'kubernetes', 'yaml', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.strip()
     assert out == "[]"
     assert smoke.main(["--url", "http://127.0.0.1:9", "--model", "x", "--timeout", "0"]) == 1

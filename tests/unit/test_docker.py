@@ -40,7 +40,9 @@ def final_stage(path: Path) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("which", sorted(DOCKERFILES))
 def test_hadolint_clean(which):
-    res = subprocess.run([str(HADOLINT), "--no-color", str(DOCKERFILES[which])], capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [str(HADOLINT), "--no-color", str(DOCKERFILES[which])], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0 and res.stdout.strip() == "", res.stdout + res.stderr
 
 
@@ -81,7 +83,10 @@ def test_serve_image_installs_only_the_serve_extra_and_checks_its_health():
     assert "KUBEDISTILL_CACHE=/var/cache/kubedistill " in env + " "  # the path the chart mounts its emptyDir on
     from kubedistill.deploy.chart import find_chart
 
-    assert "{{- define \"kubedistill.cacheDir\" -}}/var/cache/kubedistill{{- end }}" in (find_chart() / "templates" / "_helpers.tpl").read_text()
+    assert (
+        '{{- define "kubedistill.cacheDir" -}}/var/cache/kubedistill{{- end }}'
+        in (find_chart() / "templates" / "_helpers.tpl").read_text()
+    )
 
 
 def test_train_image_installs_the_pipeline_extra_with_the_tested_torch():
@@ -126,7 +131,9 @@ def test_serve_extra_pulls_no_torch():
 def test_build_context_holds_what_the_dockerfiles_copy():
     from docker.utils.build import exclude_paths  # the docker SDK (dev extra, through mlflow and moto[server])
 
-    patterns = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    patterns = [
+        ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")
+    ]
     for which, path in DOCKERFILES.items():
         kept = exclude_paths(str(ROOT), list(patterns), dockerfile=str(path.relative_to(ROOT)))
         for w, args in instructions(path):
@@ -148,18 +155,36 @@ def test_wheel_carries_the_chart_and_it_renders(tmp_path):
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     shutil.copytree(ROOT / "src", src / "src", symlinks=True, ignore=ignore)
     shutil.copytree(ROOT / "charts", src / "charts", ignore=ignore)
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w",
-                          str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     wheel = next((tmp_path / "dist").glob("kubedistill-*.whl"))
     chart_root = ROOT / "charts" / "kubedistill"
     want = {p.relative_to(chart_root).as_posix() for p in chart_root.rglob("*") if p.is_file()}
     prefix = "kubedistill/deploy/chart/"
     with zipfile.ZipFile(wheel) as z:
-        have = {n[len(prefix):] for n in z.namelist() if n.startswith(prefix)}
+        have = {n[len(prefix) :] for n in z.namelist() if n.startswith(prefix)}
         assert have == want
         z.extractall(tmp_path / "site", [n for n in z.namelist() if n.startswith(prefix)])
     from kubedistill.deploy import helm
 
     values = {"model": {"uri": "models:/det/7"}}
-    assert helm.render(tmp_path / "site" / prefix, values, release="det", namespace="x") == helm.render(chart_root, values, release="det", namespace="x")
+    assert helm.render(tmp_path / "site" / prefix, values, release="det", namespace="x") == helm.render(
+        chart_root, values, release="det", namespace="x"
+    )

@@ -42,7 +42,6 @@ pycocotools = pytest.importorskip("pycocotools")
 from pycocotools.coco import COCO as PyCOCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval as PyCOCOeval  # noqa: E402
 
-
 # --------------------------------------------------------------------------- synthetic data
 
 
@@ -195,9 +194,7 @@ def test_far_low_score_false_positives_keep_best_f1_precision():
     preds = []
     for p in _perfect(gts, 0.9):
         fp = np.array([[5000.0, 5000.0, 5050.0, 5040.0], [6000.0, 6000.0, 6010.0, 6010.0]])
-        preds.append(
-            ImagePred(np.vstack([p.boxes, fp]), np.r_[p.scores, [0.05, 0.04]], np.r_[p.classes, [0, 1]])
-        )
+        preds.append(ImagePred(np.vstack([p.boxes, fp]), np.r_[p.scores, [0.05, 0.04]], np.r_[p.classes, [0, 1]]))
     m = evaluate(gts, preds, NAMES)
     assert m.precision == 1.0 and m.recall == 1.0 and m.f1 == 1.0
     assert m.conf_best_f1 == pytest.approx(0.9)
@@ -312,8 +309,11 @@ def test_class_without_gt_is_nan_and_left_out_of_means():
     assert m.map50_95 == pytest.approx(np.mean(m.ap50_95_per_class[:2]), abs=1e-12)
     # false positives of the class without GT change nothing
     with_c = [
-        ImagePred(np.vstack([p.boxes, g.boxes]), np.r_[p.scores, np.full(len(g.boxes), 0.99)],
-                  np.r_[p.classes, np.full(len(g.boxes), 2)])
+        ImagePred(
+            np.vstack([p.boxes, g.boxes]),
+            np.r_[p.scores, np.full(len(g.boxes), 0.99)],
+            np.r_[p.classes, np.full(len(g.boxes), 2)],
+        )
         for p, g in zip(preds, gts)
     ]
     m2 = evaluate(gts, with_c, names)
@@ -382,8 +382,14 @@ def test_coco_json_builders():
         {"id": 1, "name": "y", "supercategory": "object"},
     ]
     (ann,) = d["annotations"]
-    assert ann == {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10.0, 20.0, 30.0, 40.0],
-                   "area": 1200.0, "iscrowd": 0}
+    assert ann == {
+        "id": 1,
+        "image_id": 1,
+        "category_id": 1,
+        "bbox": [10.0, 20.0, 30.0, 40.0],
+        "area": 1200.0,
+        "iscrowd": 0,
+    }
     res = build_coco_results([ImagePred(np.array([[1.0, 2, 4, 8]]), np.array([0.5]), np.array([0]))], [9])
     assert res == [{"image_id": 9, "category_id": 0, "bbox": [1.0, 2.0, 3.0, 6.0], "score": 0.5}]
     json.dumps(d)

@@ -52,7 +52,9 @@ def _gone(pid: int) -> bool:
 def test_the_whole_tree_gets_sigterm(tmp_path):
     # Like kfp.local's step: a shell running python, and a shell that gets SIGTERM does not pass it on.
     # Run in a helper process of its own: here, pytest's other children (session servers) would get it too.
-    out = subprocess.run([sys.executable, "-c", HELPER, str(tmp_path / "grandchild.pid")], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", HELPER, str(tmp_path / "grandchild.pid")], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     tree = json.loads(out.stdout.strip().splitlines()[-1])
     assert tree["children"] == [tree["sh"]] and tree["descendants"] == [tree["sh"], tree["grandchild"]]
@@ -63,11 +65,14 @@ def test_the_whole_tree_gets_sigterm(tmp_path):
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("raise_in_command,code,said", [
-    (KeyboardInterrupt, 130, "interrupted; finished training epochs are kept in weights/last.pt"),
-    (lambda: typer.Exit(3), 3, ""),  # e.g. `kubedistill deploy` when the release did not come up
-    (None, None, ""),
-])
+@pytest.mark.parametrize(
+    "raise_in_command,code,said",
+    [
+        (KeyboardInterrupt, 130, "interrupted; finished training epochs are kept in weights/last.pt"),
+        (lambda: typer.Exit(3), 3, ""),  # e.g. `kubedistill deploy` when the release did not come up
+        (None, None, ""),
+    ],
+)
 def test_cli_exit_codes_survive_typer(monkeypatch, capsys, raise_in_command, code, said):
     """typer (standalone_mode=False) returns Exit codes and Ctrl-C as 130 instead of exiting; main must exit with them."""
     import kubedistill.cli as cli
@@ -90,8 +95,13 @@ def test_cli_exit_codes_survive_typer(monkeypatch, capsys, raise_in_command, cod
 
 
 def test_process_cpu_seconds_counts_a_child_that_works_and_none_once_it_is_gone():
-    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\n"
-                             "time.sleep(30)"])
+    busy = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\ntime.sleep(30)",
+        ]
+    )
     try:
         start = process_cpu_seconds(busy.pid)
         assert start is not None and start >= 0

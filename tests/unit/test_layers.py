@@ -20,9 +20,33 @@ ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "kubedistill"
 # The optional extras and big libraries that `import kubedistill` and the serving path must not pay for.
 HEAVY = {
-    "torch", "mlflow", "kfp", "kfp_server_api", "boto3", "botocore", "onnxruntime", "onnx", "onnxscript", "helm_python",
-    "kubernetes", "cv2", "matplotlib", "fastapi", "uvicorn", "starlette", "faster_coco_eval", "pycocotools", "pandas",
-    "aiohttp", "httpx", "prometheus_client", "docker", "urllib3", "google", "tqdm", "multipart",
+    "torch",
+    "mlflow",
+    "kfp",
+    "kfp_server_api",
+    "boto3",
+    "botocore",
+    "onnxruntime",
+    "onnx",
+    "onnxscript",
+    "helm_python",
+    "kubernetes",
+    "cv2",
+    "matplotlib",
+    "fastapi",
+    "uvicorn",
+    "starlette",
+    "faster_coco_eval",
+    "pycocotools",
+    "pandas",
+    "aiohttp",
+    "httpx",
+    "prometheus_client",
+    "docker",
+    "urllib3",
+    "google",
+    "tqdm",
+    "multipart",
 }
 
 COMPONENTS = "kubedistill.pipeline.components."
@@ -121,7 +145,9 @@ def test_imports_sit_at_module_top_unless_they_defer_something_heavy():
     for module in sorted(MODULES):
         if module.startswith(COMPONENTS):  # a KFP component's body runs alone in the step's container
             continue
-        if module == "kubedistill":  # its __getattr__ loads the Python API on first use: `import kubedistill` stays cheap
+        if (
+            module == "kubedistill"
+        ):  # its __getattr__ loads the Python API on first use: `import kubedistill` stays cheap
             continue
         for line, name in _nested_imports(_tree(module)):
             if not is_heavy(name):
@@ -136,7 +162,10 @@ def test_import_kubedistill_loads_only_the_ground_floor():
 
 
 def test_import_kubedistill_cli_loads_nothing_heavy():
-    code = "import sys, kubedistill, kubedistill.cli; print(sorted(m for m in sys.modules if m.split('.')[0] in %r))" % (HEAVY,)
+    code = (
+        "import sys, kubedistill, kubedistill.cli; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", out
 

@@ -4,7 +4,11 @@ from kubedistill.train.loss_health import check_loss_health
 
 
 def test_healthy_run_is_quiet():
-    h = {"box_loss": [4.0, 3.5, 3.1, 2.8, 2.5], "cls_loss": [5.0, 4.2, 3.6, 3.2, 2.9], "l1_loss": [0.2, 0.18, 0.16, 0.15, 0.13]}
+    h = {
+        "box_loss": [4.0, 3.5, 3.1, 2.8, 2.5],
+        "cls_loss": [5.0, 4.2, 3.6, 3.2, 2.9],
+        "l1_loss": [0.2, 0.18, 0.16, 0.15, 0.13],
+    }
     assert check_loss_health(h, set()) == []
 
 

@@ -12,8 +12,8 @@ import torch
 from kubedistill.config import TrainConfig, train_config
 from kubedistill.core.errors import ConfigError
 from kubedistill.train.iou import bbox_iou
-from kubedistill.train.losses.plugins import ENTRY_POINT_GROUP, CallableLoss
 from kubedistill.train.losses import BOX_LOSSES, CLS_LOSSES, DetectionLoss, build_box_loss, build_cls_loss
+from kubedistill.train.losses.plugins import ENTRY_POINT_GROUP, CallableLoss
 
 A = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
 B = torch.tensor([[1.0, 1.0, 3.0, 3.0]])
@@ -72,7 +72,9 @@ def test_alpha_iou_hand_values_and_config():
     assert build_box_loss("alpha_iou")(A, B).item() == pytest.approx(1 - (1 / 7) ** 3, abs=1e-6)
     loss = build_box_loss("alpha_iou", hyp=TrainConfig(alpha_iou=2.0))
     assert loss(A, B).item() == pytest.approx(1 - (1 / 7) ** 2, abs=1e-6)
-    assert build_box_loss("alpha_iou", alpha=1.0)(A, B).item() == pytest.approx(build_box_loss("iou")(A, B).item(), abs=1e-6)
+    assert build_box_loss("alpha_iou", alpha=1.0)(A, B).item() == pytest.approx(
+        build_box_loss("iou")(A, B).item(), abs=1e-6
+    )
 
 
 def _wiou_r(beta, alpha=1.9, delta=3.0):
@@ -136,14 +138,18 @@ def test_wiou_gradient_flows_through_r_wiou_and_liou_only():
     assert torch.allclose(pred.grad, p.grad, atol=1e-5)
 
 
-EDGE_PRED = torch.tensor([
-    [0.0, 0.0, 2.0, 2.0],  # identical
-    [1.0, 1.0, 1.0, 1.0],  # zero-area prediction
-    [2.0, 2.0, 2.0, 2.0],  # zero-area, identical zero-area target
-    [3.0, 3.0, 3.0, 5.0],  # zero width
-    [5.0, 5.0, 6.0, 8.0],  # disjoint
-])
-EDGE_TGT = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.0], [2.0, 2.0, 2.0, 2.0], [3.0, 3.0, 3.0, 5.0], [0.0, 0.0, 1.0, 1.0]])
+EDGE_PRED = torch.tensor(
+    [
+        [0.0, 0.0, 2.0, 2.0],  # identical
+        [1.0, 1.0, 1.0, 1.0],  # zero-area prediction
+        [2.0, 2.0, 2.0, 2.0],  # zero-area, identical zero-area target
+        [3.0, 3.0, 3.0, 5.0],  # zero width
+        [5.0, 5.0, 6.0, 8.0],  # disjoint
+    ]
+)
+EDGE_TGT = torch.tensor(
+    [[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.0], [2.0, 2.0, 2.0, 2.0], [3.0, 3.0, 3.0, 5.0], [0.0, 0.0, 1.0, 1.0]]
+)
 
 
 @pytest.mark.parametrize("name", sorted(BOX_LOSSES))
@@ -383,7 +389,11 @@ def test_plugin_happy_path(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "attr,kind,message",
     [
-        ("WrongSignature", "box", r"box_loss plugin '.*:WrongSignature' has the wrong signature: loss\(pred \[5, 4\], target \[5, 4\]\) raised TypeError"),
+        (
+            "WrongSignature",
+            "box",
+            r"box_loss plugin '.*:WrongSignature' has the wrong signature: loss\(pred \[5, 4\], target \[5, 4\]\) raised TypeError",
+        ),
         ("Reduced", "box", r"returned shape \(\) for .*expected \(5,\) \(one value per box"),
         ("ClsReduced", "cls", r"cls_loss plugin .*ClsReduced.* returned shape \(2, 8\) .*expected \(2, 8, 3\)"),
         ("LogArea", "box", r"LogArea' returned non-finite values"),
@@ -428,13 +438,16 @@ def _fake_entry_points(mapping):
 def test_entry_point_discovery_monkeypatched(tmp_path, monkeypatch):
     mod = _write_plugin(tmp_path, monkeypatch, PLUGIN_SRC)
     monkeypatch.setattr(
-        importlib.metadata, "entry_points",
+        importlib.metadata,
+        "entry_points",
         _fake_entry_points({"my_l1": f"{mod}:MyBoxLoss", "bad_one": f"{mod}:Reduced", "gone": "no_such_kd_mod:X"}),
     )
     assert build_box_loss("my_l1")(A, B).tolist() == [4.0]
     with pytest.raises(ConfigError, match=r"'bad_one' \(entry point .*:Reduced\) returned shape"):
         build_box_loss("bad_one")
-    with pytest.raises(ConfigError, match=r"'gone' \(entry point no_such_kd_mod:X\) failed to load: ModuleNotFoundError"):
+    with pytest.raises(
+        ConfigError, match=r"'gone' \(entry point no_such_kd_mod:X\) failed to load: ModuleNotFoundError"
+    ):
         build_box_loss("gone")
     with pytest.raises(ConfigError, match=r"Unknown box_loss 'my_l2' \(did you mean 'my_l1'\?\).*ciou.*wiou.*my_l1"):
         build_box_loss("my_l2")
@@ -453,7 +466,10 @@ def test_entry_point_discovery_from_dist_info(tmp_path, monkeypatch):
 
 
 def test_unknown_name_lists_choices():
-    with pytest.raises(ConfigError, match=r"Unknown cls_loss 'focall' \(did you mean 'focal'\?\)\. Choose one of: bce, focal, ghm, qfl, varifocal"):
+    with pytest.raises(
+        ConfigError,
+        match=r"Unknown cls_loss 'focall' \(did you mean 'focal'\?\)\. Choose one of: bce, focal, ghm, qfl, varifocal",
+    ):
         build_cls_loss("focall")
     with pytest.raises(ConfigError, match=r"'module:attr'"):
         build_box_loss("nope")
@@ -465,7 +481,14 @@ def test_unknown_name_lists_choices():
 def test_config_fields_validated():
     assert train_config(fl_alpha="none").fl_alpha is None
     assert train_config(fl_alpha="0.4").fl_alpha == 0.4
-    for bad in ({"ghm_momentum": 1.0}, {"ghm_bins": 0}, {"fl_alpha": 1.5}, {"alpha_iou": 0}, {"wiou_momentum": 0}, {"fl_gamma": -1}):
+    for bad in (
+        {"ghm_momentum": 1.0},
+        {"ghm_bins": 0},
+        {"fl_alpha": 1.5},
+        {"alpha_iou": 0},
+        {"wiou_momentum": 0},
+        {"fl_gamma": -1},
+    ):
         with pytest.raises(ConfigError, match=list(bad)[0]):
             train_config(**bad)
 
@@ -473,19 +496,29 @@ def test_config_fields_validated():
 def _fake_head(b, nc, imgsz, seed=0):
     g = torch.Generator().manual_seed(seed)
     a = sum((imgsz // s) ** 2 for s in (8, 16, 32))
-    return {"boxes": (torch.rand(b, 4, a, generator=g) * 3 + 0.5).requires_grad_(),
-            "scores": torch.randn(b, nc, a, generator=g).requires_grad_()}
+    return {
+        "boxes": (torch.rand(b, 4, a, generator=g) * 3 + 0.5).requires_grad_(),
+        "scores": torch.randn(b, nc, a, generator=g).requires_grad_(),
+    }
 
 
 def _run_detection_loss(cfg, nc=3, labels=True):
     loss = DetectionLoss(nc, (8, 16, 32), cfg)
     head = _fake_head(2, nc, 64)
     if labels:
-        batch = {"img": torch.zeros(2, 3, 64, 64), "batch_idx": torch.tensor([0.0, 0.0, 1.0]),
-                 "cls": torch.tensor([[0.0], [2.0], [1.0]]),
-                 "bboxes": torch.tensor([[0.3, 0.3, 0.4, 0.4], [0.7, 0.6, 0.3, 0.5], [0.5, 0.5, 0.2, 0.1]])}
+        batch = {
+            "img": torch.zeros(2, 3, 64, 64),
+            "batch_idx": torch.tensor([0.0, 0.0, 1.0]),
+            "cls": torch.tensor([[0.0], [2.0], [1.0]]),
+            "bboxes": torch.tensor([[0.3, 0.3, 0.4, 0.4], [0.7, 0.6, 0.3, 0.5], [0.5, 0.5, 0.2, 0.1]]),
+        }
     else:
-        batch = {"img": torch.zeros(2, 3, 64, 64), "batch_idx": torch.zeros(0), "cls": torch.zeros(0, 1), "bboxes": torch.zeros(0, 4)}
+        batch = {
+            "img": torch.zeros(2, 3, 64, 64),
+            "batch_idx": torch.zeros(0),
+            "cls": torch.zeros(0, 1),
+            "bboxes": torch.zeros(0, 4),
+        }
     total, items = loss({"one2many": head, "one2one": head}, batch, {"one2many": 0.6, "one2one": 0.4})
     assert torch.isfinite(total) and all(torch.isfinite(v) for v in items.values())
     total.backward()
@@ -513,4 +546,9 @@ def test_detection_loss_every_cls_loss(name):
 def test_detection_loss_passes_hyper_parameters():
     loss = DetectionLoss(3, (8, 16, 32), TrainConfig(box_loss="wiou", wiou_momentum=0.2, cls_loss="ghm", ghm_bins=7))
     assert loss.box_loss.momentum == 0.2 and loss.cls_loss.bins == 7
-    _, _ = _run_detection_loss(TrainConfig(box_loss="wiou"))
+    # the momentum reaches the running mean: a larger one moves it further from its start (1.0) on the same boxes
+    moved = {
+        m: abs(1.0 - _run_detection_loss(TrainConfig(box_loss="wiou", wiou_momentum=m))[0].box_loss.iou_mean.item())
+        for m in (0.2, 0.5)
+    }
+    assert 0 < moved[0.2] < moved[0.5]

@@ -67,8 +67,11 @@ def test_progloss_schedule():
 
 
 def test_build_targets_pads_per_image():
-    batch = {"batch_idx": torch.tensor([1.0, 0.0, 1.0]), "cls": torch.tensor([[2.0], [1.0], [0.0]]),
-             "bboxes": torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])}
+    batch = {
+        "batch_idx": torch.tensor([1.0, 0.0, 1.0]),
+        "cls": torch.tensor([[2.0], [1.0], [0.0]]),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]),
+    }
     t = build_targets(batch, 2, (64, 128), "cpu")
     assert t.shape == (2, 2, 5)
     assert t[0, 0].tolist() == pytest.approx([1.0, 0.0, 0.0, 64.0, 32.0])
@@ -88,10 +91,18 @@ def test_detection_loss_normalised_by_target_scores():
     cfg = TrainConfig()
     loss = DetectionLoss(3, (8, 16, 32), cfg)
     head = _fake_head(1, 3, 64)
-    batch1 = {"img": torch.zeros(1, 3, 64, 64), "batch_idx": torch.zeros(2), "cls": torch.tensor([[0.0], [2.0]]),
-              "bboxes": torch.tensor([[0.3, 0.3, 0.4, 0.4], [0.7, 0.6, 0.3, 0.5]])}
-    batch2 = {"img": torch.zeros(2, 3, 64, 64), "batch_idx": torch.tensor([0.0, 0, 1, 1]), "cls": batch1["cls"].repeat(2, 1),
-              "bboxes": batch1["bboxes"].repeat(2, 1)}
+    batch1 = {
+        "img": torch.zeros(1, 3, 64, 64),
+        "batch_idx": torch.zeros(2),
+        "cls": torch.tensor([[0.0], [2.0]]),
+        "bboxes": torch.tensor([[0.3, 0.3, 0.4, 0.4], [0.7, 0.6, 0.3, 0.5]]),
+    }
+    batch2 = {
+        "img": torch.zeros(2, 3, 64, 64),
+        "batch_idx": torch.tensor([0.0, 0, 1, 1]),
+        "cls": batch1["cls"].repeat(2, 1),
+        "bboxes": batch1["bboxes"].repeat(2, 1),
+    }
     head2 = {k: v.repeat(2, 1, 1) for k, v in head.items()}
     w = {"one2many": 1.0}
     l1, i1 = loss({"one2many": head}, batch1, w)
@@ -105,7 +116,12 @@ def test_detection_loss_no_positives_finite_grad():
     cfg = TrainConfig()
     loss = DetectionLoss(2, (8, 16, 32), cfg)
     head = {k: v.requires_grad_() for k, v in _fake_head(2, 2, 64).items()}
-    batch = {"img": torch.zeros(2, 3, 64, 64), "batch_idx": torch.zeros(0), "cls": torch.zeros(0, 1), "bboxes": torch.zeros(0, 4)}
+    batch = {
+        "img": torch.zeros(2, 3, 64, 64),
+        "batch_idx": torch.zeros(0),
+        "cls": torch.zeros(0, 1),
+        "bboxes": torch.zeros(0, 4),
+    }
     total, items = loss({"one2many": head, "one2one": head}, batch, {"one2many": 0.5, "one2one": 0.5})
     total.backward()
     assert items["box_loss"].item() == 0.0 and items["cls_loss"].item() > 0
@@ -124,8 +140,12 @@ def test_label_smoothing_targets():
     cfg = TrainConfig(label_smoothing=0.1)
     loss = DetectionLoss(4, (8, 16, 32), cfg)
     loss.cls_loss = Spy()
-    batch = {"img": torch.zeros(1, 3, 64, 64), "batch_idx": torch.zeros(1), "cls": torch.tensor([[1.0]]),
-             "bboxes": torch.tensor([[0.5, 0.5, 0.5, 0.5]])}
+    batch = {
+        "img": torch.zeros(1, 3, 64, 64),
+        "batch_idx": torch.zeros(1),
+        "cls": torch.tensor([[1.0]]),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.5, 0.5]]),
+    }
     loss({"one2many": _fake_head(1, 4, 64)}, batch, {"one2many": 1.0})
     t = seen["t"]
     assert t.min().item() == pytest.approx(0.1 / 4)

@@ -74,6 +74,13 @@ def test_decode_paths_return_pixel_boxes():
         n = decode(m(x), (64, 64), m.strides, nms=True, conf=0.0, max_det=5)[0]
     assert e2e.shape == (5, 6) and n.shape[1] == 6 and len(n) <= 5
     assert (e2e[:, 4].diff() <= 0).all()  # sorted by score
+    for out in (e2e, n):  # rows are x1, y1, x2, y2 in input pixels, score, class
+        boxes = out[:, :4]
+        assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+        assert boxes.min() > -64 and boxes.max() < 128  # within an image's width of the 64 px input
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        assert centres.max() > 2.0  # pixels, not grid units or fractions of the image
+        assert ((out[:, 4] >= 0) & (out[:, 4] <= 1)).all() and set(out[:, 5].tolist()) <= {0.0, 1.0}
 
 
 def test_neck_hook_captures_head_inputs():

@@ -23,19 +23,19 @@ def _polar(M: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("shape", [(64, 32), (32, 64)])
 def test_newton_schulz_singular_values_and_direction(shape):
     G = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    O = zeropower_via_newtonschulz(G)
-    assert O.shape == G.shape and O.dtype == G.dtype
-    sv = torch.linalg.svdvals(O)
+    orth = zeropower_via_newtonschulz(G)
+    assert orth.shape == G.shape and orth.dtype == G.dtype
+    sv = torch.linalg.svdvals(orth)
     assert sv.min() > 0.5 and sv.max() < 1.5
-    cos = torch.nn.functional.cosine_similarity(O.flatten(), _polar(G).flatten(), dim=0)
+    cos = torch.nn.functional.cosine_similarity(orth.flatten(), _polar(G).flatten(), dim=0)
     assert cos > 0.9
 
 
 def test_newton_schulz_conv_weight_reshaped():
     G = torch.randn(8, 4, 3, 3, generator=torch.Generator().manual_seed(1))
-    O = zeropower_via_newtonschulz(G)
-    assert O.shape == G.shape
-    assert torch.allclose(O.reshape(8, -1), zeropower_via_newtonschulz(G.reshape(8, -1)))
+    orth = zeropower_via_newtonschulz(G)
+    assert orth.shape == G.shape
+    assert torch.allclose(orth.reshape(8, -1), zeropower_via_newtonschulz(G.reshape(8, -1)))
     with pytest.raises(ValueError):
         zeropower_via_newtonschulz(torch.randn(5))
 

@@ -12,7 +12,16 @@ pytest.importorskip("kfp")
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "pipelines" / "compiled" / "training.yaml"
 GPU_STEPS = ("train-teacher", "distill-student", "evaluate", "promotion-gate")
-MLFLOW_STEPS = ("check-unchanged", "train-teacher", "distill-student", "evaluate", "register", "promotion-gate", "deploy", "finish-tracking")
+MLFLOW_STEPS = (
+    "check-unchanged",
+    "train-teacher",
+    "distill-student",
+    "evaluate",
+    "register",
+    "promotion-gate",
+    "deploy",
+    "finish-tracking",
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +53,8 @@ def test_committed_pipeline_matches_the_source(compiled):
     assert COMMITTED.is_file(), "run `kubedistill pipeline compile --components-dir components`"
     assert pipeline.read_bytes() == COMMITTED.read_bytes(), (
         "pipelines/compiled/training.yaml drifted from kubedistill.pipeline.dag: "
-        "run `kubedistill pipeline compile --components-dir components` and commit the result")
+        "run `kubedistill pipeline compile --components-dir components` and commit the result"
+    )
 
 
 def test_committed_components_match_the_source(compiled):
@@ -53,7 +63,9 @@ def test_committed_components_match_the_source(compiled):
     for c in comps:
         committed = ROOT / "components" / c.name
         assert committed.is_file(), f"components/{c.name} is missing"
-        assert c.read_bytes() == committed.read_bytes(), f"components/{c.name} drifted: recompile with --components-dir components"
+        assert c.read_bytes() == committed.read_bytes(), (
+            f"components/{c.name} drifted: recompile with --components-dir components"
+        )
 
 
 def test_every_step_runs_the_train_image_with_no_installs(docs):
@@ -77,7 +89,9 @@ def test_resources_and_gpu_scheduling(docs):
         assert res["accelerator"]["resourceType"] == "nvidia.com/gpu" and res["accelerator"]["resourceCount"] == "1"
         assert res["resourceCpuRequest"] and res["resourceMemoryRequest"].endswith("Gi")
         assert k8s[f"exec-{step}"]["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
-        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in k8s[f"exec-{step}"]["tolerations"]
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in k8s[f"exec-{step}"][
+            "tolerations"
+        ]
     for step in ("prepare-data", "check-unchanged", "register", "deploy", "finish-tracking"):
         res = execs[f"exec-{step}"]["container"]["resources"]
         assert "accelerator" not in res, step
@@ -94,30 +108,45 @@ def test_secrets_pvc_and_run_id(docs):
             by_secret.setdefault(s["secretName"], []).extend((m["envVar"], s["optional"]) for m in s["keyToEnv"])
         assert ("MLFLOW_TRACKING_URI", False) in by_secret["kubedistill-mlflow"], step
         assert ("MLFLOW_TRACKING_PASSWORD", True) in by_secret["kubedistill-mlflow"], step
-        assert ex["fieldPathAsEnv"] == [{"name": "KUBEDISTILL_PIPELINE_RUN_ID", "fieldPath": "metadata.labels['pipeline/runid']"}]
+        assert ex["fieldPathAsEnv"] == [
+            {"name": "KUBEDISTILL_PIPELINE_RUN_ID", "fieldPath": "metadata.labels['pipeline/runid']"}
+        ]
     prep = k8s["exec-prepare-data"]
     assert {s["secretName"] for s in prep["secretAsEnv"]} == {"kubedistill-s3"}  # data only: no MLflow
-    assert ("AWS_SECRET_ACCESS_KEY", False) in [(m["envVar"], s["optional"]) for s in prep["secretAsEnv"] for m in s["keyToEnv"]]
+    assert ("AWS_SECRET_ACCESS_KEY", False) in [
+        (m["envVar"], s["optional"]) for s in prep["secretAsEnv"] for m in s["keyToEnv"]
+    ]
     assert prep["pvcMount"][0]["mountPath"] == "/var/cache/kubedistill"
     assert prep["pvcMount"][0]["pvcNameParameter"]["runtimeValue"]["constant"] == "kubedistill-dataset-cache"
     assert all("pvcMount" not in k8s[f"exec-{s}"] for s in MLFLOW_STEPS)
-    assert {s["secretName"] for s in k8s["exec-train-teacher"]["secretAsEnv"]} == {"kubedistill-s3", "kubedistill-mlflow"}
+    assert {s["secretName"] for s in k8s["exec-train-teacher"]["secretAsEnv"]} == {
+        "kubedistill-s3",
+        "kubedistill-mlflow",
+    }
 
 
 def test_conditions_retries_and_caching(docs):
     spec, _ = docs
     tasks = _tasks(spec)
-    conds = {name: t.get("triggerPolicy", {}).get("condition") for name, t in tasks.items() if name.startswith("condition-")}
-    assert sorted(conds.values()) == sorted([
-        "inputs.parameter_values['pipelinechannel--check-unchanged-Output'] == true",
-        "inputs.parameter_values['pipelinechannel--promotion-gate-Output'] == true",
-        "inputs.parameter_values['pipelinechannel--deploy_model'] == true",
-    ])
+    conds = {
+        name: t.get("triggerPolicy", {}).get("condition") for name, t in tasks.items() if name.startswith("condition-")
+    }
+    assert sorted(conds.values()) == sorted(
+        [
+            "inputs.parameter_values['pipelinechannel--check-unchanged-Output'] == true",
+            "inputs.parameter_values['pipelinechannel--promotion-gate-Output'] == true",
+            "inputs.parameter_values['pipelinechannel--deploy_model'] == true",
+        ]
+    )
     # deploy sits under both promoted and deploy-on; training only under data-changed
     inner = {name for name, comp in spec["components"].items() if "deploy" in (comp.get("dag") or {}).get("tasks", {})}
     assert inner == {"comp-condition-4"}
     assert "train-teacher" in spec["components"]["comp-condition-2"]["dag"]["tasks"]
-    retries = {name: t.get("retryPolicy", {}).get("maxRetryCount", 0) for name, t in tasks.items() if not name.startswith(("condition", "exit"))}
+    retries = {
+        name: t.get("retryPolicy", {}).get("maxRetryCount", 0)
+        for name, t in tasks.items()
+        if not name.startswith(("condition", "exit"))
+    }
     assert retries["prepare-data"] == 3 and retries["register"] == 3 and retries["promotion-gate"] == 2
     assert retries["train-teacher"] == retries["distill-student"] == retries["evaluate"] == 0
     assert tasks["prepare-data"]["retryPolicy"]["backoffDuration"] == "30s"
@@ -126,9 +155,12 @@ def test_conditions_retries_and_caching(docs):
     # cache keys follow the data's content: the dataset is imported by its fingerprint URI, never re-imported
     imp = spec["deploymentSpec"]["executors"]["exec-importer"]["importer"]
     assert imp["artifactUri"] == {"runtimeParameter": "uri"} and not imp.get("reimport")
-    assert tasks["importer"]["inputs"]["parameters"]["uri"] == {"componentInputParameter": "pipelinechannel--prepare-data-dataset_uri"}
+    assert tasks["importer"]["inputs"]["parameters"]["uri"] == {
+        "componentInputParameter": "pipelinechannel--prepare-data-dataset_uri"
+    }
     assert tasks["condition-2"]["inputs"]["parameters"]["pipelinechannel--prepare-data-dataset_uri"] == {
-        "taskOutputParameter": {"outputParameterKey": "dataset_uri", "producerTask": "prepare-data"}}
+        "taskOutputParameter": {"outputParameterKey": "dataset_uri", "producerTask": "prepare-data"}
+    }
     for step in ("train-teacher", "distill-student", "evaluate"):
         assert tasks[step]["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]["producerTask"] == "importer"
         assert "fingerprint" in tasks[step]["inputs"]["parameters"]
@@ -140,10 +172,33 @@ def test_conditions_retries_and_caching(docs):
 def test_parameters_have_defaults_and_descriptions(docs):
     spec, _ = docs
     params = spec["root"]["inputDefinitions"]["parameters"]
-    want = {"dataset_uri", "class_names", "imgsz", "teacher_model", "teacher_epochs", "teacher_uri", "student_model", "student_epochs",
-            "dis", "optimizer", "lr0", "lrf", "label_smoothing", "box_loss", "cls_loss", "extra_config", "registered_model_name",
-            "promotion_metric", "promotion_min_delta", "deploy_model", "release", "namespace", "skip_if_unchanged", "dataset_store",
-            "mlflow_experiment"}
+    want = {
+        "dataset_uri",
+        "class_names",
+        "imgsz",
+        "teacher_model",
+        "teacher_epochs",
+        "teacher_uri",
+        "student_model",
+        "student_epochs",
+        "dis",
+        "optimizer",
+        "lr0",
+        "lrf",
+        "label_smoothing",
+        "box_loss",
+        "cls_loss",
+        "extra_config",
+        "registered_model_name",
+        "promotion_metric",
+        "promotion_min_delta",
+        "deploy_model",
+        "release",
+        "namespace",
+        "skip_if_unchanged",
+        "dataset_store",
+        "mlflow_experiment",
+    }
     assert set(params) == want
     for name, p in params.items():
         assert "defaultValue" in p or p["parameterType"] == "STRING", name
@@ -157,11 +212,17 @@ def test_report_and_metric_outputs_are_typed(docs):
     comps = spec["components"]
 
     def outs(c):
-        return {k: v["artifactType"]["schemaTitle"] for k, v in comps[c]["outputDefinitions"].get("artifacts", {}).items()}
+        return {
+            k: v["artifactType"]["schemaTitle"] for k, v in comps[c]["outputDefinitions"].get("artifacts", {}).items()
+        }
 
     assert outs("comp-prepare-data") == {"report": "system.HTML", "summary": "system.Markdown"}
     assert outs("comp-train-teacher") == {"model": "system.Model", "metrics": "system.Metrics"}
-    assert outs("comp-distill-student") == {"model": "system.Model", "onnx": "system.Model", "metrics": "system.Metrics"}
+    assert outs("comp-distill-student") == {
+        "model": "system.Model",
+        "onnx": "system.Model",
+        "metrics": "system.Metrics",
+    }
     assert outs("comp-evaluate") == {"metrics": "system.Metrics", "report": "system.HTML"}
     assert comps["comp-register"]["outputDefinitions"]["parameters"]["Output"]["parameterType"] == "STRING"
     assert comps["comp-promotion-gate"]["outputDefinitions"]["parameters"]["Output"]["parameterType"] == "BOOLEAN"

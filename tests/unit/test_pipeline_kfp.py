@@ -63,7 +63,10 @@ def test_submit_runs_the_newest_version_in_an_experiment_made_once(kfp, package,
     new = kc.upload(client, changed)
     run = kc.submit(client, params={"imgsz": 320, "extra_config": {"batch": 8}}, experiment="nightly", run_name="r1")
     stored = kfp.runs[run["run_id"]]
-    assert stored["pipeline_version_reference"] == {"pipeline_id": new["pipeline_id"], "pipeline_version_id": new["version_id"]}
+    assert stored["pipeline_version_reference"] == {
+        "pipeline_id": new["pipeline_id"],
+        "pipeline_version_id": new["version_id"],
+    }
     assert stored["runtime_config"]["parameters"] == {"imgsz": 320, "extra_config": {"batch": 8}}
     assert kfp.experiments[run["experiment_id"]]["display_name"] == "nightly"
     assert run["url"].endswith(f"/#/runs/details/{run['run_id']}")
@@ -145,12 +148,16 @@ def test_cli_upload_and_submit(kfp, package, capsys, monkeypatch):
     monkeypatch.setenv("KF_PIPELINES_ENDPOINT", kfp.url)
     main(["pipeline", "upload", "--package", str(package)])
     out = capsys.readouterr().out
-    assert json.loads(out[out.index("{"):])["created"] is True
-    main(["pipeline", "submit", "--param", "teacher_epochs=3", "--param", "skip_if_unchanged=true", "--experiment", "e1"])
+    assert json.loads(out[out.index("{") :])["created"] is True
+    main(
+        ["pipeline", "submit", "--param", "teacher_epochs=3", "--param", "skip_if_unchanged=true", "--experiment", "e1"]
+    )
     out = capsys.readouterr().out
-    res = json.loads(out[out.index("{"):])
+    res = json.loads(out[out.index("{") :])
     assert kfp.runs[res["run_id"]]["runtime_config"]["parameters"] == {"teacher_epochs": 3, "skip_if_unchanged": True}
     with pytest.raises(SystemExit) as e:
         main(["pipeline", "submit", "--param", "teacher_epoch=3"])
     assert e.value.code == 2
-    assert "error: Unknown pipeline parameter 'teacher_epoch' (did you mean 'teacher_epochs'?)" in capsys.readouterr().err
+    assert (
+        "error: Unknown pipeline parameter 'teacher_epoch' (did you mean 'teacher_epochs'?)" in capsys.readouterr().err
+    )

@@ -21,31 +21,60 @@ def params():
 
 def test_parameters_from_package_equal_the_in_memory_pipeline(params):
     assert pipeline_parameters() == params
-    assert params["teacher_epochs"] == {"type": "NUMBER_INTEGER", "default": 100, "description": "Teacher training epochs."}
+    assert params["teacher_epochs"] == {
+        "type": "NUMBER_INTEGER",
+        "default": 100,
+        "description": "Teacher training epochs.",
+    }
     assert list(params) == sorted(params)
 
 
 def test_command_line_strings_are_typed(params):
-    got = check_params(parse_assignments(["imgsz=320", "lr0=0.02", "deploy_model=yes", "extra_config={\"batch\": 32}",
-                                          "dataset_uri=s3://b/ds=1/", "class_names=1.10", "teacher-epochs=5"]), params)
-    assert got == {"imgsz": 320, "lr0": 0.02, "deploy_model": True, "extra_config": {"batch": 32}, "dataset_uri": "s3://b/ds=1/",
-                   "class_names": "1.10", "teacher_epochs": 5}
+    got = check_params(
+        parse_assignments(
+            [
+                "imgsz=320",
+                "lr0=0.02",
+                "deploy_model=yes",
+                'extra_config={"batch": 32}',
+                "dataset_uri=s3://b/ds=1/",
+                "class_names=1.10",
+                "teacher-epochs=5",
+            ]
+        ),
+        params,
+    )
+    assert got == {
+        "imgsz": 320,
+        "lr0": 0.02,
+        "deploy_model": True,
+        "extra_config": {"batch": 32},
+        "dataset_uri": "s3://b/ds=1/",
+        "class_names": "1.10",
+        "teacher_epochs": 5,
+    }
 
 
 def test_yaml_values_are_checked(params):
     assert check_params({"imgsz": 64.0, "skip_if_unchanged": False, "extra_config": "mosaic: 0.5"}, params) == {
-        "imgsz": 64, "skip_if_unchanged": False, "extra_config": {"mosaic": 0.5}}
+        "imgsz": 64,
+        "skip_if_unchanged": False,
+        "extra_config": {"mosaic": 0.5},
+    }
 
 
-@pytest.mark.parametrize("name,value,words", [
-    ("imgsz", "abc", "a whole number"),
-    ("imgsz", 64.5, "a whole number"),
-    ("imgsz", True, "a whole number"),
-    ("lr0", "fast", "a number"),
-    ("deploy_model", "maybe", "true or false"),
-    ("extra_config", "[1, 2]", "a mapping"),
-    ("dataset_uri", {"a": 1}, "text"),
-])
+@pytest.mark.parametrize(
+    "name,value,words",
+    [
+        ("imgsz", "abc", "a whole number"),
+        ("imgsz", 64.5, "a whole number"),
+        ("imgsz", True, "a whole number"),
+        ("lr0", "fast", "a number"),
+        ("deploy_model", "maybe", "true or false"),
+        ("extra_config", "[1, 2]", "a mapping"),
+        ("dataset_uri", {"a": 1}, "text"),
+    ],
+)
 def test_wrong_types_are_named(params, name, value, words):
     with pytest.raises(ConfigError) as e:
         check_params({name: value}, params)
@@ -53,7 +82,9 @@ def test_wrong_types_are_named(params, name, value, words):
 
 
 def test_unknown_name_suggests_the_closest(params):
-    with pytest.raises(ConfigError, match="Unknown pipeline parameter 'teacher_epoch' \\(did you mean 'teacher_epochs'\\?\\)"):
+    with pytest.raises(
+        ConfigError, match="Unknown pipeline parameter 'teacher_epoch' \\(did you mean 'teacher_epochs'\\?\\)"
+    ):
         check_params({"teacher_epoch": 3}, params)
 
 

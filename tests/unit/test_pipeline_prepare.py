@@ -15,8 +15,14 @@ from kubedistill.pipeline.steps import default_store
 
 
 def _prep(uri, store, tmp_path, **kw):
-    return prepare_dataset(str(uri), str(store), cache=tmp_path / "cache", report_html=tmp_path / "report.html",
-                           report_md=tmp_path / "report.md", **kw)
+    return prepare_dataset(
+        str(uri),
+        str(store),
+        cache=tmp_path / "cache",
+        report_html=tmp_path / "report.html",
+        report_md=tmp_path / "report.md",
+        **kw,
+    )
 
 
 def test_store_is_keyed_by_content(tiny_data, tmp_path):
@@ -46,7 +52,9 @@ def test_store_is_keyed_by_content(tiny_data, tmp_path):
 def test_reports_show_classes_sizes_and_problems(tiny_data, tmp_path):
     src = tmp_path / "src"
     shutil.copytree(Path(tiny_data).parent, src)
-    (src / "labels" / "train" / "train_000001.txt").write_text("0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.1 0.1\n")  # class 7: error
+    (src / "labels" / "train" / "train_000001.txt").write_text(
+        "0 0.5 0.5 0.2 0.2\n7 0.5 0.5 0.1 0.1\n"
+    )  # class 7: error
     (src / "labels" / "train" / "train_000002.txt").write_text("1 0.95 0.5 0.2 0.2\n")  # reaches outside: clipped
     res = _prep(src / "data.yaml", tmp_path / "store", tmp_path)
     assert res["errors"] == 1 and res["problems"] == 2
@@ -74,7 +82,9 @@ def test_unusable_data_stops_after_writing_the_report(tiny_data, tmp_path):
 def test_a_single_split_is_split_deterministically(tiny_data, tmp_path):
     src = tmp_path / "only-train"
     shutil.copytree(Path(tiny_data).parent, src)
-    (src / "data.yaml").write_text(yaml.safe_dump({"path": ".", "train": "images/train", "names": ["circle", "square"]}))
+    (src / "data.yaml").write_text(
+        yaml.safe_dump({"path": ".", "train": "images/train", "names": ["circle", "square"]})
+    )
     spec, note = load_splits(src / "data.yaml", val_fraction=0.25, seed=3)
     assert "only `train` was given" in note
     train, val = set(spec.splits["train"]), set(spec.splits["val"])
@@ -89,7 +99,10 @@ def test_a_single_split_is_split_deterministically(tiny_data, tmp_path):
 def test_class_names_must_match(tiny_data, tmp_path):
     with pytest.raises(DataError, match="class_names \\['cat', 'dog'\\] differ"):
         _prep(tiny_data, tmp_path / "store", tmp_path, class_names=["cat", "dog"])
-    assert _prep(tiny_data, tmp_path / "store", tmp_path, class_names=["circle", "square", ""])["names"] == ["circle", "square"]
+    assert _prep(tiny_data, tmp_path / "store", tmp_path, class_names=["circle", "square", ""])["names"] == [
+        "circle",
+        "square",
+    ]
 
 
 def test_demo_source(tmp_path):
@@ -98,14 +111,18 @@ def test_demo_source(tmp_path):
         parse_demo("demo?size=3")
     res = _prep("demo?train=4&val=2&imgsz=64&classes=2", tmp_path / "store", tmp_path)
     assert res["names"] == ["circle", "square"] and res["counts"]["train"]["listed"] == 4
-    assert _prep("demo?train=4&val=2&imgsz=64", tmp_path / "store", tmp_path, class_names=["ring", "star"])["names"] == ["ring", "star"]
+    assert _prep("demo?train=4&val=2&imgsz=64", tmp_path / "store", tmp_path, class_names=["ring", "star"])[
+        "names"
+    ] == ["ring", "star"]
     with pytest.raises(UserError, match="No dataset given"):
         _prep(" ", tmp_path / "store", tmp_path)
 
 
 def test_default_store_follows_the_pipeline_root():
-    assert default_store("minio://mlpipeline/v2/artifacts/kubedistill-training/abc/prepare-data/1/report") == \
-        "minio://mlpipeline/kubedistill/datasets"
+    assert (
+        default_store("minio://mlpipeline/v2/artifacts/kubedistill-training/abc/prepare-data/1/report")
+        == "minio://mlpipeline/kubedistill/datasets"
+    )
     assert default_store("s3://kfp-artifacts/run/report").startswith("s3://kfp-artifacts/")
     assert not default_store("/tmp/local/report").startswith(("s3:", "minio:"))
 

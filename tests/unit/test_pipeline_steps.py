@@ -22,15 +22,18 @@ def tracking(tmp_path, monkeypatch):
     cl = MlflowClient(uri, uri)
     cl.create_registered_model("det")
     run = cl.create_run(cl.create_experiment("training", artifact_location=(tmp_path / "art").as_uri()))
-    mv = cl.create_model_version("det", source=(tmp_path / "art" / "model").as_uri(), run_id=run.info.run_id,
-                                 tags={"data_fingerprint": "fp-old"})
+    mv = cl.create_model_version(
+        "det", source=(tmp_path / "art" / "model").as_uri(), run_id=run.info.run_id, tags={"data_fingerprint": "fp-old"}
+    )
     cl.set_registered_model_alias("det", "champion", mv.version)
     return cl
 
 
 def _parent(cl, rid="kfp-run-1"):
-    runs = cl.search_runs([cl.get_experiment_by_name("kubedistill").experiment_id],
-                          filter_string=f"tags.pipeline_run_id = '{rid}' and tags.{pipeline_tracking.KIND_TAG} = 'pipeline'")
+    runs = cl.search_runs(
+        [cl.get_experiment_by_name("kubedistill").experiment_id],
+        filter_string=f"tags.pipeline_run_id = '{rid}' and tags.{pipeline_tracking.KIND_TAG} = 'pipeline'",
+    )
     assert len(runs) == 1
     return runs[0]
 
@@ -38,8 +41,14 @@ def _parent(cl, rid="kfp-run-1"):
 def test_unchanged_data_ends_the_run_early(tracking, tmp_path):
     report = tmp_path / "report.html"
     report.write_text("<html>data</html>")
-    res = steps.check_unchanged("fp-old", "det", skip_if_unchanged=True, dataset_uri="s3://d/x", reports=[report],
-                                out_md=tmp_path / "decision.md")
+    res = steps.check_unchanged(
+        "fp-old",
+        "det",
+        skip_if_unchanged=True,
+        dataset_uri="s3://d/x",
+        reports=[report],
+        out_md=tmp_path / "decision.md",
+    )
     assert res["proceed"] is False and res["champion"] == "1"
     assert "data unchanged since champion version 1" in res["reason"] and "the run ends here" in res["reason"]
     assert "**Skipped**" in (tmp_path / "decision.md").read_text()
@@ -59,7 +68,11 @@ def test_changed_data_or_no_skip_trains(tracking, tmp_path, monkeypatch):
     assert steps.check_unchanged("fp-old", "other-model", skip_if_unchanged=True)["reason"].startswith("no champion")
     done = pipeline_tracking.finish_tracking("FAILED", error="evaluate: boom")
     parent = _parent(tracking)
-    assert done["status"] == "FAILED" and parent.info.status == "FAILED" and parent.data.tags["pipeline_error"] == "evaluate: boom"
+    assert (
+        done["status"] == "FAILED"
+        and parent.info.status == "FAILED"
+        and parent.data.tags["pipeline_error"] == "evaluate: boom"
+    )
 
 
 def test_skip_if_unchanged_needs_the_registry(monkeypatch):
@@ -67,7 +80,10 @@ def test_skip_if_unchanged_needs_the_registry(monkeypatch):
     assert steps.check_unchanged("fp", "det", skip_if_unchanged=False)["proceed"]  # no tracking, no gate: fine
     with pytest.raises(UserError, match="skip_if_unchanged needs the MLflow model registry"):
         steps.check_unchanged("fp", "det", skip_if_unchanged=True)
-    assert pipeline_tracking.parent_run() is None and pipeline_tracking.finish_tracking("SUCCEEDED") == {"parent_run_id": None, "status": None}
+    assert pipeline_tracking.parent_run() is None and pipeline_tracking.finish_tracking("SUCCEEDED") == {
+        "parent_run_id": None,
+        "status": None,
+    }
 
 
 def test_train_options():
@@ -93,7 +109,9 @@ def test_deploy_step_pins_the_version_and_fails_on_a_rolled_back_rollout(monkeyp
 
     calls = []
 
-    def fake_deploy(release, namespace, model_uri, **kw):  # no cluster here: the rollout itself is tested in test_deploy.py
+    def fake_deploy(
+        release, namespace, model_uri, **kw
+    ):  # no cluster here: the rollout itself is tested in test_deploy.py
         calls.append((release, namespace, model_uri))
         return {"status": outcome["status"], "rolled_back": outcome["status"] != "deployed", "reason": "pods not ready"}
 

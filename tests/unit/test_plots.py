@@ -33,7 +33,7 @@ NAMES = ["circle", "square"]
 # results.csv of `kubedistill train ... epochs=3 imgsz=64` on `kubedistill data synth` (2 classes):
 # AP_medium and AP_large are empty (no such boxes in the val split).
 RESULTS_CSV = """\
-epoch,train/box,train/cls,train/l1,metrics/mAP50-95,metrics/mAP50,metrics/mAP75,metrics/AP_small,metrics/AP_medium,metrics/AP_large,metrics/precision,metrics/recall,lr/weights,lr/norm,lr/bias,momentum,prog/o2m,prog/o2o,img_s,epoch_s
+epoch,train/box_loss,train/cls_loss,train/l1_loss,metrics/mAP50-95,metrics/mAP50,metrics/mAP75,metrics/AP_small,metrics/AP_medium,metrics/AP_large,metrics/precision,metrics/recall,lr/weights,lr/norm,lr/bias,momentum,prog/o2m,prog/o2o,img_s,epoch_s
 1,4.111579,4.633222,0.257691,0.003763,0.015247,0.000187,0.007242,,,0.028646,0.280303,0.000446,0.000446,0.067112,0.833333,0.8,0.2,23.806779,0.672077
 2,4.161203,4.196492,0.214778,0.00419,0.015606,0.000182,0.008141,,,0.028315,0.280303,0.000677,0.000677,0.000677,0.9,0.45,0.55,49.333696,0.324322
 3,4.239731,4.727548,0.226834,0.004185,0.015574,0.000177,0.008117,,,0.028125,0.280303,1.7e-05,1.7e-05,1.7e-05,0.9,0.1,0.9,57.953147,0.276085
@@ -198,17 +198,35 @@ def test_plot_results_from_training_csv(run_plots):
     assert_png_not_blank(out["results"])
     with Image.open(out["results"]) as im:
         assert im.width >= 1000 and im.height >= 700  # 19 panels, 5 per row
-    epochs, data = plots._read_results(save / "results.csv")
+    epochs, data = plots.curves._read_results(save / "results.csv")
     assert epochs.tolist() == [1.0, 2.0, 3.0]
     assert len(data) == 19 and "epoch" not in data
     assert np.isnan(data["metrics/AP_medium"]).all()
-    assert data["train/box"][0] == pytest.approx(4.111579)
+    assert data["train/box_loss"][0] == pytest.approx(4.111579)
+
+
+@pytest.fixture(scope="module")
+def trainer_csv(tmp_path_factory, tiny_data, tiny_train):
+    """results.csv of a real (tiny) training run: what plot_results reads in practice."""
+    _, res = tiny_train(tmp_path_factory.mktemp("real_run"), tiny_data, epochs=2, plots=False)
+    return Path(res["save_dir"]) / "results.csv"
+
+
+def test_plot_results_reads_what_the_trainer_writes(trainer_csv, tmp_path):
+    from kubedistill.core.names import METRIC_NAMES
+
+    epochs, data = plots.curves._read_results(trainer_csv)
+    assert epochs.tolist() == [1.0, 2.0]
+    assert {"train/box_loss", "train/cls_loss", "train/l1_loss", "prog/o2m", "prog/o2o"} <= set(data)
+    assert {f"metrics/{k}" for k in METRIC_NAMES} <= set(data)
+    assert np.isfinite(data["train/box_loss"]).all() and np.isfinite(data["metrics/mAP50-95"]).all()
+    assert_png_not_blank(plot_results(trainer_csv, tmp_path / "results.png"))
 
 
 def test_plot_results_resumed_run_and_empty_files(tmp_path):
     resumed = tmp_path / "resumed.csv"
     resumed.write_text("epoch,train/box,note\n1,3.0,a\n2,2.5,b\n2,2.0,c\n3,,d\n")
-    epochs, data = plots._read_results(resumed)
+    epochs, data = plots.curves._read_results(resumed)
     assert epochs.tolist() == [1.0, 2.0, 3.0]
     assert list(data) == ["train/box"]  # the text column is left out
     assert data["train/box"][1] == 2.0  # the last row of epoch 2
@@ -228,11 +246,24 @@ def make_metrics(names=NAMES, with_gt=(True, True)) -> DetectionMetrics:
     ap50 = np.where(np.isfinite(prec).all(1), np.nan_to_num(prec).mean(1), np.nan)
     nan = float("nan")
     return DetectionMetrics(
-        names=list(names), map50_95=nan, map50=float(np.nanmean(ap50)) if np.isfinite(ap50).any() else nan,
-        map75=nan, ap_small=nan, ap_medium=nan, ap_large=nan, precision=nan, recall=nan, f1=nan,
-        conf_best_f1=nan, ap50_95_per_class=ap50 * 0.5, ap50_per_class=ap50,
-        n_gt_per_class=np.array([5 if h else 0 for h in with_gt]), precision_per_class=ap50,
-        recall_per_class=ap50, pr_recall=rec, pr_precision=prec,
+        names=list(names),
+        map50_95=nan,
+        map50=float(np.nanmean(ap50)) if np.isfinite(ap50).any() else nan,
+        map75=nan,
+        ap_small=nan,
+        ap_medium=nan,
+        ap_large=nan,
+        precision=nan,
+        recall=nan,
+        f1=nan,
+        conf_best_f1=nan,
+        ap50_95_per_class=ap50 * 0.5,
+        ap50_per_class=ap50,
+        n_gt_per_class=np.array([5 if h else 0 for h in with_gt]),
+        precision_per_class=ap50,
+        recall_per_class=ap50,
+        pr_recall=rec,
+        pr_precision=prec,
     )
 
 
@@ -337,8 +368,15 @@ def run_plots(tmp_path_factory):
     save = tmp_path_factory.mktemp("run")
     (save / "results.csv").write_text(RESULTS_CSV)
     gts, preds = run_plots_inputs(save)
-    out = write_run_plots(save, results_csv=save / "results.csv", metrics=make_metrics(["a", "b", "c"], (True, True, False)),
-                          gts=gts, preds=preds, samples=make_samples(), names=NAMES)
+    out = write_run_plots(
+        save,
+        results_csv=save / "results.csv",
+        metrics=make_metrics(["a", "b", "c"], (True, True, False)),
+        gts=gts,
+        preds=preds,
+        samples=make_samples(),
+        names=NAMES,
+    )
     return save, out
 
 
@@ -361,11 +399,18 @@ def test_write_run_plots_never_raises(tmp_path, monkeypatch, caplog):
     def boom(*args, **kwargs):
         raise RuntimeError("renderer exploded")
 
-    monkeypatch.setattr(plots, "plot_labels", boom)
+    monkeypatch.setattr(plots.run, "plot_labels", boom)  # the name write_run_plots calls
     with caplog.at_level(logging.WARNING, logger="kubedistill"):
         # Nothing to plot at all, mismatched gts/preds, and one plot that raises.
-        out = write_run_plots(tmp_path / "run", results_csv=tmp_path / "missing.csv", metrics=None,
-                              gts=[gt([[0, 0, 5, 5]], [0])], preds=[], samples=None, names=NAMES)
+        out = write_run_plots(
+            tmp_path / "run",
+            results_csv=tmp_path / "missing.csv",
+            metrics=None,
+            gts=[gt([[0, 0, 5, 5]], [0])],
+            preds=[],
+            samples=None,
+            names=NAMES,
+        )
     assert "labels" not in out
     assert "renderer exploded" in caplog.text
     assert set(out) == (set(EXPECTED_FILES) - {"labels"}) | {"ece", "fp_mean_conf"}
@@ -382,7 +427,7 @@ def test_write_run_plots_never_raises(tmp_path, monkeypatch, caplog):
 def test_failed_write_leaves_target_untouched(tmp_path):
     target = tmp_path / "plot.png"
     target.write_bytes(b"old")
-    with pytest.raises(Exception):
-        plots._save_array(np.zeros((4, 4, 7), dtype=np.uint8), target)  # not an image PIL can write
+    with pytest.raises(TypeError, match="Cannot handle this data type"):
+        plots.figure._save_array(np.zeros((4, 4, 7), dtype=np.uint8), target)  # not an image PIL can write
     assert target.read_bytes() == b"old"
     assert_no_temp_files(tmp_path)

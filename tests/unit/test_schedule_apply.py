@@ -50,17 +50,20 @@ def test_example_file_is_valid():
     assert spec.schedules[0].cron == "0 0 3 * * *" and spec.schedules[1].interval == 7 * 86400
 
 
-@pytest.mark.parametrize("entry,message", [
-    ({"name": "a", "cron": "0 3 * *"}, "has 4 fields"),
-    ({"name": "a", "cron": "0 3 * * *", "interval": 60}, "exactly one of cron or interval"),
-    ({"name": "a"}, "exactly one of cron or interval"),
-    ({"name": "a", "interval": "30s"}, "shorter than a minute"),
-    ({"name": "a", "interval": "often"}, "is not a period"),
-    ({"name": "a", "interval": 3600, "max_concurrency": 0}, "max_concurrency"),
-    ({"name": "a", "interval": 3600, "catchup": True}, "catchup"),
-    ({"name": "a", "interval": 3600, "params": {"epochs": 3}}, "Unknown pipeline parameter 'epochs'"),
-    ({"name": "a", "interval": 3600, "params": {"imgsz": "big"}}, "'imgsz' = 'big' is not a whole number"),
-])
+@pytest.mark.parametrize(
+    "entry,message",
+    [
+        ({"name": "a", "cron": "0 3 * *"}, "has 4 fields"),
+        ({"name": "a", "cron": "0 3 * * *", "interval": 60}, "exactly one of cron or interval"),
+        ({"name": "a"}, "exactly one of cron or interval"),
+        ({"name": "a", "interval": "30s"}, "shorter than a minute"),
+        ({"name": "a", "interval": "often"}, "is not a period"),
+        ({"name": "a", "interval": 3600, "max_concurrency": 0}, "max_concurrency"),
+        ({"name": "a", "interval": 3600, "catchup": True}, "catchup"),
+        ({"name": "a", "interval": 3600, "params": {"epochs": 3}}, "Unknown pipeline parameter 'epochs'"),
+        ({"name": "a", "interval": 3600, "params": {"imgsz": "big"}}, "'imgsz' = 'big' is not a whole number"),
+    ],
+)
 def test_bad_schedules_are_named(tmp_path, entry, message):
     with pytest.raises(ConfigError) as e:
         sch.load_schedules(write(tmp_path, [entry]), PACKAGE)
@@ -79,9 +82,15 @@ def test_apply_creates_then_leaves_unchanged_ones_alone(kfp, client, tmp_path):
     rrs = {r["display_name"]: r for r in kfp.recurring.values()}
     assert rrs["nightly"]["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * *"}}
     assert rrs["nightly"]["runtime_config"]["parameters"] == {"dataset_uri": "s3://d/x/", "skip_if_unchanged": True}
-    assert rrs["nightly"]["mode"] == "ENABLE" and rrs["nightly"]["no_catchup"] is True and rrs["nightly"]["max_concurrency"] == "1"
+    assert (
+        rrs["nightly"]["mode"] == "ENABLE"
+        and rrs["nightly"]["no_catchup"] is True
+        and rrs["nightly"]["max_concurrency"] == "1"
+    )
     assert rrs["weekly"]["trigger"]["periodic_schedule"]["interval_second"] == str(7 * 86400)
-    assert rrs["weekly"]["mode"] == "DISABLE" and rrs["weekly"]["runtime_config"]["parameters"] == {"teacher_epochs": 150}
+    assert rrs["weekly"]["mode"] == "DISABLE" and rrs["weekly"]["runtime_config"]["parameters"] == {
+        "teacher_epochs": 150
+    }
     newest = max(kfp.versions.values(), key=lambda v: v["created_at"])
     assert rrs["nightly"]["pipeline_version_reference"]["pipeline_version_id"] == newest["pipeline_version_id"]
     assert sch.SPEC_MARK in rrs["nightly"]["description"]
@@ -101,8 +110,11 @@ def test_a_changed_spec_replaces_new_first_then_old(kfp, client, tmp_path):
     (new_id,) = kfp.recurring
     assert new_id != old_id and kfp.recurring[new_id]["runtime_config"]["parameters"]["student_epochs"] == 50
     order = [(r["method"], r["path"]) for r in kfp.requests if "recurringruns" in r["path"] and r["method"] != "GET"]
-    assert order == [("POST", "/apis/v2beta1/recurringruns"), ("POST", "/apis/v2beta1/recurringruns"),
-                     ("DELETE", f"/apis/v2beta1/recurringruns/{old_id}")]
+    assert order == [
+        ("POST", "/apis/v2beta1/recurringruns"),
+        ("POST", "/apis/v2beta1/recurringruns"),
+        ("DELETE", f"/apis/v2beta1/recurringruns/{old_id}"),
+    ]
 
 
 def test_a_new_pipeline_version_replaces_schedules_on_latest(kfp, client, tmp_path):
@@ -119,7 +131,9 @@ def test_a_new_pipeline_version_replaces_schedules_on_latest(kfp, client, tmp_pa
 def test_enabled_flips_in_place(kfp, client, tmp_path):
     sch.apply(client, sch.load_schedules(write(tmp_path, [NIGHTLY]), PACKAGE), echo=lambda s: None)
     (rid,) = kfp.recurring
-    plan = sch.apply(client, sch.load_schedules(write(tmp_path, [{**NIGHTLY, "enabled": False}]), PACKAGE), echo=lambda s: None)
+    plan = sch.apply(
+        client, sch.load_schedules(write(tmp_path, [{**NIGHTLY, "enabled": False}]), PACKAGE), echo=lambda s: None
+    )
     assert plan[0]["action"] == "disabled" and list(kfp.recurring) == [rid] and kfp.recurring[rid]["mode"] == "DISABLE"
     assert kfp.calls("POST", rf"/recurringruns/{rid}:disable$")
 
@@ -146,7 +160,11 @@ def test_prune_deletes_only_ours(kfp, client, tmp_path):
 def test_list_delete_and_trigger(kfp, client, tmp_path):
     sch.apply(client, sch.load_schedules(write(tmp_path, [NIGHTLY, WEEKLY]), PACKAGE), echo=lambda s: None)
     listed = {d["name"]: d for d in sch.list_schedules(client, "retrain")}
-    assert listed["nightly"]["trigger"] == "cron 0 0 3 * * *" and listed["nightly"]["enabled"] and listed["nightly"]["managed"]
+    assert (
+        listed["nightly"]["trigger"] == "cron 0 0 3 * * *"
+        and listed["nightly"]["enabled"]
+        and listed["nightly"]["managed"]
+    )
     assert listed["weekly"]["trigger"] == f"every {7 * 86400}s" and not listed["weekly"]["enabled"]
 
     res = sch.trigger(client, "retrain", "nightly")
@@ -164,8 +182,9 @@ def test_list_delete_and_trigger(kfp, client, tmp_path):
 
 def test_trigger_a_recurring_run_made_from_a_package(kfp, client):
     exp_id = kc.experiment_id(client, "retrain")
-    client.create_recurring_run(exp_id, "from-package", cron_expression="0 0 1 * * *", pipeline_package_path=str(PACKAGE),
-                                params={"imgsz": 320})
+    client.create_recurring_run(
+        exp_id, "from-package", cron_expression="0 0 1 * * *", pipeline_package_path=str(PACKAGE), params={"imgsz": 320}
+    )
     res = sch.trigger(client, "retrain", "from-package")
     run = kfp.runs[res["run_id"]]
     assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "kubedistill-training"
@@ -183,4 +202,4 @@ def test_cli_apply_and_list(kfp, client, tmp_path, capsys, monkeypatch):
     assert "unchanged  nightly" in capsys.readouterr().out
     main(["schedule", "list", "-f", str(f)])
     out = capsys.readouterr().out
-    assert json.loads(out[out.index("["):])[0]["name"] == "nightly"
+    assert json.loads(out[out.index("[") :])[0]["name"] == "nightly"

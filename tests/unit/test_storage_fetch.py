@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kubedistill.core.errors import DataError, UserError
 from kubedistill.data.dataset_yaml import load_data_yaml
 from kubedistill.data.fetch import extract_archive, fetch_dataset, is_archive, resolve_data
-from kubedistill.core.errors import DataError, UserError
 
 
 def _tree_files(root: Path) -> list[str]:
@@ -89,7 +89,9 @@ def test_absolute_path_in_yaml_is_localized(tiny_data, tmp_path):
     (src / "data.yaml").write_text(yaml.safe_dump(cfg))
     yml = fetch_dataset(str(_zip_dir(src, tmp_path / "mini.zip", "mini")), tmp_path / "d")
     assert yml.name == "data.fetched.yaml" and yaml.safe_load(yml.read_text())["path"] == "."
-    assert yaml.safe_load((yml.parent / "data.yaml").read_text())["path"] == "/home/someone/datasets/mini"  # original kept
+    assert (
+        yaml.safe_load((yml.parent / "data.yaml").read_text())["path"] == "/home/someone/datasets/mini"
+    )  # original kept
     assert len(load_data_yaml(yml).splits["train"]) == 16
     # a root that cannot be found in the copy is a DataError naming `path:`
     cfg["train"] = "elsewhere/images"
@@ -124,16 +126,19 @@ def _ti(name: str, type_=tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
     return t
 
 
-@pytest.mark.parametrize("member,needle", [
-    (_ti("../evil.txt"), "'..'"),
-    (_ti("ds/../../evil.txt"), "'..'"),
-    (_ti("/tmp/evil.txt"), "absolute path"),
-    (_ti("ds/link", tarfile.SYMTYPE, "/etc/passwd"), "symbolic link pointing outside"),
-    (_ti("ds/link", tarfile.SYMTYPE, "../../outside"), "symbolic link pointing outside"),
-    (_ti("ds/hard", tarfile.LNKTYPE, "../outside"), "hard link pointing outside"),
-    (_ti("ds/dev", tarfile.CHRTYPE), "device or FIFO"),
-    (_ti("ds/fifo", tarfile.FIFOTYPE), "device or FIFO"),
-])
+@pytest.mark.parametrize(
+    "member,needle",
+    [
+        (_ti("../evil.txt"), "'..'"),
+        (_ti("ds/../../evil.txt"), "'..'"),
+        (_ti("/tmp/evil.txt"), "absolute path"),
+        (_ti("ds/link", tarfile.SYMTYPE, "/etc/passwd"), "symbolic link pointing outside"),
+        (_ti("ds/link", tarfile.SYMTYPE, "../../outside"), "symbolic link pointing outside"),
+        (_ti("ds/hard", tarfile.LNKTYPE, "../outside"), "hard link pointing outside"),
+        (_ti("ds/dev", tarfile.CHRTYPE), "device or FIFO"),
+        (_ti("ds/fifo", tarfile.FIFOTYPE), "device or FIFO"),
+    ],
+)
 def test_unsafe_tar_refused(tmp_path, member, needle):
     arc = _tar_with(tmp_path / "bad.tar", member)
     with pytest.raises(DataError, match=needle) as e:
@@ -145,9 +150,15 @@ def test_unsafe_tar_refused(tmp_path, member, needle):
 
 
 def test_tar_links_inside_are_fine(tmp_path):
-    arc = _tar_with(tmp_path / "ok.tar", _ti("ds/link.yaml", tarfile.SYMTYPE, "data.yaml"), _ti("ds/hard.yaml", tarfile.LNKTYPE, "ds/data.yaml"))
+    arc = _tar_with(
+        tmp_path / "ok.tar",
+        _ti("ds/link.yaml", tarfile.SYMTYPE, "data.yaml"),
+        _ti("ds/hard.yaml", tarfile.LNKTYPE, "ds/data.yaml"),
+    )
     extract_archive(arc, tmp_path / "out")
-    assert (tmp_path / "out" / "ds" / "link.yaml").read_text() == "x: 1" and (tmp_path / "out" / "ds" / "hard.yaml").read_text() == "x: 1"
+    assert (tmp_path / "out" / "ds" / "link.yaml").read_text() == "x: 1" and (
+        tmp_path / "out" / "ds" / "hard.yaml"
+    ).read_text() == "x: 1"
 
 
 def _zip_with(path: Path, name: str, data: bytes = b"evil", mode: int | None = None) -> Path:
@@ -160,15 +171,18 @@ def _zip_with(path: Path, name: str, data: bytes = b"evil", mode: int | None = N
     return path
 
 
-@pytest.mark.parametrize("name,data,mode,needle", [
-    ("../evil.txt", b"evil", None, "'..'"),
-    ("ds/../../evil.txt", b"evil", None, "'..'"),
-    ("/abs/evil.txt", b"evil", None, "absolute path"),
-    ("C:/evil.txt", b"evil", None, "absolute path"),
-    ("ds/link", b"/etc/passwd", stat.S_IFLNK | 0o777, "symbolic link pointing outside"),
-    ("ds/link", b"data.yaml", stat.S_IFLNK | 0o777, "symbolic link"),
-    ("ds/fifo", b"", stat.S_IFIFO | 0o644, "device or FIFO"),
-])
+@pytest.mark.parametrize(
+    "name,data,mode,needle",
+    [
+        ("../evil.txt", b"evil", None, "'..'"),
+        ("ds/../../evil.txt", b"evil", None, "'..'"),
+        ("/abs/evil.txt", b"evil", None, "absolute path"),
+        ("C:/evil.txt", b"evil", None, "absolute path"),
+        ("ds/link", b"/etc/passwd", stat.S_IFLNK | 0o777, "symbolic link pointing outside"),
+        ("ds/link", b"data.yaml", stat.S_IFLNK | 0o777, "symbolic link"),
+        ("ds/fifo", b"", stat.S_IFIFO | 0o644, "device or FIFO"),
+    ],
+)
 def test_unsafe_zip_refused(tmp_path, name, data, mode, needle):
     arc = _zip_with(tmp_path / "bad.zip", name, data, mode)
     with pytest.raises(DataError, match=needle):
@@ -196,7 +210,9 @@ def test_cli_fetch_and_check_archive(tiny_data, tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "ds" / "tiny" / "data.yaml")
     main(["data", "check", str(arc)])  # extracted into the cache first
     assert "train" in capsys.readouterr().out
-    assert [p.name for p in (tmp_path / "cache" / "datasets").iterdir() if not p.name.startswith(".")][0].startswith("tiny-")
+    assert [p.name for p in (tmp_path / "cache" / "datasets").iterdir() if not p.name.startswith(".")][0].startswith(
+        "tiny-"
+    )
     with pytest.raises(SystemExit) as e:
         main(["data", "fetch", str(_tar_with(tmp_path / "bad.tar", _ti("../x"))), str(tmp_path / "bad")])
     err = capsys.readouterr().err

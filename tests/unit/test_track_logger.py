@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 pytest.importorskip("mlflow")
 
-from kubedistill.track.logger import SPOOL, RunLogger, flatten, is_number, sync  # noqa: E402
 from kubedistill.release.promote import decide  # noqa: E402
+from kubedistill.track.logger import SPOOL, RunLogger, flatten, is_number, sync  # noqa: E402
 
 
 class FlakyClient:
@@ -43,7 +43,9 @@ class FlakyClient:
 
     def log_batch(self, run_id, metrics=(), params=(), tags=()):
         self._maybe_fail()
-        self.sent.append(("log_batch", run_id, [(m.key, m.value, m.step) for m in metrics], [(p.key, p.value) for p in params]))
+        self.sent.append(
+            ("log_batch", run_id, [(m.key, m.value, m.step) for m in metrics], [(p.key, p.value) for p in params])
+        )
 
     def set_terminated(self, run_id, status):
         self._maybe_fail()
@@ -123,10 +125,23 @@ def test_background_logger_never_blocks_and_close_spools(tmp_path):
 
 def test_flatten_and_numbers():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": {}}) == {"a.b": 1, "a.c.d": 2, "e": {}}
-    assert [is_number(v) for v in (1, 2.5, "3", True, None, math.nan, math.inf, "x")] == [True, True, True, False, False, False, False, False]
+    assert [is_number(v) for v in (1, 2.5, "3", True, None, math.nan, math.inf, "x")] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+    ]
 
 
-@given(cand=st.one_of(st.floats(-1, 2), st.just(math.nan)), champ=st.one_of(st.none(), st.floats(0, 1)), delta=st.floats(0, 0.5))
+@given(
+    cand=st.one_of(st.floats(-1, 2), st.just(math.nan)),
+    champ=st.one_of(st.none(), st.floats(0, 1)),
+    delta=st.floats(0, 0.5),
+)
 def test_a_worse_model_is_never_promoted(cand, champ, delta):
     promoted, reason = decide(cand, champ, delta)
     if promoted and champ is not None:

@@ -35,6 +35,7 @@ import numpy as np
 from kubedistill.core.errors import UserError
 from kubedistill.core.interrupt import process_cpu_seconds
 from kubedistill.data.images import decode_image
+from kubedistill.serve.config import ServeConfig
 from kubedistill.serve.model import OnnxDetector
 from kubedistill.serve.page import demo_image_bytes
 from kubedistill.serve.resolve import resolve_model_uri
@@ -50,10 +51,30 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def start_server(model: Path, port: int, threads: int | None, extra_env: dict | None = None, log: Path | None = None,
-                 args: tuple[str, ...] = ()) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "kubedistill", "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "warning", "--no-access-log", *args]
+def start_server(
+    model: Path,
+    port: int,
+    threads: int | None,
+    extra_env: dict | None = None,
+    log: Path | None = None,
+    args: tuple[str, ...] = (),
+) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "kubedistill",
+        "serve",
+        "--model",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        *args,
+    ]
     if threads:
         cmd += ["--threads", str(threads)]
     env = os.environ | (extra_env or {})
@@ -65,7 +86,10 @@ def wait_ready(base_url: str, proc: subprocess.Popen, timeout: float = 60.0) -> 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise UserError(f"The server exited with code {proc.returncode} before it was ready", "Run `kubedistill serve` to see why")
+            raise UserError(
+                f"The server exited with code {proc.returncode} before it was ready",
+                "Run `kubedistill serve` to see why",
+            )
         try:
             with urllib.request.urlopen(f"{base_url}/v2/health/ready", timeout=1.0) as r:
                 if r.status == 200:
@@ -181,17 +205,25 @@ class InProcess:
         self.cpu += time.process_time() - c0
 
 
-def run_serve_benchmark(model: str, *, image: str | None = None, requests: int = 200, concurrency: tuple[int, ...] = (1, 4, 16),
-                        warmup: int = 10, threads: int | None = None, max_batch_size: int = 1, max_latency_ms: float = 5.0,
-                        echo=print) -> dict:
+def run_serve_benchmark(
+    model: str,
+    *,
+    image: str | None = None,
+    requests: int = 200,
+    concurrency: tuple[int, ...] = (1, 4, 16),
+    warmup: int = 10,
+    threads: int | None = None,
+    max_batch_size: int | None = None,
+    max_latency_ms: float | None = None,
+    echo=print,
+) -> dict:
     try:
         import aiohttp  # noqa: F401
     except ImportError:
         raise UserError("`benchmark serve` needs aiohttp", "pip install aiohttp (or kubedistill[dev])") from None
-    from kubedistill.serve.app import check_batching
-
     path = resolve_model_uri(model)
-    check_batching(max_batch_size, max_latency_ms)
+    cfg = ServeConfig.build(model_path=str(path), max_batch_size=max_batch_size, max_latency_ms=max_latency_ms)
+    max_batch_size, max_latency_ms = cfg.max_batch_size, cfg.max_latency_ms
     if requests < 1 or any(c < 1 for c in concurrency):
         raise UserError("--requests and --concurrency must be positive", "e.g. --requests 200 --concurrency 1,4,16")
     det = OnnxDetector(path, threads=threads)
@@ -201,12 +233,13 @@ def run_serve_benchmark(model: str, *, image: str | None = None, requests: int =
             raise UserError(f"Image '{img_path}' does not exist", "Pass an image file or leave --image out")
         data, filename = img_path.read_bytes(), img_path.name
     else:
-
         data, filename = demo_image_bytes(max(det.imgsz, 640)), "demo.jpg"
     local = InProcess(det, data)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start_server(path, port, threads, args=("--max-batch-size", str(max_batch_size), "--max-latency-ms", str(max_latency_ms)))
+    proc = start_server(
+        path, port, threads, args=("--max-batch-size", str(max_batch_size), "--max-latency-ms", str(max_latency_ms))
+    )
     rows, c1 = [], None
     try:
         wait_ready(base, proc)
@@ -221,23 +254,49 @@ def run_serve_benchmark(model: str, *, image: str | None = None, requests: int =
             else:
                 seen = drive(url, data, filename, requests, c)
             cpu1 = process_cpu_seconds(proc.pid)
-            cores = (cpu1 - cpu0) / seen.wall if cpu0 is not None and cpu1 is not None and seen.wall > 0 else float("nan")
-            rows.append({"concurrency": c, "requests": len(seen.lat), "errors": seen.errors, "p50_ms": _pct(seen.lat, 50) * 1e3,
-                         "p99_ms": _pct(seen.lat, 99) * 1e3, "rps": len(seen.lat) / seen.wall if seen.wall > 0 else float("nan"),
-                         "client_cpu_ms": seen.cpu / max(1, len(seen.lat)) * 1e3, "server_cores": cores})
+            cores = (
+                (cpu1 - cpu0) / seen.wall if cpu0 is not None and cpu1 is not None and seen.wall > 0 else float("nan")
+            )
+            rows.append(
+                {
+                    "concurrency": c,
+                    "requests": len(seen.lat),
+                    "errors": seen.errors,
+                    "p50_ms": _pct(seen.lat, 50) * 1e3,
+                    "p99_ms": _pct(seen.lat, 99) * 1e3,
+                    "rps": len(seen.lat) / seen.wall if seen.wall > 0 else float("nan"),
+                    "client_cpu_ms": seen.cpu / max(1, len(seen.lat)) * 1e3,
+                    "server_cores": cores,
+                }
+            )
     finally:
         code = stop_server(proc)
     if not local.run_s:  # no concurrency-1 level: time the in-process work on its own
         local.measure(30)
-    res = {"model": str(path), "image": filename, "image_bytes": len(data), "requests_per_level": requests,
-           "decode_letterbox_ms": _pct(local.prep_s, 50) * 1e3, "model_ms": _pct(local.run_s, 50) * 1e3, "threads": local.det.threads,
-           "imgsz": local.det.imgsz, "max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms, "interleaved": c1 is not None,
-           "server_exit_code": code, "cpu_count": os.cpu_count(), "rows": rows}
+    res = {
+        "model": str(path),
+        "image": filename,
+        "image_bytes": len(data),
+        "requests_per_level": requests,
+        "decode_letterbox_ms": _pct(local.prep_s, 50) * 1e3,
+        "model_ms": _pct(local.run_s, 50) * 1e3,
+        "threads": local.det.threads,
+        "imgsz": local.det.imgsz,
+        "max_batch_size": max_batch_size,
+        "max_latency_ms": max_latency_ms,
+        "interleaved": c1 is not None,
+        "server_exit_code": code,
+        "cpu_count": os.cpu_count(),
+        "rows": rows,
+    }
     if c1 is not None and c1.server:
         server = {k: float(np.median([t[k] for t in c1.server])) for k in ("preprocess", "inference", "postprocess")}
         p50 = rows[[r["concurrency"] for r in rows].index(1)]["p50_ms"]
-        res["c1"] = {"server_timings_ms": server, "http_json_client_ms": p50 - sum(server.values()),
-                     "ratio": p50 / (res["decode_letterbox_ms"] + res["model_ms"])}
+        res["c1"] = {
+            "server_timings_ms": server,
+            "http_json_client_ms": p50 - sum(server.values()),
+            "ratio": p50 / (res["decode_letterbox_ms"] + res["model_ms"]),
+        }
     echo(format_table(res))
     return res
 
@@ -245,17 +304,26 @@ def run_serve_benchmark(model: str, *, image: str | None = None, requests: int =
 def format_table(res: dict) -> str:
     how = "interleaved with concurrency 1" if res.get("interleaved") else "before the server ran"
     lines = [
-        f"model {Path(res['model']).name} (imgsz {res['imgsz']}, {res['threads']} threads), image {res['image']} ({res['image_bytes']} bytes)"
-        + (f", micro-batches of up to {res['max_batch_size']} ({res['max_latency_ms']:g} ms)" if res.get("max_batch_size", 1) > 1 else ""),
+        f"model {Path(res['model']).name} (imgsz {res['imgsz']}, {res['threads']} threads), "
+        f"image {res['image']} ({res['image_bytes']} bytes)"
+        + (
+            f", micro-batches of up to {res['max_batch_size']} ({res['max_latency_ms']:g} ms)"
+            if res.get("max_batch_size", 1) > 1
+            else ""
+        ),
         f"in process ({how}): decode+letterbox {res['decode_letterbox_ms']:.2f} ms, onnxruntime run {res['model_ms']:.2f} ms",
         f"{'concurrency':>11} {'requests':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'client CPU ms/req':>18}"
         f" {'server cores':>13}",
     ]
     for r in res["rows"]:
-        lines.append(f"{r['concurrency']:>11} {r['requests']:>8} {r['errors']:>6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['rps']:>8.1f}"
-                     f" {r['client_cpu_ms']:>18.2f} {r.get('server_cores', float('nan')):>13.2f}")
+        lines.append(
+            f"{r['concurrency']:>11} {r['requests']:>8} {r['errors']:>6} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['rps']:>8.1f}"
+            f" {r['client_cpu_ms']:>18.2f} {r.get('server_cores', float('nan')):>13.2f}"
+        )
     if "c1" in res:
         c1, s = res["c1"], res["c1"]["server_timings_ms"]
-        lines.append(f"concurrency 1: p50 / (decode+letterbox + model) = {c1['ratio']:.2f}x; server: preprocess {s['preprocess']:.2f}, "
-                     f"model {s['inference']:.2f}, postprocess {s['postprocess']:.2f} ms; HTTP + JSON + client {c1['http_json_client_ms']:.2f} ms")
+        lines.append(
+            f"concurrency 1: p50 / (decode+letterbox + model) = {c1['ratio']:.2f}x; server: preprocess {s['preprocess']:.2f}, "
+            f"model {s['inference']:.2f}, postprocess {s['postprocess']:.2f} ms; HTTP + JSON + client {c1['http_json_client_ms']:.2f} ms"
+        )
     return "\n".join(lines)

@@ -4,7 +4,7 @@ training step that the training benchmarks time (the trainer's objective, backwa
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -23,7 +23,9 @@ def time_steps(step: Callable[[], None], iters: int, device: torch.device, warmu
     return (time.perf_counter() - t0) / iters
 
 
-def time_interleaved(steps: list[Callable[[], None]], rounds: int, device: torch.device, warmup: int = 2) -> list[float]:
+def time_interleaved(
+    steps: list[Callable[[], None]], rounds: int, device: torch.device, warmup: int = 2
+) -> list[float]:
     """Median seconds per call of each callable, timed in turn (A, B, C, A, B, C, ...).
 
     Interleaving puts the callables under the same conditions: on a shared machine a slow spell slows

@@ -51,8 +51,10 @@ def model_speed(scale: str, imgsz: int, batch: int, iters: int, device, batch_da
 def run_train_benchmark(scales, sizes, batch=8, iters=5, workers=2, device="", echo=print) -> list[dict]:
     dev = select_device(device)
     rows = []
-    echo(f"# kubedistill benchmark train: device={dev} threads={torch.get_num_threads()} "
-         f"cpu={platform.processor() or platform.machine()} batch={batch} workers={workers}")
+    echo(
+        f"# kubedistill benchmark train: device={dev} threads={torch.get_num_threads()} "
+        f"cpu={platform.processor() or platform.machine()} batch={batch} workers={workers}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for imgsz in sizes:
             data = make_synth(Path(tmp) / f"synth{imgsz}", train=64, val=1, imgsz=imgsz, seed=0)
@@ -62,8 +64,15 @@ def run_train_benchmark(scales, sizes, batch=8, iters=5, workers=2, device="", e
             batch_data = next(iter(build_dataloader(ds, batch, 0, shuffle=False, seed=0)))
             for scale in scales:
                 fb = model_speed(scale, imgsz, batch, iters, dev, batch_data)
-                row = {"scale": f"yolo-{scale}", "imgsz": imgsz, "train_img_s": round(fb, 2), "loader_img_s": round(load, 1),
-                       "loader_over_model": round(load / fb, 2)}
+                row = {
+                    "scale": f"yolo-{scale}",
+                    "imgsz": imgsz,
+                    "train_img_s": round(fb, 2),
+                    "loader_img_s": round(load, 1),
+                    "loader_over_model": round(load / fb, 2),
+                }
                 rows.append(row)
-                echo(f"yolo-{scale:<2} imgsz={imgsz:<4} fwd+bwd {fb:8.2f} img/s   loader {load:8.1f} img/s   ratio {load / fb:6.2f}x")
+                echo(
+                    f"yolo-{scale:<2} imgsz={imgsz:<4} fwd+bwd {fb:8.2f} img/s   loader {load:8.1f} img/s   ratio {load / fb:6.2f}x"
+                )
     return rows

@@ -26,7 +26,9 @@ def select_device(device: str, local_rank: int = -1) -> torch.device:
         d = f"cuda:{d}"
     if d.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"device={device!r} asks for CUDA but no CUDA GPU is visible", "Use device=cpu or run on a GPU node")
+            raise ConfigError(
+                f"device={device!r} asks for CUDA but no CUDA GPU is visible", "Use device=cpu or run on a GPU node"
+            )
         if local_rank >= 0:
             d = f"cuda:{local_rank}"
     elif d not in ("cpu", "mps"):

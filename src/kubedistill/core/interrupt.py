@@ -14,8 +14,8 @@ import contextlib
 import os
 import signal
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 
 def _fields(pid: int | str) -> list[str] | None:

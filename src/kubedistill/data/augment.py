@@ -10,7 +10,7 @@ Conventions:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -88,7 +88,7 @@ def affine_matrix(
     s = rng.uniform(1 - scale, 1 + scale) if scale else 1.0
     r[:2] = cv2.getRotationMatrix2D((0.0, 0.0), a, s)
     t = np.eye(3)
-    tx, ty = (rng.uniform(-translate, translate, 2) if translate else (0.0, 0.0))
+    tx, ty = rng.uniform(-translate, translate, 2) if translate else (0.0, 0.0)
     t[0, 2] = out_size[0] / 2 + tx * out_size[0]
     t[1, 2] = out_size[1] / 2 + ty * out_size[1]
     return t @ r @ c

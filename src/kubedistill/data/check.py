@@ -22,10 +22,11 @@ import json
 import math
 import os
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -121,8 +122,11 @@ class CheckReport:
         return [p for p in self.problems if p.severity == WARNING]
 
     def summary(self, max_problems: int = 5) -> str:
-        lines = [f"Dataset {self.data}: {len(self.names)} classes ({', '.join(self.names[:8])}"
-                 + (", ..." if len(self.names) > 8 else "") + ")"]
+        lines = [
+            f"Dataset {self.data}: {len(self.names)} classes ({', '.join(self.names[:8])}"
+            + (", ..." if len(self.names) > 8 else "")
+            + ")"
+        ]
         for split, c in self.counts.items():
             lines.append(
                 f"  {split}: {c.usable} of {c.listed} images usable ({c.backgrounds} backgrounds), "
@@ -222,7 +226,12 @@ def _parse_labels(split: str, lf: Path, text: str, nc: int) -> tuple[np.ndarray 
             bad = True
             continue
         if not 0 <= int(c) < nc:
-            add(lineno, "class_range", f"class id {int(c)} is out of range 0..{nc - 1} (data.yaml has {nc} names)", ERROR)
+            add(
+                lineno,
+                "class_range",
+                f"class id {int(c)} is out of range 0..{nc - 1} (data.yaml has {nc} names)",
+                ERROR,
+            )
             bad = True
             continue
         if not all(math.isfinite(v) for v in (cx, cy, w, h)):
@@ -248,8 +257,12 @@ def _parse_labels(split: str, lf: Path, text: str, nc: int) -> tuple[np.ndarray 
         x1, y1, x2, y2 = (min(max(v, 0.0), 1.0) for v in e)
         bw, bh = x2 - x1, y2 - y1
         if bw <= MIN_WH or bh <= MIN_WH:
-            add(lineno, "box_degenerate", f"box {' '.join(parts[1:])} has no area inside the image "
-                f"(w={bw:.3g}, h={bh:.3g}); dropped", WARNING)
+            add(
+                lineno,
+                "box_degenerate",
+                f"box {' '.join(parts[1:])} has no area inside the image (w={bw:.3g}, h={bh:.3g}); dropped",
+                WARNING,
+            )
             continue
         if min(e[0], e[1]) < -CLIP_TOL or max(e[2], e[3]) > 1 + CLIP_TOL:
             add(lineno, "coord_clipped", f"box {' '.join(parts[1:])} reaches outside the image; clipped", WARNING)
@@ -330,8 +343,11 @@ def check_dataset(
     try:
         for split in splits:
             imgs = spec.splits[split]
-            it = (pool.map(_check_one, [split] * len(imgs), imgs, [nc] * len(imgs), chunksize=16) if pool
-                  else (_check_one(split, im, nc) for im in imgs))
+            it = (
+                pool.map(_check_one, [split] * len(imgs), imgs, [nc] * len(imgs), chunksize=16)
+                if pool
+                else (_check_one(split, im, nc) for im in imgs)
+            )
             if progress:
                 from tqdm import tqdm
 

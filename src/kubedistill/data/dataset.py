@@ -14,7 +14,8 @@ the current mosaic probability, as long as the trainer calls ``dataset.set_epoch
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import cv2
 import numpy as np

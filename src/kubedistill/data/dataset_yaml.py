@@ -88,7 +88,9 @@ def _parse_names(raw: Any, yaml_path: Path) -> list[str]:
             ids[ik] = v
         if sorted(ids) != list(range(len(ids))):
             missing = sorted(set(range(max(ids) + 1 if ids else 0)) - set(ids))
-            cause = f"class ids in `names:` must be 0..{len(ids) - 1}" + (f" (missing {missing[:5]})" if missing else "")
+            cause = f"class ids in `names:` must be 0..{len(ids) - 1}" + (
+                f" (missing {missing[:5]})" if missing else ""
+            )
             raise _fail(yaml_path, cause, "Number the classes 0, 1, 2, ... without gaps")
         names = [ids[i] for i in range(len(ids))]
     else:
@@ -117,7 +119,9 @@ def _images_in_txt(txt: Path, root: Path, yaml_path: Path) -> list[Path]:
     try:
         lines = txt.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise _fail(yaml_path, f"image list '{txt}' cannot be read ({e.__class__.__name__})", "Check that file") from None
+        raise _fail(
+            yaml_path, f"image list '{txt}' cannot be read ({e.__class__.__name__})", "Check that file"
+        ) from None
     out = []
     for line in lines:
         s = line.strip()
@@ -136,7 +140,9 @@ def _resolve_split(name: str, raw: Any, root: Path, yaml_path: Path) -> list[Pat
     images: list[Path] = []
     for e in entries:
         if not isinstance(e, (str, os.PathLike)) or not str(e).strip():
-            raise _fail(yaml_path, f"`{name}:` entry {e!r} is not a path", f"Set `{name}:` to a folder such as images/{name}")
+            raise _fail(
+                yaml_path, f"`{name}:` entry {e!r} is not a path", f"Set `{name}:` to a folder such as images/{name}"
+            )
         p = Path(os.path.expanduser(str(e).strip()))
         if not p.is_absolute():
             p = root / p

@@ -84,13 +84,17 @@ def find_data_yaml(root: Path, uri: str) -> Path:
             if (folder / name).is_file():
                 return folder / name
     if any((folder / sub).is_dir() for folder in candidates for sub in ("images", "labels")):
-        raise DataError(f"'{uri}' holds images/labels but no data.yaml",
-                        "Add a data.yaml (path: ., train: images/train, val: images/val, names: [...]) at the dataset's root")
+        raise DataError(
+            f"'{uri}' holds images/labels but no data.yaml",
+            "Add a data.yaml (path: ., train: images/train, val: images/val, names: [...]) at the dataset's root",
+        )
     if not entries:
         raise DataError(f"'{uri}' holds no files", "Check the URI")
     shown = ", ".join(sorted(p.name for p in entries)[:5])
-    raise DataError(f"'{uri}' holds no data.yaml at its root or in a single top folder (found: {shown})",
-                    "Point at the folder that holds data.yaml, or add one")
+    raise DataError(
+        f"'{uri}' holds no data.yaml at its root or in a single top folder (found: {shown})",
+        "Point at the folder that holds data.yaml, or add one",
+    )
 
 
 def _inside(p: Path, root: Path) -> bool:
@@ -130,10 +134,14 @@ def localize_data_yaml(yaml_path: Path, tree: Path) -> Path:
             cfg["path"] = os.path.relpath(cand, yaml_path.parent)
             out = yaml_path.with_name(FETCHED_YAML)
             atomic_write_text(out, yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
-            LOGGER.info(f"{yaml_path.name}: `path: {raw}` is not inside the fetched copy; using `path: {cfg['path']}` in {out}")
+            LOGGER.info(
+                f"{yaml_path.name}: `path: {raw}` is not inside the fetched copy; using `path: {cfg['path']}` in {out}"
+            )
             return out
-    raise DataError(f"{yaml_path}: `path: {raw}` points outside the fetched dataset",
-                    "Make `path:` relative to data.yaml (e.g. `path: .`) or leave it out")
+    raise DataError(
+        f"{yaml_path}: `path: {raw}` points outside the fetched dataset",
+        "Make `path:` relative to data.yaml (e.g. `path: .`) or leave it out",
+    )
 
 
 # ----------------------------------------------------------------------------- safe extraction
@@ -153,7 +161,9 @@ def _check_link(name: str, target: str, archive: str, hard: bool) -> None:
     resolved = os.path.normpath(os.path.join(base, t)) if not t.startswith("/") else t
     if t.startswith("/") or re.match(r"^[A-Za-z]:", t) or resolved == ".." or resolved.startswith("../"):
         kind = "hard link" if hard else "symbolic link"
-        raise DataError(f"Archive '{archive}' member '{name}' is a {kind} pointing outside the archive ('{target}')", _FIX_ARCHIVE)
+        raise DataError(
+            f"Archive '{archive}' member '{name}' is a {kind} pointing outside the archive ('{target}')", _FIX_ARCHIVE
+        )
 
 
 def _tar_filter(archive: str):
@@ -179,7 +189,9 @@ def _extract_tar(path: Path, out: Path, archive: str) -> None:
     except tarfile.FilterError as e:  # what the "data" filter refuses beyond our own checks
         raise DataError(f"Archive '{archive}' member '{e.tarinfo.name}' is refused ({e})", _FIX_ARCHIVE) from None
     except (tarfile.TarError, EOFError) as e:
-        raise DataError(f"'{archive}' is not a readable tar archive ({e})", "Check the file; fetch or build it again") from None
+        raise DataError(
+            f"'{archive}' is not a readable tar archive ({e})", "Check the file; fetch or build it again"
+        ) from None
 
 
 def _extract_zip(path: Path, out: Path, archive: str) -> None:
@@ -192,19 +204,25 @@ def _extract_zip(path: Path, out: Path, archive: str) -> None:
                 if stat.S_ISLNK(mode):
                     target = zf.read(info).decode("utf-8", "replace")
                     _check_link(info.filename, target, archive, hard=False)
-                    raise DataError(f"Archive '{archive}' member '{info.filename}' is a symbolic link (zip links are not supported)",
-                                    "Store the file itself in the archive")
+                    raise DataError(
+                        f"Archive '{archive}' member '{info.filename}' is a symbolic link (zip links are not supported)",
+                        "Store the file itself in the archive",
+                    )
                 if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
                     raise DataError(f"Archive '{archive}' member '{info.filename}' is a device or FIFO", _FIX_ARCHIVE)
             need = sum(i.file_size for i in infos)
             free = shutil.disk_usage(out).free
             if need > free:
-                raise UserError(f"Archive '{archive}' needs {need / 2**30:.1f} GiB but {out.parent} has {free / 2**30:.1f} GiB free",
-                                "Free disk space or fetch into another folder")
+                raise UserError(
+                    f"Archive '{archive}' needs {need / 2**30:.1f} GiB but {out.parent} has {free / 2**30:.1f} GiB free",
+                    "Free disk space or fetch into another folder",
+                )
             for info in infos:
                 zf.extract(info, out)
     except zipfile.BadZipFile as e:
-        raise DataError(f"'{archive}' is not a readable zip archive ({e})", "Check the file; fetch or build it again") from None
+        raise DataError(
+            f"'{archive}' is not a readable zip archive ({e})", "Check the file; fetch or build it again"
+        ) from None
 
 
 def extract_archive(path: Path, out: Path, archive: str | None = None) -> None:
@@ -212,13 +230,17 @@ def extract_archive(path: Path, out: Path, archive: str | None = None) -> None:
     archive = archive or str(path)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        if str(archive).lower().rstrip("/").endswith(".zip") or (not tarfile.is_tarfile(path) and zipfile.is_zipfile(path)):
+        if str(archive).lower().rstrip("/").endswith(".zip") or (
+            not tarfile.is_tarfile(path) and zipfile.is_zipfile(path)
+        ):
             _extract_zip(path, out, archive)
         else:
             _extract_tar(path, out, archive)
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            raise StorageError(f"No space left on the device extracting '{archive}'", "Free disk space or fetch into another folder") from None
+            raise StorageError(
+                f"No space left on the device extracting '{archive}'", "Free disk space or fetch into another folder"
+            ) from None
         raise
 
 
@@ -248,8 +270,10 @@ def _fetch_archive(uri: str, dest: Path) -> Path:
         LOGGER.info(f"{uri}: unchanged, using {dest}")
         return dest / rec["yaml"]
     if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not (dest / MANIFEST).exists())):
-        raise UserError(f"'{dest}' already exists and was not written by `kubedistill data fetch`",
-                        "Fetch into an empty or new folder")
+        raise UserError(
+            f"'{dest}' already exists and was not written by `kubedistill data fetch`",
+            "Fetch into an empty or new folder",
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.fetch-", dir=dest.parent))
     try:
@@ -298,4 +322,6 @@ def fetch_dataset(uri: str, dest: Path) -> Path:
         return p.resolve()
     if p.is_dir():
         return find_data_yaml(p, text).resolve()
-    raise DataError(f"Dataset '{p}' does not exist", "Pass a data.yaml, a folder holding one, an s3:// prefix or an archive")
+    raise DataError(
+        f"Dataset '{p}' does not exist", "Pass a data.yaml, a folder holding one, an s3:// prefix or an archive"
+    )

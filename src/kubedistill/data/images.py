@@ -56,8 +56,13 @@ def _orientation(im: Image.Image) -> int:
 
 
 _ORIENT_FLIPS = {  # after a transpose for 5..8: which axes to reverse
-    2: (slice(None), slice(None, None, -1)), 3: (slice(None, None, -1),) * 2, 4: (slice(None, None, -1),),
-    5: (), 6: (slice(None), slice(None, None, -1)), 7: (slice(None, None, -1),) * 2, 8: (slice(None, None, -1),),
+    2: (slice(None), slice(None, None, -1)),
+    3: (slice(None, None, -1),) * 2,
+    4: (slice(None, None, -1),),
+    5: (),
+    6: (slice(None), slice(None, None, -1)),
+    7: (slice(None, None, -1),) * 2,
+    8: (slice(None, None, -1),),
 }
 
 

@@ -33,8 +33,15 @@ def _area_table(n_in: int, n_out: int) -> tuple[np.ndarray, ...]:
     start = np.minimum(np.ceil(f1).astype(np.int64), stop)
     lw = np.where(start - f1 > 1e-3, start - f1, 0.0)
     rw = np.where((stop < n_in) & (f2 - stop > 1e-3), np.minimum(np.minimum(f2 - stop, 1.0), cell), 0.0)
-    return (start, stop, np.maximum(start - 1, 0), lw.astype(np.float32), np.minimum(stop, n_in - 1), rw.astype(np.float32),
-            (1.0 / cell).astype(np.float32))
+    return (
+        start,
+        stop,
+        np.maximum(start - 1, 0),
+        lw.astype(np.float32),
+        np.minimum(stop, n_in - 1),
+        rw.astype(np.float32),
+        (1.0 / cell).astype(np.float32),
+    )
 
 
 def _along(v: np.ndarray, axis: int) -> np.ndarray:

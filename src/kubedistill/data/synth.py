@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -41,8 +41,18 @@ def _draw(mask: np.ndarray, kind: str, x1: int, y1: int, s: int) -> None:
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     if kind == "circle":
         r = (s - 1) / 2
-        cv2.ellipse(mask, (int(round(cx * 16)), int(round(cy * 16))), (int(round(r * 16)),) * 2, 0, 0, 360, 255, -1,
-                    cv2.LINE_8, 4)
+        cv2.ellipse(
+            mask,
+            (int(round(cx * 16)), int(round(cy * 16))),
+            (int(round(r * 16)),) * 2,
+            0,
+            0,
+            360,
+            255,
+            -1,
+            cv2.LINE_8,
+            4,
+        )
     elif kind == "square":
         cv2.rectangle(mask, (x1, y1), (x2, y2), 255, -1)
     elif kind == "triangle":
@@ -63,8 +73,13 @@ def _draw(mask: np.ndarray, kind: str, x1: int, y1: int, s: int) -> None:
         cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 255, cv2.LINE_8)
     elif kind == "star":
         r = (s - 1) / 2
-        pts = [[cx + (r if i % 2 == 0 else r * 0.45) * math.cos(-math.pi / 2 + i * math.pi / 5),
-                cy + (r if i % 2 == 0 else r * 0.45) * math.sin(-math.pi / 2 + i * math.pi / 5)] for i in range(10)]
+        pts = [
+            [
+                cx + (r if i % 2 == 0 else r * 0.45) * math.cos(-math.pi / 2 + i * math.pi / 5),
+                cy + (r if i % 2 == 0 else r * 0.45) * math.sin(-math.pi / 2 + i * math.pi / 5),
+            ]
+            for i in range(10)
+        ]
         cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 255, cv2.LINE_8)
     elif kind == "ring":
         r = (s - 1) / 2

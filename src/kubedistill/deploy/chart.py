@@ -24,8 +24,10 @@ def find_chart(chart: str | os.PathLike | None = None) -> Path:
     path = Path(given).expanduser() if given else PACKAGED_CHART
     if not (path / "Chart.yaml").is_file():
         where = f"'{path}'" + (f" (from ${ENV_CHART})" if chart is None and given else "")
-        raise UserError(f"No Helm chart at {where}: Chart.yaml is missing",
-                        f"Pass --chart path/to/charts/kubedistill or set {ENV_CHART}")
+        raise UserError(
+            f"No Helm chart at {where}: Chart.yaml is missing",
+            f"Pass --chart path/to/charts/kubedistill or set {ENV_CHART}",
+        )
     return path
 
 

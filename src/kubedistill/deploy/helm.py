@@ -46,10 +46,15 @@ def schema_problems(e: Exception) -> list[str]:
 
 def _values_error(e: Exception) -> UserError:
     problems = "; ".join(schema_problems(e)) or str(e).strip()
-    return UserError(f"The chart refused the values: {problems}", "Fix the value named (charts/kubedistill/values.yaml documents each)")
+    return UserError(
+        f"The chart refused the values: {problems}",
+        "Fix the value named (charts/kubedistill/values.yaml documents each)",
+    )
 
 
-def render(chart: str | os.PathLike, values: dict | None, *, release: str, namespace: str, upgrade: bool = False) -> dict[str, str]:
+def render(
+    chart: str | os.PathLike, values: dict | None, *, release: str, namespace: str, upgrade: bool = False
+) -> dict[str, str]:
     """Template path -> rendered text, offline. Checks values.schema.json first, as an install does."""
     import helm_python as helm
 
@@ -70,7 +75,9 @@ def _render_detail(e: Exception) -> str:
     return text.split("): ", 1)[1] if text.startswith("execution error at (") and "): " in text else text
 
 
-def lint(chart: str | os.PathLike, values: dict | None = None, *, strict: bool = True, kube_version: str | None = None) -> dict:
+def lint(
+    chart: str | os.PathLike, values: dict | None = None, *, strict: bool = True, kube_version: str | None = None
+) -> dict:
     """`helm lint [--strict]`: {"messages": [{"severity", "path", "error"}], "errors": [...]}; severity 3 is an error."""
     import helm_python as helm
 
@@ -129,8 +136,10 @@ class HelmSDK:
             self._cfg = helm.Config(namespace=namespace, kubeconfig_path=kubeconfig, kube_context=context)
             self._cfg.check_reachable()
         except helm.HelmError as e:
-            raise UserError(f"Cannot reach the Kubernetes API server: {e}",
-                            "Check KUBECONFIG, --kubeconfig and --kube-context (in a pod: its service account)") from None
+            raise UserError(
+                f"Cannot reach the Kubernetes API server: {e}",
+                "Check KUBECONFIG, --kubeconfig and --kube-context (in a pod: its service account)",
+            ) from None
 
     def _call(self, what: str, fn, *args, **kwargs):
         try:
@@ -149,12 +158,30 @@ class HelmSDK:
             raise HelmActionError(f"helm history: {str(e).strip()}") from None
 
     def install(self, chart: Path, release: str, values: dict, *, timeout: float) -> dict:
-        return self._call("install", self._cfg.install, os.fspath(chart), release, values, namespace=self.namespace,
-                          timeout=int(timeout), description="kubedistill deploy")
+        return self._call(
+            "install",
+            self._cfg.install,
+            os.fspath(chart),
+            release,
+            values,
+            namespace=self.namespace,
+            timeout=int(timeout),
+            description="kubedistill deploy",
+        )
 
     def upgrade(self, chart: Path, release: str, values: dict, *, timeout: float) -> dict:
-        return self._call("upgrade", self._cfg.upgrade, os.fspath(chart), release, values, namespace=self.namespace,
-                          timeout=int(timeout), max_history=20, reset_values=True, description="kubedistill deploy")
+        return self._call(
+            "upgrade",
+            self._cfg.upgrade,
+            os.fspath(chart),
+            release,
+            values,
+            namespace=self.namespace,
+            timeout=int(timeout),
+            max_history=20,
+            reset_values=True,
+            description="kubedistill deploy",
+        )
 
     def rollback(self, release: str, revision: int, *, timeout: float) -> None:
         self._call("rollback", self._cfg.rollback, release, version=revision, timeout=int(timeout))
@@ -169,17 +196,21 @@ class HelmSDK:
 def user_values(files: list[str | os.PathLike] = (), sets: list[str] = ()) -> dict:
     """Values from YAML files (later ones win) then `--set` expressions (Helm's own parser), merged like `helm -f ... --set ...`."""
 
-
     out: dict = {}
     for f in files:
         try:
             doc = yaml.safe_load(Path(f).read_text(encoding="utf-8")) or {}
         except OSError as e:
-            raise UserError(f"Cannot read values file '{f}': {e.strerror or e}", "Check the path given to --values") from None
+            raise UserError(
+                f"Cannot read values file '{f}': {e.strerror or e}", "Check the path given to --values"
+            ) from None
         except yaml.YAMLError as e:
             raise UserError(f"Values file '{f}' is not valid YAML: {e}", "Fix the file") from None
         if not isinstance(doc, dict):
-            raise UserError(f"Values file '{f}' is not a YAML mapping", "Write it as name: value lines, like the chart's values.yaml")
+            raise UserError(
+                f"Values file '{f}' is not a YAML mapping",
+                "Write it as name: value lines, like the chart's values.yaml",
+            )
         out = deep_merge(out, doc)
     if sets:
         import helm_python as helm
@@ -188,5 +219,7 @@ def user_values(files: list[str | os.PathLike] = (), sets: list[str] = ()) -> di
             try:
                 out = deep_merge(out, helm.parse_set_string(expr))
             except helm.HelmError as e:
-                raise UserError(f"--set '{expr}' cannot be parsed: {e}", "Write --set name=value, e.g. --set replicaCount=3") from None
+                raise UserError(
+                    f"--set '{expr}' cannot be parsed: {e}", "Write --set name=value, e.g. --set replicaCount=3"
+                ) from None
     return out

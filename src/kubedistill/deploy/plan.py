@@ -24,7 +24,7 @@ def check_pinned_uri(uri: str, what: str = "--model-uri") -> str:
     if text.startswith("models:/"):
         if _VERSION.match(text):
             return text
-        rest = text[len("models:/"):]
+        rest = text[len("models:/") :]
         if "@" in rest:
             raise UserError(f"{what} '{text}' is a registry alias (@{rest.split('@', 1)[1]}), which moves", pin)
         version = rest.partition("/")[2]
@@ -35,21 +35,27 @@ def check_pinned_uri(uri: str, what: str = "--model-uri") -> str:
         raise UserError(f"{what} '{text}' names no version", pin)
     if _S3.match(text):
         return text
-    raise UserError(f"{what} '{text}' is not a model URI a Deployment can pin",
-                    "Use models:/NAME/VERSION (MLflow registry) or s3://bucket/path/model.onnx")
+    raise UserError(
+        f"{what} '{text}' is not a model URI a Deployment can pin",
+        "Use models:/NAME/VERSION (MLflow registry) or s3://bucket/path/model.onnx",
+    )
 
 
 def check_name(value: str, what: str, max_len: int) -> str:
     """A DNS-1123 label (release names: at most 53 characters, namespaces 63)."""
     if not value or len(value) > max_len or not _DNS_LABEL.match(value):
-        raise UserError(f"{what} '{value}' is not a valid name",
-                        f"Use at most {max_len} lower-case letters, digits and '-', starting and ending with a letter or digit")
+        raise UserError(
+            f"{what} '{value}' is not a valid name",
+            f"Use at most {max_len} lower-case letters, digits and '-', starting and ending with a letter or digit",
+        )
     return value
 
 
 def check_weight(weight: int) -> int:
     if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 99:
-        raise UserError(f"--canary-weight {weight} is out of range", "Use a whole number 1-99 (percent of requests for the canary)")
+        raise UserError(
+            f"--canary-weight {weight} is out of range", "Use a whole number 1-99 (percent of requests for the canary)"
+        )
     return weight
 
 
@@ -90,8 +96,16 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
 
-def make_plan(release: str, namespace: str, model_uri: str, *, canary_uri: str | None = None, canary_weight: int | None = None,
-              values: dict | None = None, defaults: dict | None = None) -> Plan:
+def make_plan(
+    release: str,
+    namespace: str,
+    model_uri: str,
+    *,
+    canary_uri: str | None = None,
+    canary_weight: int | None = None,
+    values: dict | None = None,
+    defaults: dict | None = None,
+) -> Plan:
     """The values for one rollout. `values` are the user's own (a values file, --set); `defaults` the chart's."""
     check_name(release, "Release", 53)
     check_name(namespace, "Namespace", 63)
@@ -103,8 +117,10 @@ def make_plan(release: str, namespace: str, model_uri: str, *, canary_uri: str |
     if given and given != model_uri:
         plan.notes.append(f"--model-uri {model_uri} replaces model.uri {given} from the values")
     if (canary_uri is None) != (canary_weight is None):
-        raise UserError("A canary needs both --canary-uri and --canary-weight",
-                        "Pass the candidate model with --canary-uri and its share of requests with --canary-weight (1-99)")
+        raise UserError(
+            "A canary needs both --canary-uri and --canary-weight",
+            "Pass the candidate model with --canary-uri and its share of requests with --canary-weight (1-99)",
+        )
     merged = deep_merge(defaults or {}, vals)
     scaling = merged.get("autoscaling") or {}
     if canary_uri is None:
@@ -123,18 +139,24 @@ def make_plan(release: str, namespace: str, model_uri: str, *, canary_uri: str |
         lo, hi = int(scaling.get("minReplicas", 1)), int(scaling.get("maxReplicas", 1))
         stable, canary = lo, min(hi, max(1, round(lo * plan.canary_weight / (100 - plan.canary_weight))))
         plan.replicas["stable"] = f"{lo}-{hi} (autoscaled)"
-        plan.notes.append(f"autoscaling is on: the canary's {canary} replica(s) are sized against minReplicas {lo}; "
-                          "its share falls as the autoscaler adds stable pods")
+        plan.notes.append(
+            f"autoscaling is on: the canary's {canary} replica(s) are sized against minReplicas {lo}; "
+            "its share falls as the autoscaler adds stable pods"
+        )
     else:
         stable, canary = split_replicas(plan.canary_weight, int(merged.get("replicaCount", 1)))
         plan.values["replicaCount"] = stable
         plan.replicas["stable"] = stable
-    plan.values = deep_merge(plan.values, {"canary": {"enabled": True, "model": {"uri": plan.canary_uri}, "replicas": canary}})
+    plan.values = deep_merge(
+        plan.values, {"canary": {"enabled": True, "model": {"uri": plan.canary_uri}, "replicas": canary}}
+    )
     plan.replicas["canary"] = canary
     plan.canary_share = canary / (stable + canary)
     if abs(plan.canary_share * 100 - plan.canary_weight) >= 5:
-        plan.notes.append(f"with {stable} stable and {canary} canary replica(s) the canary gets about {plan.canary_share:.0%} "
-                          f"of requests, not {plan.canary_weight}%: raise replicaCount for a finer split")
+        plan.notes.append(
+            f"with {stable} stable and {canary} canary replica(s) the canary gets about {plan.canary_share:.0%} "
+            f"of requests, not {plan.canary_weight}%: raise replicaCount for a finer split"
+        )
     return plan
 
 

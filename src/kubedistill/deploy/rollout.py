@@ -19,8 +19,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from kubedistill.core.errors import UserError
 
@@ -128,7 +128,7 @@ def _transient(e: Exception) -> bool:
 
 
 def _short(e: Exception) -> str:
-    """"403 Forbidden (deployments.apps ... is forbidden: ...)" from an ApiException and its Status body."""
+    """ "403 Forbidden (deployments.apps ... is forbidden: ...)" from an ApiException and its Status body."""
     status = _api_status(e)
     if status is None:
         return f"{type(e).__name__}: {e}"
@@ -140,9 +140,19 @@ def _short(e: Exception) -> str:
     return " ".join(x for x in (str(status), getattr(e, "reason", "") or "", f"({said})" if said else "") if x)
 
 
-def wait_for_rollout(apps, core, namespace: str, names: list[str], *, timeout: float = 300.0, poll: float = 2.0,
-                     crash_restarts: int = 3, pull_grace: float = 60.0, clock: Callable[[], float] = time.monotonic,
-                     sleep: Callable[[float], None] = time.sleep) -> RolloutResult:
+def wait_for_rollout(
+    apps,
+    core,
+    namespace: str,
+    names: list[str],
+    *,
+    timeout: float = 300.0,
+    poll: float = 2.0,
+    crash_restarts: int = 3,
+    pull_grace: float = 60.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RolloutResult:
     """Poll every `poll` seconds until all `names` are rolled out, one has failed, or `timeout` passes."""
     start = clock()
     deadline = start + timeout
@@ -166,7 +176,9 @@ def wait_for_rollout(apps, core, namespace: str, names: list[str], *, timeout: f
             state, msg = deployment_progress(dep)
             states[name] = msg
             if state == "failed":
-                return RolloutResult(False, "; ".join([msg] + [str(p) for p in pod_problems(pods)][:3]), states, now - start)
+                return RolloutResult(
+                    False, "; ".join([msg] + [str(p) for p in pod_problems(pods)][:3]), states, now - start
+                )
             if state == "done":
                 done += 1
                 continue
@@ -197,7 +209,6 @@ def kube_clients(kubeconfig: str | None = None, context: str | None = None):
 
     from kubernetes import client, config
 
-
     try:
         if kubeconfig or context or not os.environ.get("KUBERNETES_SERVICE_HOST"):
             api = config.new_client_from_config(config_file=kubeconfig, context=context)
@@ -205,5 +216,7 @@ def kube_clients(kubeconfig: str | None = None, context: str | None = None):
             config.load_incluster_config()
             api = client.ApiClient()
     except (config.ConfigException, OSError) as e:
-        raise UserError(f"No usable Kubernetes configuration: {e}", "Set KUBECONFIG or pass --kubeconfig / --kube-context") from None
+        raise UserError(
+            f"No usable Kubernetes configuration: {e}", "Set KUBECONFIG or pass --kubeconfig / --kube-context"
+        ) from None
     return client.AppsV1Api(api), client.CoreV1Api(api)

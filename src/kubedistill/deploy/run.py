@@ -44,10 +44,25 @@ def _deployed_revision(history: list[dict]) -> int | None:
     return max(deployed) if deployed else None
 
 
-def deploy(release: str, namespace: str, model_uri: str, *, canary_uri: str | None = None, canary_weight: int | None = None,
-           values: dict | None = None, dry_run: bool = False, timeout: float = 300, chart: str | os.PathLike | None = None,
-           kubeconfig: str | None = None, kube_context: str | None = None, engine=None, kube=None, poll: float = 2.0,
-           clock=time.monotonic, sleep=time.sleep) -> dict:
+def deploy(
+    release: str,
+    namespace: str,
+    model_uri: str,
+    *,
+    canary_uri: str | None = None,
+    canary_weight: int | None = None,
+    values: dict | None = None,
+    dry_run: bool = False,
+    timeout: float = 300,
+    chart: str | os.PathLike | None = None,
+    kubeconfig: str | None = None,
+    kube_context: str | None = None,
+    engine=None,
+    kube=None,
+    poll: float = 2.0,
+    clock=time.monotonic,
+    sleep=time.sleep,
+) -> dict:
     """Roll `model_uri` out as Helm release `release` in `namespace`; see the module docstring.
 
     engine: a `helm.HelmEngine` (default: `helm.HelmSDK` on the kubeconfig); kube: (AppsV1Api,
@@ -57,17 +72,36 @@ def deploy(release: str, namespace: str, model_uri: str, *, canary_uri: str | No
     if timeout <= 0:
         raise UserError(f"--timeout {timeout} must be positive", "Give the rollout some seconds, e.g. --timeout 300")
     chart_dir = find_chart(chart)
-    plan = make_plan(release, namespace, model_uri, canary_uri=canary_uri, canary_weight=canary_weight, values=values,
-                     defaults=chart_values(chart_dir))
+    plan = make_plan(
+        release,
+        namespace,
+        model_uri,
+        canary_uri=canary_uri,
+        canary_weight=canary_weight,
+        values=values,
+        defaults=chart_values(chart_dir),
+    )
     for note in plan.notes:
         log.warning("note: %s", note)
     rendered = helm.render(chart_dir, plan.values, release=release, namespace=namespace)
     deployments = helm.deployment_names(obj for _, obj in helm.split_manifests(rendered))
     summary = {
-        "release": release, "namespace": namespace, "chart": str(chart_dir), "model_uri": plan.model_uri,
-        "canary_uri": plan.canary_uri, "canary_weight": plan.canary_weight, "canary_share": plan.canary_share,
-        "replicas": plan.replicas, "deployments": deployments, "values": plan.values, "notes": plan.notes,
-        "revision": None, "previous_revision": None, "status": None, "rolled_back": False, "reason": None,
+        "release": release,
+        "namespace": namespace,
+        "chart": str(chart_dir),
+        "model_uri": plan.model_uri,
+        "canary_uri": plan.canary_uri,
+        "canary_weight": plan.canary_weight,
+        "canary_share": plan.canary_share,
+        "replicas": plan.replicas,
+        "deployments": deployments,
+        "values": plan.values,
+        "notes": plan.notes,
+        "revision": None,
+        "previous_revision": None,
+        "status": None,
+        "rolled_back": False,
+        "reason": None,
     }
     if dry_run:
         summary.update(status="dry-run", manifests=helm.manifest_text(rendered))
@@ -78,13 +112,21 @@ def deploy(release: str, namespace: str, model_uri: str, *, canary_uri: str | No
     history = engine.history(release)
     if history and history[-1].get("status") in PENDING:
         last = history[-1]
-        raise UserError(f"Release '{release}' has an operation in progress (revision {last.get('revision')} is {last.get('status')})",
-                        f"Wait for it to finish, or run `helm rollback {release}` if it was interrupted")
+        raise UserError(
+            f"Release '{release}' has an operation in progress (revision {last.get('revision')} is {last.get('status')})",
+            f"Wait for it to finish, or run `helm rollback {release}` if it was interrupted",
+        )
     previous = _deployed_revision(history)
     summary["previous_revision"] = previous
     action = "upgrade" if history else "install"
-    log.info("helm %s %s in %s: %s%s", action, release, namespace, plan.model_uri,
-             f" (canary {plan.canary_uri}, {plan.replicas.get('canary')} replica(s))" if plan.canary_uri else "")
+    log.info(
+        "helm %s %s in %s: %s%s",
+        action,
+        release,
+        namespace,
+        plan.model_uri,
+        f" (canary {plan.canary_uri}, {plan.replicas.get('canary')} replica(s))" if plan.canary_uri else "",
+    )
     reason = None
     try:
         rel = (engine.upgrade if history else engine.install)(chart_dir, release, plan.values, timeout=timeout)
@@ -113,8 +155,11 @@ def deploy(release: str, namespace: str, model_uri: str, *, canary_uri: str | No
     summary["reason"] = reason
     log.error("%s", reason)
     if previous is None:
-        summary.update(status="failed", reason=f"{reason}; no earlier deployed revision to roll back to: the release is left "
-                                                  f"as it is for inspection (`helm uninstall {release} -n {namespace}` removes it)")
+        summary.update(
+            status="failed",
+            reason=f"{reason}; no earlier deployed revision to roll back to: the release is left "
+            f"as it is for inspection (`helm uninstall {release} -n {namespace}` removes it)",
+        )
         return summary
     log.warning("rolling %s back to revision %s", release, previous)
     try:
@@ -137,16 +182,18 @@ def deploy(release: str, namespace: str, model_uri: str, *, canary_uri: str | No
 def log_to_stderr(level: int = logging.INFO) -> None:
     """Plain progress lines on stderr (stdout carries the summary or the manifests)."""
 
-
     setup_logging(level, logger=log, stream=sys.stderr)
 
 
 def dry_run_text(summary: dict) -> str:
     """What --dry-run prints: the values it would set (as YAML comments) and then the manifests."""
 
-    head = [f"# kubedistill deploy --dry-run: release {summary['release']} in namespace {summary['namespace']}, chart {summary['chart']}",
-            f"# replicas: {summary['replicas']}" + (f", canary share ~{summary['canary_share']:.0%}" if summary.get("canary_share") else ""),
-            "# values it would set (the chart's defaults fill the rest):"]
+    head = [
+        f"# kubedistill deploy --dry-run: release {summary['release']} in namespace {summary['namespace']}, chart {summary['chart']}",
+        f"# replicas: {summary['replicas']}"
+        + (f", canary share ~{summary['canary_share']:.0%}" if summary.get("canary_share") else ""),
+        "# values it would set (the chart's defaults fill the rest):",
+    ]
     head += [f"#   {line}" for line in yaml.safe_dump(summary["values"], sort_keys=True).splitlines()]
     head += [f"# note: {n}" for n in summary.get("notes") or []]
     return "\n".join(head) + "\n" + summary["manifests"]

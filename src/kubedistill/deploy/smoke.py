@@ -23,7 +23,9 @@ class SmokeError(Exception):
 
 
 def _request(url: str, data: bytes | None = None, ctype: str | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": ctype} if ctype else {}, method="POST" if data else "GET")
+    req = urllib.request.Request(
+        url, data=data, headers={"Content-Type": ctype} if ctype else {}, method="POST" if data else "GET"
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read()

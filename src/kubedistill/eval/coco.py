@@ -173,9 +173,7 @@ def build_coco_results(preds: Sequence[ImagePred], image_ids: Sequence[int]) -> 
         raise ValueError(f"{len(preds)} predictions for {len(image_ids)} image ids")
     results: list[dict] = []
     for pred, image_id in zip(preds, image_ids):
-        for box, score, cls in zip(
-            _xyxy_to_xywh(pred.boxes).tolist(), pred.scores.tolist(), pred.classes.tolist()
-        ):
+        for box, score, cls in zip(_xyxy_to_xywh(pred.boxes).tolist(), pred.scores.tolist(), pred.classes.tolist()):
             results.append({"image_id": int(image_id), "category_id": int(cls), "bbox": box, "score": score})
     return results
 

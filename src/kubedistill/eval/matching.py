@@ -86,7 +86,9 @@ def match_detections(
     """
     if len(gts) != len(preds):
         raise ValueError(f"{len(preds)} predictions for {len(gts)} images")
-    seen = [int(g.classes.max()) for g in gts if len(g.classes)] + [int(p.classes.max()) for p in preds if len(p.classes)]
+    seen = [int(g.classes.max()) for g in gts if len(g.classes)] + [
+        int(p.classes.max()) for p in preds if len(p.classes)
+    ]
     if nc is None:
         nc = max(seen, default=-1) + 1
     nc = int(nc)

@@ -15,9 +15,7 @@ from kubedistill.eval.coco import ImagePred
 __all__ = ["to_coco_predictions_json", "draw_detections", "class_color"]
 
 
-def to_coco_predictions_json(
-    files: Sequence[str], preds: Sequence[ImagePred], names: Sequence[str]
-) -> list[dict]:
+def to_coco_predictions_json(files: Sequence[str], preds: Sequence[ImagePred], names: Sequence[str]) -> list[dict]:
     """One dict per detected box, in image order then prediction order.
 
     ``{"image": file name as given, "image_id": 1-based position of the image in ``files`` (the
@@ -52,9 +50,7 @@ def class_color(cls: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def draw_detections(
-    img_rgb: np.ndarray, pred: ImagePred, names: Sequence[str], conf: float = 0.25
-) -> np.ndarray:
+def draw_detections(img_rgb: np.ndarray, pred: ImagePred, names: Sequence[str], conf: float = 0.25) -> np.ndarray:
     """Copy of ``img_rgb`` (HxWx3 uint8, RGB) with the boxes of ``pred`` scoring >= ``conf`` drawn.
 
     Each box gets its class colour and a filled label "name 0.87". The input is not modified.

@@ -13,8 +13,20 @@ from kubedistill.data.dataset_yaml import load_data_yaml
 from kubedistill.data.fetch import resolve_data
 
 
-def validate_split(model, data: str | Path, *, imgsz: int, split: str = "val", batch: int = 16, device: str = "",
-                   workers: int = 2, nms: bool = False, conf: float = 0.001, iou: float = 0.7, max_det: int = 300):
+def validate_split(
+    model,
+    data: str | Path,
+    *,
+    imgsz: int,
+    split: str = "val",
+    batch: int = 16,
+    device: str = "",
+    workers: int = 2,
+    nms: bool = False,
+    conf: float = 0.001,
+    iou: float = 0.7,
+    max_det: int = 300,
+):
     """(Validation, device) of `model` on the usable images of `split` of `data`. The model must predict the
     dataset's classes; the model is moved to the device."""
     from kubedistill.core.device import select_device
@@ -33,20 +45,52 @@ def validate_split(model, data: str | Path, *, imgsz: int, split: str = "val", b
         raise DataError(f"No usable images in split '{split}' of {data}", f"Run `kubedistill data check {data}`")
     dev = select_device(device)
     model.to(dev)
-    loader = build_dataloader(DetectionDataset(samples, imgsz, augment=False, hyp=None, seed=0), batch, workers, shuffle=False, seed=0)
+    loader = build_dataloader(
+        DetectionDataset(samples, imgsz, augment=False, hyp=None, seed=0), batch, workers, shuffle=False, seed=0
+    )
     return validate(model, loader, samples, list(model.names), dev, nms=nms, conf=conf, iou=iou, max_det=max_det), dev
 
 
-def run_val(model, data: str | Path, *, imgsz: int = 640, batch: int = 16, device: str = "", conf: float = 0.001,
-            iou: float = 0.7, max_det: int = 300, nms: bool = False, split: str = "val", workers: int = 2,
-            out: str | Path | None = None) -> dict:
+def run_val(
+    model,
+    data: str | Path,
+    *,
+    imgsz: int = 640,
+    batch: int = 16,
+    device: str = "",
+    conf: float = 0.001,
+    iou: float = 0.7,
+    max_det: int = 300,
+    nms: bool = False,
+    split: str = "val",
+    workers: int = 2,
+    out: str | Path | None = None,
+) -> dict:
     """-> metrics dict (COCO metrics, per-class AP, P/R at best F1, ms/img); also written to `out` if given."""
     from kubedistill.model.info import count_params
 
-    val, _ = validate_split(model, data, imgsz=imgsz, split=split, batch=batch, device=device, workers=workers, nms=nms,
-                            conf=conf, iou=iou, max_det=max_det)
-    result = {**val.metrics.to_dict(), **val.speed, "imgsz": imgsz, "split": split, "images": len(val.gts),
-              "params": count_params(model), "head": "one2many+NMS" if nms else "one2one (NMS-free)"}
+    val, _ = validate_split(
+        model,
+        data,
+        imgsz=imgsz,
+        split=split,
+        batch=batch,
+        device=device,
+        workers=workers,
+        nms=nms,
+        conf=conf,
+        iou=iou,
+        max_det=max_det,
+    )
+    result = {
+        **val.metrics.to_dict(),
+        **val.speed,
+        "imgsz": imgsz,
+        "split": split,
+        "images": len(val.gts),
+        "params": count_params(model),
+        "head": "one2many+NMS" if nms else "one2one (NMS-free)",
+    }
     if out is not None:
         write_json_atomic(out, result)
     return result

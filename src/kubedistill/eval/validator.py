@@ -26,7 +26,9 @@ def ground_truth(samples) -> list[ImageGT]:
         lab = np.asarray(s.labels, dtype=np.float64).reshape(-1, 5)
         cx, cy, bw, bh = lab[:, 1] * w, lab[:, 2] * h, lab[:, 3] * w, lab[:, 4] * h
         boxes = np.stack((cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2), 1)
-        out.append(ImageGT(file_name=str(s.im_file), width=int(w), height=int(h), boxes=boxes, classes=lab[:, 0].astype(int)))
+        out.append(
+            ImageGT(file_name=str(s.im_file), width=int(w), height=int(h), boxes=boxes, classes=lab[:, 0].astype(int))
+        )
     return out
 
 
@@ -70,7 +72,9 @@ class Validation(NamedTuple):
     preds: list[ImagePred]  # same order as gts
 
 
-def validate(model, loader, samples, names, device, *, nms=False, conf=0.001, iou=0.7, max_det=300, half=False) -> Validation:
+def validate(
+    model, loader, samples, names, device, *, nms=False, conf=0.001, iou=0.7, max_det=300, half=False
+) -> Validation:
     """Score `model` on `loader` (built over `samples`, same order)."""
     files, preds, sec = predict_loader(model, loader, device, nms=nms, conf=conf, iou=iou, max_det=max_det, half=half)
     gts = ground_truth(samples)

@@ -14,7 +14,9 @@ import torch
 from kubedistill.model.head import dist2bbox, make_anchors
 
 
-def head_boxes(head_out: dict[str, torch.Tensor], imgsz_hw: tuple[int, int], strides) -> tuple[torch.Tensor, torch.Tensor]:
+def head_boxes(
+    head_out: dict[str, torch.Tensor], imgsz_hw: tuple[int, int], strides
+) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, A, 4] xyxy boxes in input pixels and [B, A, nc] sigmoid scores from one head's raw output."""
     h, w = imgsz_hw
     shapes = [(h // s, w // s) for s in strides]
@@ -77,7 +79,9 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float) -> torch.Te
     return order[torch.tensor(keep, dtype=torch.long, device=boxes.device)]
 
 
-def decode_nms(head_out, imgsz_hw, strides, conf: float = 0.001, iou: float = 0.7, max_det: int = 300, max_nms: int = 3000):
+def decode_nms(
+    head_out, imgsz_hw, strides, conf: float = 0.001, iou: float = 0.7, max_det: int = 300, max_nms: int = 3000
+):
     """One-to-many head -> per-image class-aware NMS (boxes offset by class so classes never suppress each other)."""
     boxes, scores = head_boxes(head_out, imgsz_hw, strides)
     out = []
@@ -94,7 +98,9 @@ def decode_nms(head_out, imgsz_hw, strides, conf: float = 0.001, iou: float = 0.
     return out
 
 
-def decode(model_out: dict, imgsz_hw, strides, *, nms: bool = False, conf: float = 0.001, iou: float = 0.7, max_det: int = 300):
+def decode(
+    model_out: dict, imgsz_hw, strides, *, nms: bool = False, conf: float = 0.001, iou: float = 0.7, max_det: int = 300
+):
     """Dispatch on the head that ran: one-to-one -> NMS-free, one-to-many -> NMS."""
     if nms:
         return decode_nms(model_out["one2many"], imgsz_hw, strides, conf, iou, max_det)

@@ -52,8 +52,14 @@ def _sample_image(imgsz: int, seed: int = 0) -> np.ndarray:
     return (img.transpose(2, 0, 1)[None].astype(np.float32) / 255.0).copy()
 
 
-def compare_detections(ref: np.ndarray, got: np.ndarray, min_score: float = 0.01, min_count: int = 20,
-                       score_atol: float = SCORE_ATOL, box_atol_px: float = BOX_ATOL_PX) -> str | None:
+def compare_detections(
+    ref: np.ndarray,
+    got: np.ndarray,
+    min_score: float = 0.01,
+    min_count: int = 20,
+    score_atol: float = SCORE_ATOL,
+    box_atol_px: float = BOX_ATOL_PX,
+) -> str | None:
     """None if every reference detection above min_score (and at least the top `min_count`, so an
     untrained model with low scores is still checked) has a twin (same class, score within
     score_atol, box within box_atol_px) in `got`; else a description of the first mismatch.
@@ -65,15 +71,28 @@ def compare_detections(ref: np.ndarray, got: np.ndarray, min_score: float = 0.01
         scores = ref[b][:, 4]
         floor = min(min_score, np.sort(scores)[-min(min_count, len(scores))]) if len(scores) else min_score
         for det in ref[b][(scores >= floor) & (scores > cutoff)]:
-            ok = (cand[:, 5] == det[5]) & (np.abs(cand[:, 4] - det[4]) <= score_atol) & (np.abs(cand[:, :4] - det[:4]).max(1) <= box_atol_px)
+            ok = (
+                (cand[:, 5] == det[5])
+                & (np.abs(cand[:, 4] - det[4]) <= score_atol)
+                & (np.abs(cand[:, :4] - det[:4]).max(1) <= box_atol_px)
+            )
             if not ok.any():
                 j = np.abs(cand[:, 4] - det[4]).argmin()
                 return f"image {b}: torch detection {np.round(det, 4).tolist()} has no ONNX twin (closest {np.round(cand[j], 4).tolist()})"
     return None
 
 
-def export_onnx(weights: str | Path, out: str | Path | None = None, *, imgsz: int | None = None, dynamic: bool = False,
-                half: bool = False, max_det: int = 300, opset: int = 18, device: str = "") -> dict:
+def export_onnx(
+    weights: str | Path,
+    out: str | Path | None = None,
+    *,
+    imgsz: int | None = None,
+    dynamic: bool = False,
+    half: bool = False,
+    max_det: int = 300,
+    opset: int = 18,
+    device: str = "",
+) -> dict:
     """Export a checkpoint; returns {"path", "imgsz", "max_det", "max_abs_score_diff", ...}. Raises on a mismatch."""
     import onnx
     import onnxruntime as ort
@@ -95,8 +114,18 @@ def export_onnx(weights: str | Path, out: str | Path | None = None, *, imgsz: in
     dyn = {"images": {0: torch.export.Dim("batch", min=1, max=256)}} if dynamic else None
     x_trace = x.repeat(2, 1, 1, 1) if dynamic else x
     with atomic_path(out) as tmp, torch.no_grad():
-        prog = torch.onnx.export(wrapper, (x_trace,), None, input_names=["images"], output_names=["detections"],
-                                 opset_version=opset, dynamo=True, external_data=False, dynamic_shapes=dyn, verbose=False)
+        prog = torch.onnx.export(
+            wrapper,
+            (x_trace,),
+            None,
+            input_names=["images"],
+            output_names=["detections"],
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            dynamic_shapes=dyn,
+            verbose=False,
+        )
         prog.save(str(tmp))
         ref = wrapper(x_trace).float().cpu().numpy()
         m = onnx.load(str(tmp))
@@ -119,13 +148,26 @@ def export_onnx(weights: str | Path, out: str | Path | None = None, *, imgsz: in
         feed = x_trace.float().cpu().numpy().astype(np.float16 if half else np.float32)
         got = sess.run(None, {"images": feed})[0].astype(np.float32)
         tol = (HALF_SCORE_ATOL, HALF_BOX_ATOL_PX) if half else (SCORE_ATOL, BOX_ATOL_PX)
-        problem = compare_detections(ref, got, score_atol=tol[0], box_atol_px=tol[1]) if got.shape == ref.shape else \
-            f"shape {got.shape} vs {ref.shape}"
+        problem = (
+            compare_detections(ref, got, score_atol=tol[0], box_atol_px=tol[1])
+            if got.shape == ref.shape
+            else f"shape {got.shape} vs {ref.shape}"
+        )
         if problem:  # leaving the block by an exception discards the temporary file
             raise UserError(
                 f"ONNX export of '{weights}' does not match torch ({problem})",
                 "Report this with the checkpoint; the ONNX file was not kept",
             )
     top = ref[..., 4] >= np.minimum(0.01, np.sort(ref[..., 4], axis=-1)[..., -min(20, ref.shape[1]), None])
-    return {"path": str(out), "imgsz": imgsz, "max_det": max_det, "dynamic": dynamic, "half": half, "opset": opset,
-            "checked_detections": int(top.sum()), "score_atol": tol[0], "box_atol_px": tol[1], "metadata": meta}
+    return {
+        "path": str(out),
+        "imgsz": imgsz,
+        "max_det": max_det,
+        "dynamic": dynamic,
+        "half": half,
+        "opset": opset,
+        "checked_detections": int(top.sum()),
+        "score_atol": tol[0],
+        "box_atol_px": tol[1],
+        "metadata": meta,
+    }

@@ -20,7 +20,9 @@ from kubedistill.model.blocks import Conv, DWConv
 HEADS = ("one2many", "one2one")
 
 
-def make_anchors(shapes: list[tuple[int, int]], strides: list[int], device=None, dtype=torch.float32, offset: float = 0.5):
+def make_anchors(
+    shapes: list[tuple[int, int]], strides: list[int], device=None, dtype=torch.float32, offset: float = 0.5
+):
     """Anchor centres in grid units (x, y) [A, 2] and the stride of each anchor [A, 1], level by level."""
     points, stride_t = [], []
     for (h, w), s in zip(shapes, strides):
@@ -60,9 +62,7 @@ class Detect(nn.Module):
         self.eval_heads: tuple[str, ...] = ("one2one",)
         c2 = max(16, ch[0] // 4, 4)
         c3 = max(ch[0], min(nc, 100))
-        self.box_branch = nn.ModuleList(
-            nn.Sequential(Conv(x, c2, 3), Conv(c2, c2, 3), nn.Conv2d(c2, 4, 1)) for x in ch
-        )
+        self.box_branch = nn.ModuleList(nn.Sequential(Conv(x, c2, 3), Conv(c2, c2, 3), nn.Conv2d(c2, 4, 1)) for x in ch)
         self.cls_branch = nn.ModuleList(
             nn.Sequential(
                 nn.Sequential(DWConv(x, x, 3), Conv(x, c3, 1)),
@@ -74,7 +74,9 @@ class Detect(nn.Module):
         self.init_bias()
         # The one-to-one branches start as copies; names keep "box_branch"/"cls_branch" so that the
         # optimizer's per-branch settings (class branch lr under MuSGD) apply to both heads.
-        self.o2o = nn.ModuleDict({"box_branch": copy.deepcopy(self.box_branch), "cls_branch": copy.deepcopy(self.cls_branch)})
+        self.o2o = nn.ModuleDict(
+            {"box_branch": copy.deepcopy(self.box_branch), "cls_branch": copy.deepcopy(self.cls_branch)}
+        )
 
     def init_bias(self, imgsz: int = 640) -> None:
         """Box output starts near one stride; class prior near 0.01 objects per cell scaled by level size."""

@@ -6,23 +6,40 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from kubedistill.core.errors import UserError
-from kubedistill.pipeline.kfp_client import DEFAULT_PACKAGE, Endpoint, compile_components, compile_pipeline, connect, submit, upload
+from kubedistill.pipeline.kfp_client import (
+    DEFAULT_PACKAGE,
+    Endpoint,
+    compile_components,
+    compile_pipeline,
+    connect,
+    submit,
+    upload,
+)
 from kubedistill.pipeline.local import LOCAL_DEFAULTS, run_local
 from kubedistill.pipeline.params import check_params, parse_assignments, pipeline_parameters, read_params_file
 from kubedistill.pipeline.schedule import apply, delete, list_schedules, load_schedules, trigger
 
-pipeline_app = typer.Typer(no_args_is_help=True, help="The Kubeflow pipeline: compile, upload, submit, list its parameters.")
-schedule_app = typer.Typer(no_args_is_help=True, help="Recurring runs of the pipeline, declared in a schedules.yaml (docs/pipeline.md).")
+pipeline_app = typer.Typer(
+    no_args_is_help=True, help="The Kubeflow pipeline: compile, upload, submit, list its parameters."
+)
+schedule_app = typer.Typer(
+    no_args_is_help=True, help="Recurring runs of the pipeline, declared in a schedules.yaml (docs/pipeline.md)."
+)
 
-_HOST = typer.Option(None, "--host", envvar="KF_PIPELINES_ENDPOINT", help="KFP endpoint URL (in a pod: the in-cluster service).")
-_NS = typer.Option(None, "--namespace", envvar="KFP_NAMESPACE", help="Kubeflow profile namespace (multi-user Kubeflow).")
+_HOST = typer.Option(
+    None, "--host", envvar="KF_PIPELINES_ENDPOINT", help="KFP endpoint URL (in a pod: the in-cluster service)."
+)
+_NS = typer.Option(
+    None, "--namespace", envvar="KFP_NAMESPACE", help="Kubeflow profile namespace (multi-user Kubeflow)."
+)
 _TOKEN = typer.Option(None, "--token", envvar="KFP_TOKEN", help="Bearer token for the endpoint.")
-_SA = typer.Option(None, "--sa-token", envvar="KFP_SA_TOKEN_PATH", help="Service-account token file (projected; re-read on each call).")
+_SA = typer.Option(
+    None, "--sa-token", envvar="KFP_SA_TOKEN_PATH", help="Service-account token file (projected; re-read on each call)."
+)
 _PACKAGE_HELP = "Compiled pipeline (default: pipelines/compiled/training.yaml if present, else compiled now)."
 
 
@@ -32,21 +49,25 @@ def _echo_json(obj) -> None:
 
 def _client(host, namespace, token, sa_token):
 
-    return connect(Endpoint(host=host, namespace=namespace, token=token, sa_token_path=str(sa_token) if sa_token else None))
+    return connect(
+        Endpoint(host=host, namespace=namespace, token=token, sa_token_path=str(sa_token) if sa_token else None)
+    )
 
 
-def _package(package: Optional[Path], tmp: str) -> Path:
+def _package(package: Path | None, tmp: str) -> Path:
 
     if package is not None:
         if not package.is_file():
-            raise UserError(f"Pipeline package '{package}' does not exist", "Run `kubedistill pipeline compile` or fix --package")
+            raise UserError(
+                f"Pipeline package '{package}' does not exist", "Run `kubedistill pipeline compile` or fix --package"
+            )
         return package
     if DEFAULT_PACKAGE.is_file():
         return DEFAULT_PACKAGE
     return compile_pipeline(Path(tmp) / "training.yaml")
 
 
-def _values(params_file: Optional[Path], assignments: List[str], package: Optional[Path]) -> dict:
+def _values(params_file: Path | None, assignments: list[str], package: Path | None) -> dict:
 
     raw = dict(read_params_file(params_file)) if params_file else {}
     raw.update(parse_assignments(assignments))
@@ -54,10 +75,16 @@ def _values(params_file: Optional[Path], assignments: List[str], package: Option
 
 
 def run_cmd(
-    data: Optional[str] = typer.Option(None, "--data", help="Dataset URI (folder, data.yaml, s3://, archive; default: the built-in demo)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of pipeline parameters (`kubedistill pipeline params` lists them)."),
-    sets: List[str] = typer.Option([], "--set", help="Pipeline parameter NAME=VALUE (repeatable; after --config)."),
-    out: Path = typer.Option(Path("runs/pipeline"), "--out", help="Folder for step outputs, MLflow (sqlite), datasets and logs."),
+    data: str | None = typer.Option(
+        None, "--data", help="Dataset URI (folder, data.yaml, s3://, archive; default: the built-in demo)."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="YAML file of pipeline parameters (`kubedistill pipeline params` lists them)."
+    ),
+    sets: list[str] = typer.Option([], "--set", help="Pipeline parameter NAME=VALUE (repeatable; after --config)."),
+    out: Path = typer.Option(
+        Path("runs/pipeline"), "--out", help="Folder for step outputs, MLflow (sqlite), datasets and logs."
+    ),
 ):
     """Run the Kubeflow pipeline here through kfp.local: demo data and small settings unless told otherwise."""
 
@@ -76,8 +103,12 @@ def run_cmd(
 
 @pipeline_app.command("compile")
 def compile_cmd(
-    out: Path = typer.Option(Path("pipelines/compiled/training.yaml"), "--out", help="Where to write the pipeline YAML."),
-    components_dir: Optional[Path] = typer.Option(None, "--components-dir", help="Also write each step's component YAML here."),
+    out: Path = typer.Option(
+        Path("pipelines/compiled/training.yaml"), "--out", help="Where to write the pipeline YAML."
+    ),
+    components_dir: Path | None = typer.Option(
+        None, "--components-dir", help="Also write each step's component YAML here."
+    ),
 ):
     """Compile the pipeline to a YAML package (what `upload` sends; committed under pipelines/compiled/)."""
 
@@ -87,7 +118,11 @@ def compile_cmd(
 
 
 @pipeline_app.command("params")
-def params_cmd(package: Optional[Path] = typer.Option(None, "--package", help="Compiled pipeline (default: the one in this kubedistill).")):
+def params_cmd(
+    package: Path | None = typer.Option(
+        None, "--package", help="Compiled pipeline (default: the one in this kubedistill)."
+    ),
+):
     """List the pipeline's parameters: name, type, default, description."""
 
     for name, p in pipeline_parameters(package).items():
@@ -96,73 +131,122 @@ def params_cmd(package: Optional[Path] = typer.Option(None, "--package", help="C
 
 @pipeline_app.command("upload")
 def upload_cmd(
-    package: Optional[Path] = typer.Option(None, "--package", help=_PACKAGE_HELP),
+    package: Path | None = typer.Option(None, "--package", help=_PACKAGE_HELP),
     name: str = typer.Option("kubedistill-training", "--name", help="Pipeline name in the dashboard."),
-    version: Optional[str] = typer.Option(None, "--version", help="Version name (default: v<kubedistill version>-<content hash>)."),
+    version: str | None = typer.Option(
+        None, "--version", help="Version name (default: v<kubedistill version>-<content hash>)."
+    ),
     description: str = typer.Option("", "--description", help="Description (default: the pipeline's)."),
-    host: Optional[str] = _HOST, namespace: Optional[str] = _NS, token: Optional[str] = _TOKEN, sa_token: Optional[Path] = _SA,
+    host: str | None = _HOST,
+    namespace: str | None = _NS,
+    token: str | None = _TOKEN,
+    sa_token: Path | None = _SA,
 ):
     """Create the pipeline (first time) and a new version of it; the same content twice is not uploaded again."""
 
     with tempfile.TemporaryDirectory() as tmp:
         pkg = _package(package, tmp)
-        res = upload(_client(host, namespace, token, sa_token), pkg, name=name, version=version, description=description,
-                     namespace=namespace)
+        res = upload(
+            _client(host, namespace, token, sa_token),
+            pkg,
+            name=name,
+            version=version,
+            description=description,
+            namespace=namespace,
+        )
     _echo_json(res)
 
 
 @pipeline_app.command("submit")
 def submit_cmd(
-    param: List[str] = typer.Option([], "--param", help="Pipeline parameter NAME=VALUE (repeatable)."),
-    params_file: Optional[Path] = typer.Option(None, "--params-file", help="YAML file of pipeline parameters (--param wins)."),
+    param: list[str] = typer.Option([], "--param", help="Pipeline parameter NAME=VALUE (repeatable)."),
+    params_file: Path | None = typer.Option(
+        None, "--params-file", help="YAML file of pipeline parameters (--param wins)."
+    ),
     experiment: str = typer.Option("kubedistill", "--experiment", help="Experiment (made on first use)."),
-    run_name: Optional[str] = typer.Option(None, "--run-name", help="Run name (default: pipeline name and time)."),
+    run_name: str | None = typer.Option(None, "--run-name", help="Run name (default: pipeline name and time)."),
     name: str = typer.Option("kubedistill-training", "--name", help="Pipeline name (runs an uploaded version)."),
-    version: Optional[str] = typer.Option(None, "--version", help="Version name (default: the newest)."),
-    package: Optional[Path] = typer.Option(None, "--package", help="Run this compiled YAML instead of an uploaded version."),
-    caching: Optional[bool] = typer.Option(None, "--caching/--no-caching", help="Override the steps' caching for this run."),
-    service_account: Optional[str] = typer.Option(None, "--service-account", help="Kubernetes service account of the run."),
-    host: Optional[str] = _HOST, namespace: Optional[str] = _NS, token: Optional[str] = _TOKEN, sa_token: Optional[Path] = _SA,
+    version: str | None = typer.Option(None, "--version", help="Version name (default: the newest)."),
+    package: Path | None = typer.Option(
+        None, "--package", help="Run this compiled YAML instead of an uploaded version."
+    ),
+    caching: bool | None = typer.Option(
+        None, "--caching/--no-caching", help="Override the steps' caching for this run."
+    ),
+    service_account: str | None = typer.Option(
+        None, "--service-account", help="Kubernetes service account of the run."
+    ),
+    host: str | None = _HOST,
+    namespace: str | None = _NS,
+    token: str | None = _TOKEN,
+    sa_token: Path | None = _SA,
 ):
     """Start a run of the pipeline (the newest uploaded version unless told otherwise)."""
 
     values = _values(params_file, param, package)
-    res = submit(_client(host, namespace, token, sa_token), params=values, experiment=experiment, run_name=run_name, pipeline_name=name,
-                 version=version, package=package, namespace=namespace, enable_caching=caching, service_account=service_account)
+    res = submit(
+        _client(host, namespace, token, sa_token),
+        params=values,
+        experiment=experiment,
+        run_name=run_name,
+        pipeline_name=name,
+        version=version,
+        package=package,
+        namespace=namespace,
+        enable_caching=caching,
+        service_account=service_account,
+    )
     _echo_json(res)
 
 
-def _experiment(experiment: Optional[str], file: Optional[Path]) -> str:
+def _experiment(experiment: str | None, file: Path | None) -> str:
     if experiment:
         return experiment
     if file:
-
         return load_schedules(file).experiment
     return "kubedistill"
 
 
 _FILE = typer.Option(None, "--file", "-f", help="schedules.yaml (its experiment is used).")
-_EXP = typer.Option(None, "--experiment", help="Experiment holding the recurring runs (default: the file's, else kubedistill).")
+_EXP = typer.Option(
+    None, "--experiment", help="Experiment holding the recurring runs (default: the file's, else kubedistill)."
+)
 
 
 @schedule_app.command("apply")
 def schedule_apply(
     file: Path = typer.Option(..., "--file", "-f", help="schedules.yaml"),
-    prune: bool = typer.Option(False, "--prune", help="Delete kubedistill-made recurring runs the file no longer lists."),
+    prune: bool = typer.Option(
+        False, "--prune", help="Delete kubedistill-made recurring runs the file no longer lists."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would change; change nothing."),
-    package: Optional[Path] = typer.Option(None, "--package", help="Check parameters against this compiled pipeline."),
-    host: Optional[str] = _HOST, namespace: Optional[str] = _NS, token: Optional[str] = _TOKEN, sa_token: Optional[Path] = _SA,
+    package: Path | None = typer.Option(None, "--package", help="Check parameters against this compiled pipeline."),
+    host: str | None = _HOST,
+    namespace: str | None = _NS,
+    token: str | None = _TOKEN,
+    sa_token: Path | None = _SA,
 ):
     """Make the recurring runs match the file: create, replace changed ones (delete + create), leave unchanged ones alone."""
 
     spec = load_schedules(file, package)
-    apply(_client(host, namespace, token, sa_token), spec, prune=prune, dry_run=dry_run, namespace=namespace, echo=typer.echo)
+    apply(
+        _client(host, namespace, token, sa_token),
+        spec,
+        prune=prune,
+        dry_run=dry_run,
+        namespace=namespace,
+        echo=typer.echo,
+    )
 
 
 @schedule_app.command("list")
 def schedule_list(
-    experiment: Optional[str] = _EXP, file: Optional[Path] = _FILE,
-    host: Optional[str] = _HOST, namespace: Optional[str] = _NS, token: Optional[str] = _TOKEN, sa_token: Optional[Path] = _SA,
+    experiment: str | None = _EXP,
+    file: Path | None = _FILE,
+    host: str | None = _HOST,
+    namespace: str | None = _NS,
+    token: str | None = _TOKEN,
+    sa_token: Path | None = _SA,
 ):
     """The experiment's recurring runs: trigger, enabled, whether kubedistill manages them, parameters."""
 
@@ -171,8 +255,13 @@ def schedule_list(
 
 @schedule_app.command("delete")
 def schedule_delete(
-    name: str = typer.Argument(..., help="Recurring run name."), experiment: Optional[str] = _EXP, file: Optional[Path] = _FILE,
-    host: Optional[str] = _HOST, namespace: Optional[str] = _NS, token: Optional[str] = _TOKEN, sa_token: Optional[Path] = _SA,
+    name: str = typer.Argument(..., help="Recurring run name."),
+    experiment: str | None = _EXP,
+    file: Path | None = _FILE,
+    host: str | None = _HOST,
+    namespace: str | None = _NS,
+    token: str | None = _TOKEN,
+    sa_token: Path | None = _SA,
 ):
     """Delete one recurring run (by name)."""
 
@@ -181,8 +270,13 @@ def schedule_delete(
 
 @schedule_app.command("trigger")
 def schedule_trigger(
-    name: str = typer.Argument(..., help="Recurring run name."), experiment: Optional[str] = _EXP, file: Optional[Path] = _FILE,
-    host: Optional[str] = _HOST, namespace: Optional[str] = _NS, token: Optional[str] = _TOKEN, sa_token: Optional[Path] = _SA,
+    name: str = typer.Argument(..., help="Recurring run name."),
+    experiment: str | None = _EXP,
+    file: Path | None = _FILE,
+    host: str | None = _HOST,
+    namespace: str | None = _NS,
+    token: str | None = _TOKEN,
+    sa_token: Path | None = _SA,
 ):
     """Start one run now with the schedule's pipeline version and parameters."""
 

@@ -19,9 +19,8 @@ No `from __future__ import annotations` here: KFP reads the pipeline's real para
 
 from kfp import dsl, kubernetes
 
-from kubedistill.core.names import RUN_ID_ENV
 from kubedistill.config import TrainConfig
-from kubedistill.core.names import PROMOTION_METRICS
+from kubedistill.core.names import PROMOTION_METRICS, RUN_ID_ENV
 from kubedistill.pipeline import PIPELINE_NAME
 from kubedistill.pipeline.components import (
     check_unchanged,
@@ -82,21 +81,26 @@ TRAIN_PARAMS = {
 TRAIN_DEFAULTS = {name: field.default for name, field in TrainConfig.model_fields.items()}
 # The pipeline's own parameters.
 PARAM_DOCS = {
-    'dataset_uri': "The dataset: a data.yaml or folder, an s3:// prefix, a .zip/.tar archive (local or s3://), or 'demo' (the built-in synthetic set; demo?train=160&val=40&imgsz=96&classes=2 sets its size).",
-    'class_names': "Comma-separated class names. For 'demo' they choose the shapes; otherwise, when given, they must equal the dataset's names. Empty: the dataset's own.",
-    'teacher_model': 'Teacher scale: yolo-n, yolo-s, yolo-m or yolo-l.',
-    'teacher_uri': 'A registered teacher (models:/NAME/VERSION or models:/NAME@ALIAS): used as is, no teacher training. Empty: train one.',
-    'student_model': 'Student scale (smaller than the teacher): yolo-n, yolo-s, yolo-m or yolo-l.',
-    'extra_config': 'Any other training options as a JSON object, e.g. {"batch": 32, "mosaic": 0.5} (the names of `kubedistill train --help`).',
-    'registered_model_name': 'Name of the student in the MLflow model registry.',
+    "dataset_uri": "The dataset: a data.yaml or folder, an s3:// prefix, a .zip/.tar archive (local or s3://), or 'demo' "
+    "(the built-in synthetic set; demo?train=160&val=40&imgsz=96&classes=2 sets its size).",
+    "class_names": "Comma-separated class names. For 'demo' they choose the shapes; otherwise, when given, they must equal "
+    "the dataset's names. Empty: the dataset's own.",
+    "teacher_model": "Teacher scale: yolo-n, yolo-s, yolo-m or yolo-l.",
+    "teacher_uri": "A registered teacher (models:/NAME/VERSION or models:/NAME@ALIAS): used as is, no teacher training. "
+    "Empty: train one.",
+    "extra_config": 'Any other training options as a JSON object, e.g. {"batch": 32, "mosaic": 0.5} (the names of '
+    "`kubedistill train --help`).",
+    "registered_model_name": "Name of the student in the MLflow model registry.",
     "promotion_metric": "Metric of the promotion gate: " + ", ".join(PROMOTION_METRICS) + ".",
-    'promotion_min_delta': "The new version must reach the champion's score plus this to be promoted.",
-    'deploy_model': 'Roll the promoted version out with the Helm chart.',
-    'release': 'Helm release name for the rollout.',
-    'namespace': 'Kubernetes namespace of the rollout.',
-    'skip_if_unchanged': "For scheduled retraining: end the run early when the data's fingerprint equals the one the champion was trained on.",
-    'dataset_store': "Where prepared datasets are kept by fingerprint (s3://, minio:// or a folder). Empty: the pipeline root's bucket, under kubedistill/datasets.",
-    'mlflow_experiment': 'MLflow experiment of the runs.',
+    "promotion_min_delta": "The new version must reach the champion's score plus this to be promoted.",
+    "deploy_model": "Roll the promoted version out with the Helm chart.",
+    "release": "Helm release name for the rollout.",
+    "namespace": "Kubernetes namespace of the rollout.",
+    "skip_if_unchanged": "For scheduled retraining: end the run early when the data's fingerprint equals the one the "
+    "champion was trained on.",
+    "dataset_store": "Where prepared datasets are kept by fingerprint (s3://, minio:// or a folder). Empty: the pipeline "
+    "root's bucket, under kubedistill/datasets.",
+    "mlflow_experiment": "MLflow experiment of the runs.",
 }
 
 
@@ -107,11 +111,14 @@ def _docstring() -> str:
         text = TrainConfig.model_fields[name].description
         docs[param] = prefix + text[0].lower() + text[1:] if prefix else text
     args = "\n".join(f"    {name}: {text}" for name, text in docs.items())
-    return f"Teacher -> distilled student -> evaluation -> registry -> promotion gate -> Helm rollout.\n\nArgs:\n{args}\n"
+    return (
+        f"Teacher -> distilled student -> evaluation -> registry -> promotion gate -> Helm rollout.\n\nArgs:\n{args}\n"
+    )
 
 
-def configure(task: dsl.PipelineTask, step: str, *, s3: bool = True, mlflow: bool = True, pvc: bool = False,
-              retry: bool = True) -> dsl.PipelineTask:
+def configure(
+    task: dsl.PipelineTask, step: str, *, s3: bool = True, mlflow: bool = True, pvc: bool = False, retry: bool = True
+) -> dsl.PipelineTask:
     """Resources, GPU scheduling, Secrets as env, retries and caching for one step (see RESOURCES)."""
     cpu, cpu_max, mem, mem_max, gpus, retries = RESOURCES[step]
     task.set_cpu_request(cpu).set_cpu_limit(cpu_max).set_memory_request(mem).set_memory_limit(mem_max)
@@ -154,7 +161,7 @@ def make_pipeline(*, retries: bool = True):
         label_smoothing: float = TRAIN_DEFAULTS["label_smoothing"],
         box_loss: str = TRAIN_DEFAULTS["box_loss"],
         cls_loss: str = TRAIN_DEFAULTS["cls_loss"],
-        extra_config: dict = {},
+        extra_config: dict = {},  # noqa: B006 (KFP reads the literal default; nothing mutates it)
         registered_model_name: str = "kubedistill-student",
         promotion_metric: str = "mAP50-95",
         promotion_min_delta: float = 0.0,
@@ -165,44 +172,129 @@ def make_pipeline(*, retries: bool = True):
         dataset_store: str = "",
         mlflow_experiment: str = "kubedistill",
     ):
-        exit_task = configure(finish_tracking(mlflow_experiment=mlflow_experiment), "finish-tracking", s3=False, retry=retries)
+        exit_task = configure(
+            finish_tracking(mlflow_experiment=mlflow_experiment), "finish-tracking", s3=False, retry=retries
+        )
         with dsl.ExitHandler(exit_task, name="kubedistill"):
-            prep = configure(prepare_data(dataset_uri=dataset_uri, class_names=class_names, dataset_store=dataset_store),
-                             "prepare-data", mlflow=False, pvc=True, retry=retries)
-            gate_data = configure(check_unchanged(fingerprint=prep.outputs["fingerprint"], dataset_uri=prep.outputs["dataset_uri"],
-                                                  data_report=prep.outputs["report"], registered_model_name=registered_model_name,
-                                                  skip_if_unchanged=skip_if_unchanged, mlflow_experiment=mlflow_experiment),
-                                  "check-unchanged", retry=retries)
+            prep = configure(
+                prepare_data(dataset_uri=dataset_uri, class_names=class_names, dataset_store=dataset_store),
+                "prepare-data",
+                mlflow=False,
+                pvc=True,
+                retry=retries,
+            )
+            gate_data = configure(
+                check_unchanged(
+                    fingerprint=prep.outputs["fingerprint"],
+                    dataset_uri=prep.outputs["dataset_uri"],
+                    data_report=prep.outputs["report"],
+                    registered_model_name=registered_model_name,
+                    skip_if_unchanged=skip_if_unchanged,
+                    mlflow_experiment=mlflow_experiment,
+                ),
+                "check-unchanged",
+                retry=retries,
+            )
             with dsl.If(gate_data.outputs["Output"] == True, name="data-changed"):  # noqa: E712 (a KFP condition, not a Python test)
-                dataset = dsl.importer(artifact_uri=prep.outputs["dataset_uri"], artifact_class=dsl.Dataset, reimport=False,
-                                       metadata={"fingerprint": prep.outputs["fingerprint"]})
+                dataset = dsl.importer(
+                    artifact_uri=prep.outputs["dataset_uri"],
+                    artifact_class=dsl.Dataset,
+                    reimport=False,
+                    metadata={"fingerprint": prep.outputs["fingerprint"]},
+                )
                 dataset.set_display_name("dataset (by fingerprint)")
-                train_args = dict(imgsz=imgsz, optimizer=optimizer, lr0=lr0, lrf=lrf, label_smoothing=label_smoothing, box_loss=box_loss,
-                                  cls_loss=cls_loss, extra_config=extra_config, mlflow_experiment=mlflow_experiment)
-                teacher = configure(train_teacher(dataset=dataset.output, fingerprint=prep.outputs["fingerprint"], teacher_model=teacher_model,
-                                                  epochs=teacher_epochs, teacher_uri=teacher_uri, **train_args), "train-teacher", retry=retries)
-                student = configure(distill_student(dataset=dataset.output, teacher=teacher.outputs["model"],
-                                                    fingerprint=prep.outputs["fingerprint"], student_model=student_model,
-                                                    epochs=student_epochs, dis=dis, **train_args), "distill-student", retry=retries)
-                scores = configure(evaluate(dataset=dataset.output, student=student.outputs["model"], student_onnx=student.outputs["onnx"],
-                                            teacher=teacher.outputs["model"], fingerprint=prep.outputs["fingerprint"],
-                                            mlflow_experiment=mlflow_experiment), "evaluate", retry=retries)
-                version = configure(register(student=student.outputs["model"], student_onnx=student.outputs["onnx"],
-                                             metrics=scores.outputs["metrics"], fingerprint=prep.outputs["fingerprint"],
-                                             registered_model_name=registered_model_name, mlflow_experiment=mlflow_experiment),
-                                    "register", retry=retries)
-                gate = configure(promotion_gate(dataset=dataset.output, version=version.output, registered_model_name=registered_model_name,
-                                                promotion_metric=promotion_metric, promotion_min_delta=promotion_min_delta,
-                                                mlflow_experiment=mlflow_experiment), "promotion-gate", retry=retries)
+                train_args = dict(
+                    imgsz=imgsz,
+                    optimizer=optimizer,
+                    lr0=lr0,
+                    lrf=lrf,
+                    label_smoothing=label_smoothing,
+                    box_loss=box_loss,
+                    cls_loss=cls_loss,
+                    extra_config=extra_config,
+                    mlflow_experiment=mlflow_experiment,
+                )
+                teacher = configure(
+                    train_teacher(
+                        dataset=dataset.output,
+                        fingerprint=prep.outputs["fingerprint"],
+                        teacher_model=teacher_model,
+                        epochs=teacher_epochs,
+                        teacher_uri=teacher_uri,
+                        **train_args,
+                    ),
+                    "train-teacher",
+                    retry=retries,
+                )
+                student = configure(
+                    distill_student(
+                        dataset=dataset.output,
+                        teacher=teacher.outputs["model"],
+                        fingerprint=prep.outputs["fingerprint"],
+                        student_model=student_model,
+                        epochs=student_epochs,
+                        dis=dis,
+                        **train_args,
+                    ),
+                    "distill-student",
+                    retry=retries,
+                )
+                scores = configure(
+                    evaluate(
+                        dataset=dataset.output,
+                        student=student.outputs["model"],
+                        student_onnx=student.outputs["onnx"],
+                        teacher=teacher.outputs["model"],
+                        fingerprint=prep.outputs["fingerprint"],
+                        mlflow_experiment=mlflow_experiment,
+                    ),
+                    "evaluate",
+                    retry=retries,
+                )
+                version = configure(
+                    register(
+                        student=student.outputs["model"],
+                        student_onnx=student.outputs["onnx"],
+                        metrics=scores.outputs["metrics"],
+                        fingerprint=prep.outputs["fingerprint"],
+                        registered_model_name=registered_model_name,
+                        mlflow_experiment=mlflow_experiment,
+                    ),
+                    "register",
+                    retry=retries,
+                )
+                gate = configure(
+                    promotion_gate(
+                        dataset=dataset.output,
+                        version=version.output,
+                        registered_model_name=registered_model_name,
+                        promotion_metric=promotion_metric,
+                        promotion_min_delta=promotion_min_delta,
+                        mlflow_experiment=mlflow_experiment,
+                    ),
+                    "promotion-gate",
+                    retry=retries,
+                )
                 with dsl.If(gate.outputs["Output"] == True, name="promoted"):  # noqa: E712
                     with dsl.If(deploy_model == True, name="deploy-on"):  # noqa: E712
-                        configure(deploy(version=version.output, registered_model_name=registered_model_name, release=release,
-                                         namespace=namespace), "deploy", s3=False, retry=retries)
+                        configure(
+                            deploy(
+                                version=version.output,
+                                registered_model_name=registered_model_name,
+                                release=release,
+                                namespace=namespace,
+                            ),
+                            "deploy",
+                            s3=False,
+                            retry=retries,
+                        )
 
     training_pipeline.__doc__ = _docstring()
-    return dsl.pipeline(name=PIPELINE_NAME, description="Train a teacher, distill a small student from it, evaluate both, register the "
-                        "student in MLflow, promote it if it is not worse than the champion, and optionally roll it out with Helm.",
-                        )(training_pipeline)
+    return dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Train a teacher, distill a small student from it, evaluate both, register the "
+        "student in MLflow, promote it if it is not worse than the champion, and optionally roll it out with Helm.",
+    )(training_pipeline)
 
 
 training_pipeline = make_pipeline()

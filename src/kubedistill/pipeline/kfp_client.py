@@ -21,9 +21,10 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kubedistill.core.atomic import atomic_write_bytes
 from kubedistill.core.errors import UserError
@@ -89,8 +90,11 @@ def connect(ep: Endpoint):
 
     host = ep.host or os.environ.get("KF_PIPELINES_ENDPOINT")
     if not host and not os.environ.get("KUBERNETES_SERVICE_HOST"):
-        raise UserError("No Kubeflow Pipelines endpoint given", "Pass --host (e.g. http://localhost:8080 after "
-                        "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`) or set KF_PIPELINES_ENDPOINT")
+        raise UserError(
+            "No Kubeflow Pipelines endpoint given",
+            "Pass --host (e.g. http://localhost:8080 after "
+            "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`) or set KF_PIPELINES_ENDPOINT",
+        )
     creds = None
     if ep.sa_token_path:
         if not Path(ep.sa_token_path).is_file():
@@ -101,8 +105,13 @@ def connect(ep: Endpoint):
     if host:
         token = ep.token or (Path(ep.sa_token_path).read_text().strip() if ep.sa_token_path else None)
         probe(host, token, ssl_ca_cert=ep.ssl_ca_cert, verify_ssl=ep.verify_ssl)
-    kwargs: dict[str, Any] = dict(host=host, existing_token=ep.token or None, credentials=creds, ssl_ca_cert=ep.ssl_ca_cert,
-                                  verify_ssl=ep.verify_ssl)
+    kwargs: dict[str, Any] = dict(
+        host=host,
+        existing_token=ep.token or None,
+        credentials=creds,
+        ssl_ca_cert=ep.ssl_ca_cert,
+        verify_ssl=ep.verify_ssl,
+    )
     if ep.namespace:
         kwargs["namespace"] = ep.namespace
     with warnings.catch_warnings():
@@ -110,8 +119,15 @@ def connect(ep: Endpoint):
         return call(lambda: kfp.Client(**kwargs), f"connecting to {host or 'the in-cluster endpoint'}", retry=True)
 
 
-def probe(host: str, token: str | None = None, *, ssl_ca_cert: str | None = None, verify_ssl: bool = True,
-          attempts: int = 3, backoff: float = 1.0) -> dict:
+def probe(
+    host: str,
+    token: str | None = None,
+    *,
+    ssl_ca_cert: str | None = None,
+    verify_ssl: bool = True,
+    attempts: int = 3,
+    backoff: float = 1.0,
+) -> dict:
     """GET /apis/v2beta1/healthz first, so a wrong host or token fails at once with a clear message (kfp.Client
     itself retries healthz for 25 s and then reports any failure as a timeout)."""
     import urllib3
@@ -129,16 +145,22 @@ def probe(host: str, token: str | None = None, *, ssl_ca_cert: str | None = None
             if i + 1 < attempts:
                 time.sleep(backoff * 2**i)
                 continue
-            raise UserError(f"Cannot reach Kubeflow Pipelines at {host} ({getattr(e, 'reason', None) or e})",
-                            "Check --host and that the endpoint is up (port-forward running?)") from None
+            raise UserError(
+                f"Cannot reach Kubeflow Pipelines at {host} ({getattr(e, 'reason', None) or e})",
+                "Check --host and that the endpoint is up (port-forward running?)",
+            ) from None
         if r.status in (401, 403):
-            raise UserError(f"Kubeflow Pipelines at {host} refused the credentials ({r.status})",
-                            "Pass a valid --token or --sa-token, and --namespace for multi-user Kubeflow")
+            raise UserError(
+                f"Kubeflow Pipelines at {host} refused the credentials ({r.status})",
+                "Pass a valid --token or --sa-token, and --namespace for multi-user Kubeflow",
+            )
         if r.status >= 500 and i + 1 < attempts:
             time.sleep(backoff * 2**i)
             continue
         if r.status != 200:
-            raise UserError(f"{url} answered {r.status}, not the KFP API", "Check --host: it should be the KFP API or UI endpoint")
+            raise UserError(
+                f"{url} answered {r.status}, not the KFP API", "Check --host: it should be the KFP API or UI endpoint"
+            )
         try:
             return json.loads(r.data or b"{}")
         except ValueError:
@@ -160,7 +182,7 @@ def call(fn: Callable[[], Any], what: str, *, retry: bool = False, attempts: int
             return fn()
         except kfp_server_api.ApiException as e:
             status = _status(e)
-            body = (getattr(e, "body", "") or "")
+            body = getattr(e, "body", "") or ""
             if isinstance(body, bytes):
                 body = body.decode(errors="replace")
             try:
@@ -169,21 +191,27 @@ def call(fn: Callable[[], Any], what: str, *, retry: bool = False, attempts: int
                 detail = body or str(e)
             detail = " ".join(str(detail).split())[:300]
             if status in (401, 403):
-                raise UserError(f"Kubeflow Pipelines refused {what} ({status}: {detail})",
-                                "Pass a valid --token or --sa-token, and --namespace for multi-user Kubeflow") from None
+                raise UserError(
+                    f"Kubeflow Pipelines refused {what} ({status}: {detail})",
+                    "Pass a valid --token or --sa-token, and --namespace for multi-user Kubeflow",
+                ) from None
             if status == 404:
                 raise UserError(f"{what}: not found ({detail})", "Check the names and --host") from None
             if status is not None and status >= 500 and retry and i + 1 < attempts:
                 time.sleep(backoff * 2**i)
                 continue
-            raise UserError(f"Kubeflow Pipelines failed {what} ({status}: {detail})", "See the KFP API server's log") from None
+            raise UserError(
+                f"Kubeflow Pipelines failed {what} ({status}: {detail})", "See the KFP API server's log"
+            ) from None
         except (urllib3.exceptions.HTTPError, OSError) as e:
             if retry and i + 1 < attempts:
                 time.sleep(backoff * 2**i)
                 continue
             reason = getattr(e, "reason", None) or e
-            raise UserError(f"Cannot reach Kubeflow Pipelines {what} ({reason})",
-                            "Check --host and that the endpoint is up (port-forward running?)") from None
+            raise UserError(
+                f"Cannot reach Kubeflow Pipelines {what} ({reason})",
+                "Check --host and that the endpoint is up (port-forward running?)",
+            ) from None
 
 
 def _filter(name: str) -> str:
@@ -197,10 +225,17 @@ def pipeline_id(client, name: str) -> str | None:
 def find_version(client, pid: str, version: str | None = None):
     """The pipeline version named `version`, or the newest one when None (None when there is none)."""
     if version:
-        res = call(lambda: client.list_pipeline_versions(pid, page_size=2, filter=_filter(version)),
-                   f"looking up version '{version}'", retry=True)
+        res = call(
+            lambda: client.list_pipeline_versions(pid, page_size=2, filter=_filter(version)),
+            f"looking up version '{version}'",
+            retry=True,
+        )
     else:
-        res = call(lambda: client.list_pipeline_versions(pid, page_size=1, sort_by="created_at desc"), "listing versions", retry=True)
+        res = call(
+            lambda: client.list_pipeline_versions(pid, page_size=1, sort_by="created_at desc"),
+            "listing versions",
+            retry=True,
+        )
     found = res.pipeline_versions or []
     return found[0] if found else None
 
@@ -217,11 +252,17 @@ def require_version(client, name: str, version: str | None, fix: str) -> tuple[s
     return pid, v
 
 
-def upload(client, package: str | Path = DEFAULT_PACKAGE, *, name: str = PIPELINE_NAME, version: str | None = None,
-           description: str = "", namespace: str | None = None) -> dict:
+def upload(
+    client,
+    package: str | Path = DEFAULT_PACKAGE,
+    *,
+    name: str = PIPELINE_NAME,
+    version: str | None = None,
+    description: str = "",
+    namespace: str | None = None,
+) -> dict:
     """Create pipeline `name` if needed, then a version holding `package` unless the same content is there."""
     import kfp_server_api
-
 
     package = Path(package)
     if not package.is_file():
@@ -231,22 +272,42 @@ def upload(client, package: str | Path = DEFAULT_PACKAGE, *, name: str = PIPELIN
     pid = pipeline_id(client, name)
     created_pipeline = False
     if pid is None:
-        body = kfp_server_api.V2beta1Pipeline(display_name=name, description=description or _description(package), namespace=namespace)
-        pid = call(lambda: client.pipelines.pipeline_service_create_pipeline(pipeline=body), f"creating pipeline '{name}'").pipeline_id
+        body = kfp_server_api.V2beta1Pipeline(
+            display_name=name, description=description or _description(package), namespace=namespace
+        )
+        pid = call(
+            lambda: client.pipelines.pipeline_service_create_pipeline(pipeline=body), f"creating pipeline '{name}'"
+        ).pipeline_id
         created_pipeline = True
     existing = find_version(client, pid, version)
     if existing is not None:
         same = SHA_MARK + digest in (existing.description or "")
         if not same:
-            raise UserError(f"Pipeline '{name}' already has a version '{version}' with other content",
-                            "Pick another --version, or leave --version out (default names carry the content hash)")
-        return {"pipeline_id": pid, "version_id": existing.pipeline_version_id, "version": version, "created": False,
-                "created_pipeline": created_pipeline, "sha256": digest}
+            raise UserError(
+                f"Pipeline '{name}' already has a version '{version}' with other content",
+                "Pick another --version, or leave --version out (default names carry the content hash)",
+            )
+        return {
+            "pipeline_id": pid,
+            "version_id": existing.pipeline_version_id,
+            "version": version,
+            "created": False,
+            "created_pipeline": created_pipeline,
+            "sha256": digest,
+        }
     desc = f"{description or _description(package)} {SHA_MARK}{digest}".strip()
-    v = call(lambda: client.upload_pipeline_version(str(package), version, pipeline_id=pid, description=desc),
-             f"uploading version '{version}' of '{name}'")
-    return {"pipeline_id": pid, "version_id": v.pipeline_version_id, "version": version, "created": True,
-            "created_pipeline": created_pipeline, "sha256": digest}
+    v = call(
+        lambda: client.upload_pipeline_version(str(package), version, pipeline_id=pid, description=desc),
+        f"uploading version '{version}' of '{name}'",
+    )
+    return {
+        "pipeline_id": pid,
+        "version_id": v.pipeline_version_id,
+        "version": version,
+        "created": True,
+        "created_pipeline": created_pipeline,
+        "sha256": digest,
+    }
 
 
 def _description(package: Path) -> str:
@@ -260,20 +321,57 @@ def experiment_id(client, name: str, namespace: str | None = None) -> str:
     return exp.experiment_id
 
 
-def submit(client, *, params: dict, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
-           pipeline_name: str = PIPELINE_NAME, version: str | None = None, package: str | Path | None = None,
-           namespace: str | None = None, enable_caching: bool | None = None, service_account: str | None = None) -> dict:
+def submit(
+    client,
+    *,
+    params: dict,
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str | None = None,
+    pipeline_name: str = PIPELINE_NAME,
+    version: str | None = None,
+    package: str | Path | None = None,
+    namespace: str | None = None,
+    enable_caching: bool | None = None,
+    service_account: str | None = None,
+) -> dict:
     """Start a run: of `package` when given, else of version `version` (default: the newest) of `pipeline_name`."""
     exp_id = experiment_id(client, experiment, namespace)
     run_name = run_name or f"{pipeline_name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
     if package is not None:
-        run = call(lambda: client.run_pipeline(exp_id, run_name, pipeline_package_path=str(package), params=params,
-                                               enable_caching=enable_caching, service_account=service_account), f"starting run '{run_name}'")
+        run = call(
+            lambda: client.run_pipeline(
+                exp_id,
+                run_name,
+                pipeline_package_path=str(package),
+                params=params,
+                enable_caching=enable_caching,
+                service_account=service_account,
+            ),
+            f"starting run '{run_name}'",
+        )
         ref = {"package": str(package)}
     else:
-        pid, v = require_version(client, pipeline_name, version, "Upload one with `kubedistill pipeline upload` or check --version")
-        run = call(lambda: client.run_pipeline(exp_id, run_name, pipeline_id=pid, version_id=v.pipeline_version_id, params=params,
-                                               enable_caching=enable_caching, service_account=service_account), f"starting run '{run_name}'")
+        pid, v = require_version(
+            client, pipeline_name, version, "Upload one with `kubedistill pipeline upload` or check --version"
+        )
+        run = call(
+            lambda: client.run_pipeline(
+                exp_id,
+                run_name,
+                pipeline_id=pid,
+                version_id=v.pipeline_version_id,
+                params=params,
+                enable_caching=enable_caching,
+                service_account=service_account,
+            ),
+            f"starting run '{run_name}'",
+        )
         ref = {"pipeline_id": pid, "version_id": v.pipeline_version_id, "version": v.display_name}
-    return {"run_id": run.run_id, "run_name": run_name, "experiment_id": exp_id, "experiment": experiment, **ref,
-            "url": f"{client._get_url_prefix()}/#/runs/details/{run.run_id}"}
+    return {
+        "run_id": run.run_id,
+        "run_name": run_name,
+        "experiment_id": exp_id,
+        "experiment": experiment,
+        **ref,
+        "url": f"{client._get_url_prefix()}/#/runs/details/{run.run_id}",
+    }

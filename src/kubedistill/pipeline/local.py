@@ -23,8 +23,9 @@ import sys
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kubedistill.core.errors import UserError
 from kubedistill.core.interrupt import sigterm_as_interrupt, terminate_children
@@ -43,8 +44,17 @@ LOCAL_DEFAULTS: dict[str, Any] = {
     "lr0": 0.004,
     "extra_config": {"batch": 16, "nbs": 16, "warmup_epochs": 1, "close_mosaic": 4, "workers": 2},
 }
-STEPS = ("prepare-data", "check-unchanged", "train-teacher", "distill-student", "evaluate", "register", "promotion-gate", "deploy",
-         "finish-tracking")
+STEPS = (
+    "prepare-data",
+    "check-unchanged",
+    "train-teacher",
+    "distill-student",
+    "evaluate",
+    "register",
+    "promotion-gate",
+    "deploy",
+    "finish-tracking",
+)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STAMP = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} - ")
 
@@ -97,7 +107,7 @@ class _LogFilter:
         if "[KFP Executor" in line or not text or text.startswith("---") or text.endswith("Streamed logs:"):
             return
         if text.startswith("error: "):
-            self.errors.append(text[len("error: "):])
+            self.errors.append(text[len("error: ") :])
         with contextlib.redirect_stdout(self.console):  # echo may print: to the real stdout, not back into here
             self.echo(line)
 
@@ -166,18 +176,26 @@ def summary_lines(res: dict, params: dict, seconds: float) -> list[str]:
     """The closing summary of `kubedistill run`."""
     m = res.get("metrics") or {}
     lines = [f"pipeline finished in {seconds / 60:.1f} min; step outputs in {res['run_dir']}"]
-    lines.append(f"  data: {params.get('dataset_uri')} -> fingerprint {str(res.get('fingerprint') or '-')[:12]} "
-                 f"(report: {res.get('data_report')})")
+    lines.append(
+        f"  data: {params.get('dataset_uri')} -> fingerprint {str(res.get('fingerprint') or '-')[:12]} "
+        f"(report: {res.get('data_report')})"
+    )
     if not res.get("trained", True):
         lines.append(f"  stopped early: {res.get('data_gate')}")
         return lines
     for who in ("teacher", "student"):
         if f"{who}_mAP50-95" not in m:
             continue
-        onnx = f", ONNX {m[f'{who}_onnx_mb']:.1f} MB ({_fmt(m.get(f'{who}_onnx_latency_ms'), 1)} ms/img CPU)" if f"{who}_onnx_mb" in m else ""
-        lines.append(f"  {who} {m.get(f'{who}_model', '?')}: mAP50-95 {_fmt(m.get(f'{who}_mAP50-95'))}, mAP50 {_fmt(m.get(f'{who}_mAP50'))}, "
-                     f"{_fmt(m.get(f'{who}_params_M'), 2)} M params, {_fmt(m.get(f'{who}_gflops'), 2)} GFLOPs, "
-                     f"{_fmt(m.get(f'{who}_latency_ms'), 1)} ms/img, {_fmt(m.get(f'{who}_file_mb'), 1)} MB{onnx}")
+        onnx = (
+            f", ONNX {m[f'{who}_onnx_mb']:.1f} MB ({_fmt(m.get(f'{who}_onnx_latency_ms'), 1)} ms/img CPU)"
+            if f"{who}_onnx_mb" in m
+            else ""
+        )
+        lines.append(
+            f"  {who} {m.get(f'{who}_model', '?')}: mAP50-95 {_fmt(m.get(f'{who}_mAP50-95'))}, mAP50 {_fmt(m.get(f'{who}_mAP50'))}, "
+            f"{_fmt(m.get(f'{who}_params_M'), 2)} M params, {_fmt(m.get(f'{who}_gflops'), 2)} GFLOPs, "
+            f"{_fmt(m.get(f'{who}_latency_ms'), 1)} ms/img, {_fmt(m.get(f'{who}_file_mb'), 1)} MB{onnx}"
+        )
     if "delta_mAP50-95" in m:
         lines.append(f"  student - teacher: mAP50-95 {m['delta_mAP50-95']:+.3f}")
     name = params.get("registered_model_name", "kubedistill-student")
@@ -243,7 +261,9 @@ def run_local(params: dict[str, Any], out: str | Path, *, echo: Callable[[str], 
                     pipeline(**params)
             except RuntimeError as e:
                 failure = _ANSI.sub("", str(e))
-            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the exit-handler step does not run, so end its MLflow run here
+            except (
+                KeyboardInterrupt
+            ):  # Ctrl-C or SIGTERM: the exit-handler step does not run, so end its MLflow run here
                 _end_tracking(params.get("mlflow_experiment", "kubedistill"), echo)
                 raise
         sys.stdout.flush()
@@ -259,8 +279,13 @@ def run_local(params: dict[str, Any], out: str | Path, *, echo: Callable[[str], 
         if not new:
             raise UserError(f"The local run left no outputs in {root}", f"See {log_path}")
         res = collect(new[-1])
-        res.update(params=params, seconds=seconds, log=str(log_path), run_id=run_id,
-                   tracking_uri=env.get("MLFLOW_TRACKING_URI") or os.environ.get("MLFLOW_TRACKING_URI"),
-                   user_tracking_uri=user_uri)
+        res.update(
+            params=params,
+            seconds=seconds,
+            log=str(log_path),
+            run_id=run_id,
+            tracking_uri=env.get("MLFLOW_TRACKING_URI") or os.environ.get("MLFLOW_TRACKING_URI"),
+            user_tracking_uri=user_uri,
+        )
         res["summary"] = summary_lines(res, params, seconds)
     return res

@@ -18,8 +18,14 @@ import yaml
 from kubedistill.config import read_yaml_mapping
 from kubedistill.core.errors import ConfigError
 
-_TYPE_WORDS = {"STRING": "text", "NUMBER_INTEGER": "a whole number", "NUMBER_DOUBLE": "a number", "BOOLEAN": "true or false",
-               "STRUCT": "a mapping (JSON object)", "LIST": "a list"}
+_TYPE_WORDS = {
+    "STRING": "text",
+    "NUMBER_INTEGER": "a whole number",
+    "NUMBER_DOUBLE": "a number",
+    "BOOLEAN": "true or false",
+    "STRUCT": "a mapping (JSON object)",
+    "LIST": "a list",
+}
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 
 
@@ -32,7 +38,11 @@ def spec_parameters(spec: dict) -> dict[str, dict]:
         default = p.get("defaultValue")
         if p.get("parameterType") == "NUMBER_INTEGER" and isinstance(default, float) and default.is_integer():
             default = int(default)  # JSON numbers come back as floats
-        out[name] = {"type": p.get("parameterType", "STRING"), "default": default, "description": p.get("description", "")}
+        out[name] = {
+            "type": p.get("parameterType", "STRING"),
+            "default": default,
+            "description": p.get("description", ""),
+        }
     return out
 
 
@@ -40,11 +50,15 @@ def load_spec(package: str | Path) -> dict:
     """The pipeline spec (first YAML document) of a compiled package."""
     p = Path(package)
     if not p.is_file():
-        raise ConfigError(f"Pipeline package '{p}' does not exist", "Run `kubedistill pipeline compile` or pass --package")
+        raise ConfigError(
+            f"Pipeline package '{p}' does not exist", "Run `kubedistill pipeline compile` or pass --package"
+        )
     try:
         doc = next(yaml.safe_load_all(p.read_text()), None)
     except yaml.YAMLError as e:
-        raise ConfigError(f"Pipeline package '{p}' is not valid YAML ({e.__class__.__name__})", "Compile it again") from None
+        raise ConfigError(
+            f"Pipeline package '{p}' is not valid YAML ({e.__class__.__name__})", "Compile it again"
+        ) from None
     if not isinstance(doc, dict) or "root" not in doc:
         raise ConfigError(f"'{p}' is not a compiled KFP pipeline", "Run `kubedistill pipeline compile`")
     return doc
@@ -62,7 +76,10 @@ def pipeline_parameters(package: str | Path | None = None) -> dict[str, dict]:
 
 
 def _bad(name: str, value: Any, ptype: str) -> ConfigError:
-    return ConfigError(f"Pipeline parameter '{name}' = {value!r} is not {_TYPE_WORDS.get(ptype, ptype)}", f"Give '{name}' {_TYPE_WORDS.get(ptype, ptype)}")
+    return ConfigError(
+        f"Pipeline parameter '{name}' = {value!r} is not {_TYPE_WORDS.get(ptype, ptype)}",
+        f"Give '{name}' {_TYPE_WORDS.get(ptype, ptype)}",
+    )
 
 
 def coerce(name: str, value: Any, ptype: str) -> Any:
@@ -118,8 +135,10 @@ def check_params(values: dict[str, Any], params: dict[str, dict]) -> dict[str, A
         if key not in params:
             close = difflib.get_close_matches(key, list(params), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"Unknown pipeline parameter '{name}'{hint}",
-                              "`kubedistill pipeline params` lists them with their types and defaults")
+            raise ConfigError(
+                f"Unknown pipeline parameter '{name}'{hint}",
+                "`kubedistill pipeline params` lists them with their types and defaults",
+            )
         out[key] = coerce(key, value, params[key]["type"])
     return out
 

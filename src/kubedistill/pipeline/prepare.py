@@ -3,7 +3,8 @@
 1. Source: `demo` (the built-in synthetic set; `demo?train=160&val=40&imgsz=96&classes=2` sets its size), or
    anything `kubedistill.data.fetch.fetch_dataset` reads (a local folder or data.yaml, an s3:// prefix, a
    local or s3:// .zip/.tar archive). Fetched copies live in the cache (the pipeline's volume at
-   /var/cache/kubedistill on a cluster, else `KUBEDISTILL_CACHE` or ~/.cache/kubedistill), so a scheduled run does not download an unchanged dataset again.
+   /var/cache/kubedistill on a cluster, else `KUBEDISTILL_CACHE` or ~/.cache/kubedistill), so a scheduled run does not
+   download an unchanged dataset again.
 2. Layout: a fresh copy as `images/<split>/`, `labels/<split>/` and a `data.yaml` with relative paths. When
    only one of train/val is given, a deterministic val_fraction of it (chosen by a hash of each image's
    path) becomes val.
@@ -51,8 +52,10 @@ def default_cache() -> Path:
         if os.access(PVC_CACHE, os.W_OK):
             return Path(PVC_CACHE) / "datasets"
 
-        LOGGER.warning(f"prepare_data: the cache volume at {PVC_CACHE} is not writable by this user (uid {os.getuid()}); "
-                       "using the container's own cache (give the volume fsGroup 10001 to keep fetched data between runs)")
+        LOGGER.warning(
+            f"prepare_data: the cache volume at {PVC_CACHE} is not writable by this user (uid {os.getuid()}); "
+            "using the container's own cache (give the volume fsGroup 10001 to keep fetched data between runs)"
+        )
     return cache_dir("datasets")
 
 
@@ -84,8 +87,16 @@ def _demo(opts: dict, class_names: list[str], cache: Path) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=cache))
     try:
-        make_synth(tmp, train=opts["train"], val=opts["val"], imgsz=opts["imgsz"], seed=opts["seed"], names=names,
-                   min_size=opts["min_size"], max_objects=opts["max_objects"])
+        make_synth(
+            tmp,
+            train=opts["train"],
+            val=opts["val"],
+            imgsz=opts["imgsz"],
+            seed=opts["seed"],
+            names=names,
+            min_size=opts["min_size"],
+            max_objects=opts["max_objects"],
+        )
     except ValueError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"Cannot make the demo dataset: {e}", "Adjust the demo?... options") from None
@@ -100,7 +111,9 @@ def _demo(opts: dict, class_names: list[str], cache: Path) -> Path:
 def fetch_source(uri: str, cache: Path, class_names: list[str]) -> Path:
     """The data.yaml of `uri`, fetched into `cache/fetch/` (or made, for the demo)."""
     if not uri or not uri.strip():
-        raise UserError("No dataset given (dataset_uri is empty)", "Pass a folder, data.yaml, s3:// prefix, archive, or 'demo'")
+        raise UserError(
+            "No dataset given (dataset_uri is empty)", "Pass a folder, data.yaml, s3:// prefix, archive, or 'demo'"
+        )
     opts = parse_demo(uri)
     if opts is not None:
         return _demo(opts, class_names, cache / "demo")
@@ -132,7 +145,9 @@ def load_splits(yaml_path: Path, *, val_fraction: float = 0.2, seed: int = 0):
     if all(has.values()):
         return load_data_yaml(yaml_path), ""
     if not any(has.values()):
-        raise DataError(f"{yaml_path}: neither `train:` nor `val:` is given", "Add `train: images/train` (a folder or .txt list)")
+        raise DataError(
+            f"{yaml_path}: neither `train:` nor `val:` is given", "Add `train: images/train` (a folder or .txt list)"
+        )
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"val_fraction {val_fraction} must be between 0 and 1", "e.g. 0.2")
     only = "train" if has["train"] else "val"
@@ -149,15 +164,19 @@ def load_splits(yaml_path: Path, *, val_fraction: float = 0.2, seed: int = 0):
     val = [p for p in images if _in_val(spec.rel(p), val_fraction, seed)]
     if not val or len(val) == len(images):
         if len(images) < 2:
-            raise DataError(f"{yaml_path}: split `{only}` has {len(images)} image, too few to split into train and val",
-                            "Add images or give a val split")
+            raise DataError(
+                f"{yaml_path}: split `{only}` has {len(images)} image, too few to split into train and val",
+                "Add images or give a val split",
+            )
         val = images[-1:] if not val else val[:-1]
     chosen = set(val)
     spec.splits["train"] = [p for p in images if p not in chosen]
     spec.splits["val"] = [p for p in images if p in chosen]
     spec.yaml_path = yaml_path
-    note = (f"only `{only}` was given: {len(spec.splits['val'])} of its {len(images)} images became val "
-            f"(val_fraction {val_fraction}, seed {seed})")
+    note = (
+        f"only `{only}` was given: {len(spec.splits['val'])} of its {len(images)} images became val "
+        f"(val_fraction {val_fraction}, seed {seed})"
+    )
     return spec, note
 
 
@@ -204,7 +223,7 @@ def _is_remote(uri: str) -> bool:
 
 def _s3(uri: str) -> str:
     """minio://bucket/key (KFP's name for its MinIO store) -> s3://bucket/key for the S3 client."""
-    return "s3://" + uri[len("minio://"):] if uri.startswith("minio://") else uri
+    return "s3://" + uri[len("minio://") :] if uri.startswith("minio://") else uri
 
 
 def _local_store_path(store: str) -> Path:
@@ -238,9 +257,18 @@ def store_dataset(local_dir: Path, store: str, fp: str, marker: dict) -> tuple[s
     return str(final), True
 
 
-def prepare_dataset(uri: str, store: str, *, class_names: list[str] | tuple[str, ...] = (), val_fraction: float = 0.2,
-                    seed: int = 0, min_usable: float = 0.5, cache: Path | None = None, report_html: Path | None = None,
-                    report_md: Path | None = None) -> dict:
+def prepare_dataset(
+    uri: str,
+    store: str,
+    *,
+    class_names: list[str] | tuple[str, ...] = (),
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    min_usable: float = 0.5,
+    cache: Path | None = None,
+    report_html: Path | None = None,
+    report_md: Path | None = None,
+) -> dict:
     """Run the whole step; returns {"dataset_uri", "fingerprint", "names", "counts", "problems", "stored", "note", ...}."""
 
     setup_logging()
@@ -251,8 +279,10 @@ def prepare_dataset(uri: str, store: str, *, class_names: list[str] | tuple[str,
     src_yaml = fetch_source(uri, cache, names)
     spec, note = load_splits(src_yaml, val_fraction=val_fraction, seed=seed)
     if names and list(spec.names) != names:
-        raise DataError(f"class_names {names} differ from the dataset's classes {list(spec.names)} ({src_yaml})",
-                        "Leave class_names empty or make it match the dataset's names:")
+        raise DataError(
+            f"class_names {names} differ from the dataset's classes {list(spec.names)} ({src_yaml})",
+            "Leave class_names empty or make it match the dataset's names:",
+        )
     if note:
         LOGGER.info(f"prepare_data: {note}")
     remote = _is_remote(store)
@@ -281,5 +311,14 @@ def prepare_dataset(uri: str, store: str, *, class_names: list[str] | tuple[str,
     finally:
         shutil.rmtree(work, ignore_errors=True)
     LOGGER.info(f"prepare_data: fingerprint {fp} -> {dataset_uri} ({'stored now' if stored else 'already stored'})")
-    return {"dataset_uri": dataset_uri, "fingerprint": fp, "names": list(laid_out.names), "counts": counts,
-            "problems": len(report.problems), "errors": len(report.errors), "stored": stored, "note": note, "source": uri}
+    return {
+        "dataset_uri": dataset_uri,
+        "fingerprint": fp,
+        "names": list(laid_out.names),
+        "counts": counts,
+        "problems": len(report.problems),
+        "errors": len(report.errors),
+        "stored": stored,
+        "note": note,
+        "source": uri,
+    }

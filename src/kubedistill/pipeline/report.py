@@ -13,8 +13,9 @@ import html
 import math
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,13 +39,17 @@ def _esc(x: Any) -> str:
 
 
 def _page(title: str, body: str) -> str:
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{_esc(title)}</title><style>{_STYLE}</style></head>"
-            f"<body><h1>{_esc(title)}</h1>{body}</body></html>\n")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{_esc(title)}</title><style>{_STYLE}</style></head>"
+        f"<body><h1>{_esc(title)}</h1>{body}</body></html>\n"
+    )
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, _Raw) else _esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{c if isinstance(c, _Raw) else _esc(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -90,8 +95,11 @@ def box_sizes(samples: Sequence[Any]) -> np.ndarray:
 
 
 def size_buckets(sizes: np.ndarray) -> dict[str, int]:
-    return {"small": int((sizes < SMALL_PX).sum()), "medium": int(((sizes >= SMALL_PX) & (sizes < MEDIUM_PX)).sum()),
-            "large": int((sizes >= MEDIUM_PX).sum())}
+    return {
+        "small": int((sizes < SMALL_PX).sum()),
+        "medium": int(((sizes >= SMALL_PX) & (sizes < MEDIUM_PX)).sum()),
+        "large": int((sizes >= MEDIUM_PX).sum()),
+    }
 
 
 def data_report(report, *, fingerprint: str, source: str, note: str = "") -> tuple[str, str]:
@@ -100,8 +108,10 @@ def data_report(report, *, fingerprint: str, source: str, note: str = "") -> tup
     names = list(report.names)
     splits = list(report.counts)
     count_rows = [[s, c.listed, c.usable, c.skipped, c.backgrounds, c.boxes] for s, c in report.counts.items()]
-    class_rows = [[n] + [report.counts[s].per_class[i] if i < len(report.counts[s].per_class) else 0 for s in splits]
-                  for i, n in enumerate(names)]
+    class_rows = [
+        [n] + [report.counts[s].per_class[i] if i < len(report.counts[s].per_class) else 0 for s in splits]
+        for i, n in enumerate(names)
+    ]
     size_rows = []
     for s in splits:
         b = size_buckets(box_sizes(report.samples.get(s, [])))
@@ -120,27 +130,54 @@ def data_report(report, *, fingerprint: str, source: str, note: str = "") -> tup
             png = None
         figure = _img(png, "class counts and box sizes")
 
-    head = (f"<p>Source <code>{_esc(source)}</code>; fingerprint <code>{_esc(fingerprint)}</code>; "
-            f"{len(names)} classes.</p>" + (f"<p class='note'>{_esc(note)}.</p>" if note else ""))
-    problems_html = ("<p class='good'>No problems found.</p>" if not report.problems else
-                     _table(["kind", "severity", "count"], kind_rows)
-                     + (f"<p class='note'>First {len(shown)} of {len(report.problems)}:</p>" if len(shown) < len(report.problems) else "")
-                     + _table(["severity", "split", "where", "kind", "message"], prob_rows))
-    body = (head + "<h2>Images and boxes</h2>" + _table(["split", "images", "usable", "skipped", "backgrounds", "boxes"], count_rows)
-            + "<h2>Objects per class</h2>" + _table(["class", *splits], class_rows)
-            + "<h2>Box sizes</h2><p class='note'>sqrt(width x height) in original pixels; COCO small &lt; 32 px, "
-            "medium &lt; 96 px, large above.</p>" + _table(["split", "small", "medium", "large"], size_rows) + figure
-            + "<h2>Problems</h2><p class='note'>errors: the sample is skipped in training; warnings: fixed or kept.</p>"
-            + problems_html)
+    head = (
+        f"<p>Source <code>{_esc(source)}</code>; fingerprint <code>{_esc(fingerprint)}</code>; "
+        f"{len(names)} classes.</p>" + (f"<p class='note'>{_esc(note)}.</p>" if note else "")
+    )
+    problems_html = (
+        "<p class='good'>No problems found.</p>"
+        if not report.problems
+        else _table(["kind", "severity", "count"], kind_rows)
+        + (
+            f"<p class='note'>First {len(shown)} of {len(report.problems)}:</p>"
+            if len(shown) < len(report.problems)
+            else ""
+        )
+        + _table(["severity", "split", "where", "kind", "message"], prob_rows)
+    )
+    body = (
+        head
+        + "<h2>Images and boxes</h2>"
+        + _table(["split", "images", "usable", "skipped", "backgrounds", "boxes"], count_rows)
+        + "<h2>Objects per class</h2>"
+        + _table(["class", *splits], class_rows)
+        + "<h2>Box sizes</h2><p class='note'>sqrt(width x height) in original pixels; COCO small &lt; 32 px, "
+        "medium &lt; 96 px, large above.</p>"
+        + _table(["split", "small", "medium", "large"], size_rows)
+        + figure
+        + "<h2>Problems</h2><p class='note'>errors: the sample is skipped in training; warnings: fixed or kept.</p>"
+        + problems_html
+    )
     page = _page("Dataset report", body)
 
     md = ["# Dataset report", "", f"Source `{source}`, fingerprint `{fingerprint}`, {len(names)} classes."]
     if note:
         md += ["", f"_{note}._"]
-    md += ["", _md_table(["split", "images", "usable", "skipped", "backgrounds", "boxes"], count_rows),
-           "", "## Objects per class", "", _md_table(["class", *splits], class_rows),
-           "", "## Box sizes (sqrt(w*h) px)", "", _md_table(["split", "small <32", "medium <96", "large"], size_rows),
-           "", "## Problems", ""]
+    md += [
+        "",
+        _md_table(["split", "images", "usable", "skipped", "backgrounds", "boxes"], count_rows),
+        "",
+        "## Objects per class",
+        "",
+        _md_table(["class", *splits], class_rows),
+        "",
+        "## Box sizes (sqrt(w*h) px)",
+        "",
+        _md_table(["split", "small <32", "medium <96", "large"], size_rows),
+        "",
+        "## Problems",
+        "",
+    ]
     if report.problems:
         md += [_md_table(["kind", "severity", "count"], kind_rows), ""]
         md += [f"- {p.severity} {p.split} `{p.where(report.root)}`: {p.kind}: {p.message}" for p in shown[:20]]
@@ -153,13 +190,22 @@ def data_report(report, *, fingerprint: str, source: str, note: str = "") -> tup
 
 # ------------------------------------------------------------------------------------------ evaluation
 
-ROW_KEYS = (("mAP50-95", "mAP50-95", 3), ("mAP50", "mAP50", 3), ("AP_small", "AP small", 3), ("AP_medium", "AP medium", 3),
-            ("AP_large", "AP large", 3), ("params_M", "params (M)", 2), ("gflops", "GFLOPs", 2),
-            ("latency_ms", "latency (ms/img)", 1), ("file_mb", "file (MB)", 2))
+ROW_KEYS = (
+    ("mAP50-95", "mAP50-95", 3),
+    ("mAP50", "mAP50", 3),
+    ("AP_small", "AP small", 3),
+    ("AP_medium", "AP medium", 3),
+    ("AP_large", "AP large", 3),
+    ("params_M", "params (M)", 2),
+    ("gflops", "GFLOPs", 2),
+    ("latency_ms", "latency (ms/img)", 1),
+    ("file_mb", "file (MB)", 2),
+)
 
 
-def eval_report(results: dict[str, dict], *, names: Sequence[str], images: dict[str, str | Path] | None = None,
-                note: str = "") -> tuple[str, str]:
+def eval_report(
+    results: dict[str, dict], *, names: Sequence[str], images: dict[str, str | Path] | None = None, note: str = ""
+) -> tuple[str, str]:
     """(HTML, Markdown) comparing models; `results` maps a label ("teacher", "student") to its figures:
     the ROW_KEYS, `per_class` ({name: {"AP50-95", "AP50", "n_gt"}}), `model` and optionally `onnx_mb`,
     `onnx_latency_ms`. `images` maps a caption to a PNG (PR curves, sample predictions)."""
@@ -174,20 +220,38 @@ def eval_report(results: dict[str, dict], *, names: Sequence[str], images: dict[
             a, b = vals
             row.append(fmt(None if a is None or b is None else float(b) - float(a), digits))
         rows.append(row)
-    extra = [(k, t) for k, t in (("onnx_mb", "ONNX file (MB)"), ("onnx_latency_ms", "ONNX latency (ms/img, CPU)"))
-             if any(results[lab].get(k) is not None for lab in labels)]
+    extra = [
+        (k, t)
+        for k, t in (("onnx_mb", "ONNX file (MB)"), ("onnx_latency_ms", "ONNX latency (ms/img, CPU)"))
+        if any(results[lab].get(k) is not None for lab in labels)
+    ]
     for key, title in extra:
         rows.append([title] + [fmt(results[lab].get(key), 2) for lab in labels] + ([""] if show_delta else []))
-    header = ["", *cols] + (["student - teacher" if labels == ["teacher", "student"] else f"{labels[1]} - {labels[0]}"] if show_delta else [])
+    header = ["", *cols] + (
+        ["student - teacher" if labels == ["teacher", "student"] else f"{labels[1]} - {labels[0]}"]
+        if show_delta
+        else []
+    )
     class_rows = []
     for n in names:
         pcs = [results[lab].get("per_class", {}).get(str(n), {}) for lab in labels]
-        class_rows.append([n, pcs[0].get("n_gt", "-")] + [fmt(pc.get("AP50-95")) for pc in pcs] + [fmt(pc.get("AP50")) for pc in pcs])
+        class_rows.append(
+            [n, pcs[0].get("n_gt", "-")] + [fmt(pc.get("AP50-95")) for pc in pcs] + [fmt(pc.get("AP50")) for pc in pcs]
+        )
     class_header = ["class", "objects"] + [f"AP50-95 {lab}" for lab in labels] + [f"AP50 {lab}" for lab in labels]
     figures = "".join(f"<h3>{_esc(cap)}</h3>{_img(p, cap)}" for cap, p in (images or {}).items())
-    body = ((f"<p class='note'>{_esc(note)}</p>" if note else "") + _table(header, rows)
-            + "<h2>Per-class AP</h2>" + _table(class_header, class_rows) + "<h2>Figures</h2>" + figures)
+    body = (
+        (f"<p class='note'>{_esc(note)}</p>" if note else "")
+        + _table(header, rows)
+        + "<h2>Per-class AP</h2>"
+        + _table(class_header, class_rows)
+        + "<h2>Figures</h2>"
+        + figures
+    )
     page = _page("Teacher vs student", body)
-    md = ["# Teacher vs student", ""] + ([note, ""] if note else []) + [_md_table(header, rows), "", "## Per-class AP", "",
-                                                                       _md_table(class_header, class_rows)]
+    md = (
+        ["# Teacher vs student", ""]
+        + ([note, ""] if note else [])
+        + [_md_table(header, rows), "", "## Per-class AP", "", _md_table(class_header, class_rows)]
+    )
     return page, "\n".join(md) + "\n"

@@ -32,8 +32,10 @@ import json
 import re
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -72,7 +74,9 @@ class Schedule(BaseModel):
         if len(fields) == 5:
             fields = ["0", *fields]
         if len(fields) != 6:
-            raise ValueError(f"'{v}' has {len(v.split())} fields; write 5 (minute hour day month weekday) or 6 (seconds first)")
+            raise ValueError(
+                f"'{v}' has {len(v.split())} fields; write 5 (minute hour day month weekday) or 6 (seconds first)"
+            )
         return " ".join(fields)
 
     @field_validator("interval")
@@ -92,7 +96,7 @@ class Schedule(BaseModel):
         return seconds
 
     @model_validator(mode="after")
-    def _one_trigger(self) -> "Schedule":
+    def _one_trigger(self) -> Schedule:
         if (self.cron is None) == (self.interval is None):
             raise ValueError("give exactly one of cron or interval")
         return self
@@ -107,7 +111,7 @@ class ScheduleFile(BaseModel):
     schedules: list[Schedule] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _unique(self) -> "ScheduleFile":
+    def _unique(self) -> ScheduleFile:
         seen = set()
         for s in self.schedules:
             if s.name in seen:
@@ -119,7 +123,6 @@ class ScheduleFile(BaseModel):
 def load_schedules(path: str | Path, package: str | Path | None = None) -> ScheduleFile:
     """Read and check a schedules file; parameters are checked against the pipeline's (typed, unknown names refused)."""
 
-
     p = Path(path)
     raw = read_yaml_mapping(p, "Schedules file", "Pass -f path/to/schedules.yaml", item="field")
     try:
@@ -129,7 +132,9 @@ def load_schedules(path: str | Path, package: str | Path | None = None) -> Sched
         for err in e.errors():
             loc = ".".join(str(x) for x in err["loc"]) or "(file)"
             msgs.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
-        raise ConfigError(f"Invalid schedules file '{p}': " + "; ".join(msgs), "Fix the fields named (docs/pipeline.md)") from None
+        raise ConfigError(
+            f"Invalid schedules file '{p}': " + "; ".join(msgs), "Fix the fields named (docs/pipeline.md)"
+        ) from None
     params = pipeline_parameters(package)
     for s in spec.schedules:
         try:
@@ -141,9 +146,16 @@ def load_schedules(path: str | Path, package: str | Path | None = None) -> Sched
 
 def spec_hash(s: Schedule, version_id: str) -> str:
     """What makes a recurring run this schedule (its name and `enabled` aside)."""
-    body = {"cron": s.cron, "interval": s.interval, "params": s.params, "max_concurrency": s.max_concurrency,
-            "no_catchup": s.no_catchup, "description": s.description, "version_id": version_id,
-            "service_account": s.service_account or ""}
+    body = {
+        "cron": s.cron,
+        "interval": s.interval,
+        "params": s.params,
+        "max_concurrency": s.max_concurrency,
+        "no_catchup": s.no_catchup,
+        "description": s.description,
+        "version_id": version_id,
+        "service_account": s.service_account or "",
+    }
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -155,8 +167,11 @@ def marked_hash(description: str | None) -> str | None:
 def list_recurring_runs(client, exp_id: str) -> list:
     out, token = [], ""
     while True:
-        res = call(lambda: client.list_recurring_runs(page_token=token, page_size=100, experiment_id=exp_id),
-                   "listing recurring runs", retry=True)
+        res = call(
+            partial(client.list_recurring_runs, page_token=token, page_size=100, experiment_id=exp_id),
+            "listing recurring runs",
+            retry=True,
+        )
         out += res.recurring_runs or []
         token = res.next_page_token or ""
         if not token:
@@ -172,21 +187,43 @@ def _resolve_version(client, spec: ScheduleFile, s: Schedule, cache: dict) -> tu
     want = s.pipeline_version or spec.pipeline_version
     if want in cache:
         return cache[want]
-    pid, v = require_version(client, spec.pipeline, want, "Upload one with `kubedistill pipeline upload`, or fix pipeline_version")
+    pid, v = require_version(
+        client, spec.pipeline, want, "Upload one with `kubedistill pipeline upload`, or fix pipeline_version"
+    )
     cache[want] = (pid, v.pipeline_version_id, v.display_name)
     return cache[want]
 
 
 def _create(client, exp_id: str, s: Schedule, pid: str, vid: str, digest: str):
     desc = f"{s.description} {SPEC_MARK}{digest} (managed by kubedistill schedule apply)".strip()
-    return call(lambda: client.create_recurring_run(
-        exp_id, s.name, description=desc, interval_second=s.interval, cron_expression=s.cron, max_concurrency=s.max_concurrency,
-        no_catchup=s.no_catchup, params=s.params, pipeline_id=pid, version_id=vid, enabled=s.enabled,
-        service_account=s.service_account), f"creating recurring run '{s.name}'")
+    return call(
+        lambda: client.create_recurring_run(
+            exp_id,
+            s.name,
+            description=desc,
+            interval_second=s.interval,
+            cron_expression=s.cron,
+            max_concurrency=s.max_concurrency,
+            no_catchup=s.no_catchup,
+            params=s.params,
+            pipeline_id=pid,
+            version_id=vid,
+            enabled=s.enabled,
+            service_account=s.service_account,
+        ),
+        f"creating recurring run '{s.name}'",
+    )
 
 
-def apply(client, spec: ScheduleFile, *, prune: bool = False, dry_run: bool = False, namespace: str | None = None,
-          echo: Callable[[str], None] = print) -> list[dict]:
+def apply(
+    client,
+    spec: ScheduleFile,
+    *,
+    prune: bool = False,
+    dry_run: bool = False,
+    namespace: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> list[dict]:
     """Make the experiment's recurring runs match `spec`; returns one {"name", "action", ...} per change or check."""
     exp_id = experiment_id(client, spec.experiment, namespace)
     existing = list_recurring_runs(client, exp_id)
@@ -208,7 +245,7 @@ def apply(client, spec: ScheduleFile, *, prune: bool = False, dry_run: bool = Fa
             action = "enable" if s.enabled else "disable"
             if not dry_run:
                 fn = client.enable_recurring_run if s.enabled else client.disable_recurring_run
-                call(lambda: fn(rr.recurring_run_id), f"{action} recurring run '{s.name}'")
+                call(partial(fn, rr.recurring_run_id), f"{action} recurring run '{s.name}'")
             plan.append({"name": s.name, "action": action + "d", "id": rr.recurring_run_id, "version": vname})
             continue
         action = "replaced" if olds else "created"
@@ -219,7 +256,10 @@ def apply(client, spec: ScheduleFile, *, prune: bool = False, dry_run: bool = Fa
             new = _create(client, exp_id, s, pid, vid, digest)
             entry["id"] = new.recurring_run_id
             for rr in olds:
-                call(lambda: client.delete_recurring_run(rr.recurring_run_id), f"deleting the old recurring run '{s.name}'")
+                call(
+                    partial(client.delete_recurring_run, rr.recurring_run_id),
+                    f"deleting the old recurring run '{s.name}'",
+                )
         plan.append(entry)
     wanted = {s.name for s in spec.schedules}
     for name, olds in sorted(by_name.items()):
@@ -230,13 +270,15 @@ def apply(client, spec: ScheduleFile, *, prune: bool = False, dry_run: bool = Fa
                 continue  # not ours: never touched
             entry = {"name": name, "action": "deleted" if prune else "not in file", "id": rr.recurring_run_id}
             if prune and not dry_run:
-                call(lambda: client.delete_recurring_run(rr.recurring_run_id), f"deleting recurring run '{name}'")
+                call(partial(client.delete_recurring_run, rr.recurring_run_id), f"deleting recurring run '{name}'")
             plan.append(entry)
     for e in plan:
         extra = f" ({e['note']})" if e.get("note") else ""
         hint = " (kept; `--prune` deletes it)" if e["action"] == "not in file" else ""
-        echo(f"{'would be ' if dry_run and e['action'] not in ('unchanged', 'not in file') else ''}{e['action']:>10}  {e['name']}"
-             f"{'  -> ' + e['version'] if e.get('version') else ''}{extra}{hint}")
+        echo(
+            f"{'would be ' if dry_run and e['action'] not in ('unchanged', 'not in file') else ''}{e['action']:>10}  {e['name']}"
+            f"{'  -> ' + e['version'] if e.get('version') else ''}{extra}{hint}"
+        )
     return plan
 
 
@@ -245,10 +287,14 @@ def find(client, experiment: str, name: str, namespace: str | None = None):
     exp_id = experiment_id(client, experiment, namespace)
     found = [rr for rr in list_recurring_runs(client, exp_id) if rr.display_name == name]
     if not found:
-        raise UserError(f"No recurring run '{name}' in experiment '{experiment}'", "`kubedistill schedule list` shows them")
+        raise UserError(
+            f"No recurring run '{name}' in experiment '{experiment}'", "`kubedistill schedule list` shows them"
+        )
     if len(found) > 1:
-        raise UserError(f"{len(found)} recurring runs are called '{name}' in experiment '{experiment}'",
-                        "Delete the extra ones in the dashboard or run `kubedistill schedule apply` to replace them")
+        raise UserError(
+            f"{len(found)} recurring runs are called '{name}' in experiment '{experiment}'",
+            "Delete the extra ones in the dashboard or run `kubedistill schedule apply` to replace them",
+        )
     return found[0]
 
 
@@ -260,10 +306,17 @@ def describe(rr) -> dict:
     elif trig is not None and trig.periodic_schedule is not None and trig.periodic_schedule.interval_second:
         when = f"every {trig.periodic_schedule.interval_second}s"
     ref = rr.pipeline_version_reference
-    return {"name": rr.display_name, "id": rr.recurring_run_id, "trigger": when, "enabled": _is_enabled(rr),
-            "max_concurrency": rr.max_concurrency, "no_catchup": rr.no_catchup, "managed": bool(marked_hash(rr.description)),
-            "version_id": ref.pipeline_version_id if ref else None,
-            "params": (rr.runtime_config.parameters if rr.runtime_config else None) or {}}
+    return {
+        "name": rr.display_name,
+        "id": rr.recurring_run_id,
+        "trigger": when,
+        "enabled": _is_enabled(rr),
+        "max_concurrency": rr.max_concurrency,
+        "no_catchup": rr.no_catchup,
+        "managed": bool(marked_hash(rr.description)),
+        "version_id": ref.pipeline_version_id if ref else None,
+        "params": (rr.runtime_config.parameters if rr.runtime_config else None) or {},
+    }
 
 
 def list_schedules(client, experiment: str, namespace: str | None = None) -> list[dict]:
@@ -273,7 +326,7 @@ def list_schedules(client, experiment: str, namespace: str | None = None) -> lis
 
 def delete(client, experiment: str, name: str, namespace: str | None = None) -> dict:
     rr = find(client, experiment, name, namespace)
-    call(lambda: client.delete_recurring_run(rr.recurring_run_id), f"deleting recurring run '{name}'")
+    call(partial(client.delete_recurring_run, rr.recurring_run_id), f"deleting recurring run '{name}'")
     return {"name": name, "id": rr.recurring_run_id, "action": "deleted"}
 
 
@@ -285,18 +338,47 @@ def trigger(client, experiment: str, name: str, namespace: str | None = None) ->
     run_name = f"{name} (triggered {time.strftime('%Y-%m-%d %H:%M:%S')})"
     ref = rr.pipeline_version_reference
     if ref is not None and ref.pipeline_id and ref.pipeline_version_id:
-        run = call(lambda: client.run_pipeline(rr.experiment_id, run_name, pipeline_id=ref.pipeline_id, version_id=ref.pipeline_version_id,
-                                               params=params, pipeline_root=root, service_account=rr.service_account),
-                   f"starting a run of '{name}'")
+        run = call(
+            lambda: client.run_pipeline(
+                rr.experiment_id,
+                run_name,
+                pipeline_id=ref.pipeline_id,
+                version_id=ref.pipeline_version_id,
+                params=params,
+                pipeline_root=root,
+                service_account=rr.service_account,
+            ),
+            f"starting a run of '{name}'",
+        )
     elif rr.pipeline_spec:
         with tempfile.TemporaryDirectory() as tmp:  # a recurring run made from a package holds the spec itself
             pkg = Path(tmp) / "pipeline.yaml"
             spec = rr.pipeline_spec
-            docs = [spec["pipeline_spec"], spec["platform_spec"]] if "pipeline_spec" in spec else [spec]  # with/without platform part
+            docs = (
+                [spec["pipeline_spec"], spec["platform_spec"]] if "pipeline_spec" in spec else [spec]
+            )  # with/without platform part
             pkg.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-            run = call(lambda: client.run_pipeline(rr.experiment_id, run_name, pipeline_package_path=str(pkg), params=params,
-                                                   pipeline_root=root, service_account=rr.service_account), f"starting a run of '{name}'")
+            run = call(
+                lambda: client.run_pipeline(
+                    rr.experiment_id,
+                    run_name,
+                    pipeline_package_path=str(pkg),
+                    params=params,
+                    pipeline_root=root,
+                    service_account=rr.service_account,
+                ),
+                f"starting a run of '{name}'",
+            )
     else:
-        raise UserError(f"Recurring run '{name}' names no pipeline version and holds no pipeline spec", "Re-create it with `schedule apply`")
-    return {"name": name, "recurring_run_id": rr.recurring_run_id, "run_id": run.run_id, "run_name": run_name, "params": params,
-            "url": f"{client._get_url_prefix()}/#/runs/details/{run.run_id}"}
+        raise UserError(
+            f"Recurring run '{name}' names no pipeline version and holds no pipeline spec",
+            "Re-create it with `schedule apply`",
+        )
+    return {
+        "name": name,
+        "recurring_run_id": rr.recurring_run_id,
+        "run_id": run.run_id,
+        "run_name": run_name,
+        "params": params,
+        "url": f"{client._get_url_prefix()}/#/runs/details/{run.run_id}",
+    }

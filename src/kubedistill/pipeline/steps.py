@@ -14,8 +14,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -33,16 +34,26 @@ from kubedistill.eval.run import validate_split
 from kubedistill.pipeline.report import eval_report
 from kubedistill.pipeline.tracking import need_tracking, parent_artifacts, parent_run, parent_tags
 from kubedistill.release.promote import promote
-from kubedistill.track.runs import end_run, log_child_run, run_info
 from kubedistill.track.registry import champion, fetch_model
+from kubedistill.track.runs import end_run, log_child_run, run_info
 from kubedistill.train import build_trainer
 
 # Training options that are pipeline parameters of their own (pipeline/dag.py TRAIN_PARAMS): extra_config must not
 # set them a second time.
 OWN_OPTIONS = ("model", "epochs", "imgsz", "optimizer", "lr0", "lrf", "label_smoothing", "box_loss", "cls_loss", "dis")
 # Set by the step itself.
-RESERVED_OPTIONS = ("data", "project", "name", "exist_ok", "resume", "distill_model", "mlflow", "mlflow_uri", "mlflow_parent",
-                    "mlflow_experiment")
+RESERVED_OPTIONS = (
+    "data",
+    "project",
+    "name",
+    "exist_ok",
+    "resume",
+    "distill_model",
+    "mlflow",
+    "mlflow_uri",
+    "mlflow_parent",
+    "mlflow_experiment",
+)
 
 
 def run(fn: Callable, *args, **kwargs):
@@ -83,10 +94,20 @@ def default_store(artifact_uri: str) -> str:
 # ------------------------------------------------------------------------------------------ data gate
 
 
-def check_unchanged(fingerprint: str, model_name: str, *, skip_if_unchanged: bool, experiment: str = "",
-                    dataset_uri: str = "", reports: list[Path] = (), out_md: Path | None = None) -> dict:
+def check_unchanged(
+    fingerprint: str,
+    model_name: str,
+    *,
+    skip_if_unchanged: bool,
+    experiment: str = "",
+    dataset_uri: str = "",
+    reports: list[Path] = (),
+    out_md: Path | None = None,
+) -> dict:
     """Should this run train? No only when skip_if_unchanged and the champion was trained on this very data."""
-    parent = parent_run(experiment, tags={"data_fingerprint": fingerprint, "dataset_uri": dataset_uri, "registered_model": model_name})
+    parent = parent_run(
+        experiment, tags={"data_fingerprint": fingerprint, "dataset_uri": dataset_uri, "registered_model": model_name}
+    )
     parent_artifacts(parent, list(reports), "data")
     res: dict[str, Any] = {"proceed": True, "fingerprint": fingerprint, "champion": None}
     if not skip_if_unchanged:
@@ -102,16 +123,21 @@ def check_unchanged(fingerprint: str, model_name: str, *, skip_if_unchanged: boo
             seen = champ.get("tags", {}).get("data_fingerprint", "")
             if seen == fingerprint:
                 res["proceed"] = False
-                res["reason"] = (f"data unchanged since champion version {champ['version']} of '{model_name}' "
-                                 f"(fingerprint {fingerprint[:12]}): nothing to retrain, the run ends here")
+                res["reason"] = (
+                    f"data unchanged since champion version {champ['version']} of '{model_name}' "
+                    f"(fingerprint {fingerprint[:12]}): nothing to retrain, the run ends here"
+                )
             else:
                 was = f"{seen[:12]}" if seen else "unknown"
-                res["reason"] = f"data changed since champion version {champ['version']} (fingerprint {was} -> {fingerprint[:12]}): training"
+                res["reason"] = (
+                    f"data changed since champion version {champ['version']} (fingerprint {was} -> {fingerprint[:12]}): training"
+                )
     _log(f"data gate: {res['reason']}")
     if out_md:
-        atomic_write_text(out_md, f"# Data gate\n\n**{'Training' if res['proceed'] else 'Skipped'}**: {res['reason']}.\n")
+        atomic_write_text(
+            out_md, f"# Data gate\n\n**{'Training' if res['proceed'] else 'Skipped'}**: {res['reason']}.\n"
+        )
     if parent and not res["proceed"]:
-
         parent_tags(parent, {"outcome": "skipped: data unchanged", "champion_version": res["champion"]})
         end_run(parent, "FINISHED")
     return res
@@ -125,9 +151,13 @@ def build_train_config(extra: dict | None, **options) -> dict:
     extra = {str(k).replace("-", "_"): v for k, v in (extra or {}).items()}
     for k in extra:
         if k in OWN_OPTIONS:
-            raise ConfigError(f"extra_config sets '{k}', which is a pipeline parameter of its own", f"Set the '{k}' parameter instead")
+            raise ConfigError(
+                f"extra_config sets '{k}', which is a pipeline parameter of its own", f"Set the '{k}' parameter instead"
+            )
         if k in RESERVED_OPTIONS:
-            raise ConfigError(f"extra_config sets '{k}', which the pipeline sets itself", f"Remove '{k}' from extra_config")
+            raise ConfigError(
+                f"extra_config sets '{k}', which the pipeline sets itself", f"Remove '{k}' from extra_config"
+            )
     # KFP passes JSON numbers as floats: 16.0 -> 16 so integer options accept them
     extra = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in extra.items()}
     return {**extra, **options}
@@ -140,13 +170,25 @@ def _check_names(weights: Path, data: Path, what: str) -> None:
     names = list(ckpt["model"]["meta"]["names"])
     want = load_data_yaml(data).names
     if names and list(names) != list(want):
-        raise UserError(f"{what} was trained on classes {names}, the dataset has {list(want)}",
-                        "Use a teacher trained on these classes or leave teacher_uri empty to train one")
+        raise UserError(
+            f"{what} was trained on classes {names}, the dataset has {list(want)}",
+            "Use a teacher trained on these classes or leave teacher_uri empty to train one",
+        )
 
 
-def train_step(data: str | Path, out_weights: str | Path, *, role: str, options: dict, extra_config: dict | None,
-               fingerprint: str, experiment: str = "", teacher: str | Path | None = None, teacher_uri: str = "",
-               work: str | Path | None = None) -> dict:
+def train_step(
+    data: str | Path,
+    out_weights: str | Path,
+    *,
+    role: str,
+    options: dict,
+    extra_config: dict | None,
+    fingerprint: str,
+    experiment: str = "",
+    teacher: str | Path | None = None,
+    teacher_uri: str = "",
+    work: str | Path | None = None,
+) -> dict:
     """Train the teacher (or, with `teacher`, distill the student); best.pt is copied to `out_weights`.
 
     `options`: the training options that are pipeline parameters (OWN_OPTIONS); `extra_config`: any others.
@@ -156,7 +198,6 @@ def train_step(data: str | Path, out_weights: str | Path, *, role: str, options:
     data = data_yaml(data)
     out_weights = Path(out_weights)
     if role == "teacher" and teacher_uri.strip():
-
         pt = fetch_model(teacher_uri.strip(), kind="pt")
         _check_names(pt, data, f"Teacher {teacher_uri}")
         out_weights.parent.mkdir(parents=True, exist_ok=True)
@@ -164,14 +205,25 @@ def train_step(data: str | Path, out_weights: str | Path, *, role: str, options:
         _log(f"train_teacher: teacher_uri {teacher_uri} given: using that registered teacher, no training")
         return {"role": role, "source": teacher_uri.strip(), "trained": False, "metrics": {}, "mlflow_run_id": ""}
 
-    work = Path(work) if work else Path(tempfile.mkdtemp(prefix=f"kubedistill-{role}-"))  # the training run folder goes here
+    work = (
+        Path(work) if work else Path(tempfile.mkdtemp(prefix=f"kubedistill-{role}-"))
+    )  # the training run folder goes here
     parent = parent_run(experiment)
     tags = {"pipeline_step": role, "data_fingerprint": fingerprint}
     unknown = set(options) - set(OWN_OPTIONS)
     if unknown:
         raise ValueError(f"train_step options {sorted(unknown)} are not pipeline parameters; pass them in extra_config")
-    opts = build_train_config(extra_config, data=str(data), **options, project=str(work), name=role, exist_ok=True,
-                              mlflow_parent=parent or "", mlflow_tags=tags, mlflow_experiment=experiment)
+    opts = build_train_config(
+        extra_config,
+        data=str(data),
+        **options,
+        project=str(work),
+        name=role,
+        exist_ok=True,
+        mlflow_parent=parent or "",
+        mlflow_tags=tags,
+        mlflow_experiment=experiment,
+    )
     if teacher is not None:
         opts.update(distill_model=str(teacher))
     cfg = train_config(**opts)
@@ -185,11 +237,20 @@ def train_step(data: str | Path, out_weights: str | Path, *, role: str, options:
 
     info = run_info(res["save_dir"]) or {}
     onnx = best.with_suffix(".onnx")  # exported by the MLflow callback when tracking is on
-    return {"role": role, "source": f"trained ({model}, {epochs} epochs)", "trained": True, "model": model,
-            "onnx": str(onnx) if onnx.is_file() and onnx.stat().st_mtime >= best.stat().st_mtime else "",
-            "metrics": {k: v for k, v in (res.get("metrics") or {}).items() if isinstance(v, (int, float)) and v is not None},
-            "best_epoch": res.get("best_epoch"), "epochs_run": res.get("epochs_run"), "mlflow_run_id": info.get("run_id", ""),
-            "run_dir": res["save_dir"]}
+    return {
+        "role": role,
+        "source": f"trained ({model}, {epochs} epochs)",
+        "trained": True,
+        "model": model,
+        "onnx": str(onnx) if onnx.is_file() and onnx.stat().st_mtime >= best.stat().st_mtime else "",
+        "metrics": {
+            k: v for k, v in (res.get("metrics") or {}).items() if isinstance(v, (int, float)) and v is not None
+        },
+        "best_epoch": res.get("best_epoch"),
+        "epochs_run": res.get("epochs_run"),
+        "mlflow_run_id": info.get("run_id", ""),
+        "run_dir": res["save_dir"],
+    }
 
 
 def export_step(weights: str | Path, out_onnx: str | Path, *, done: str | Path = "") -> dict:
@@ -205,8 +266,13 @@ def export_step(weights: str | Path, out_onnx: str | Path, *, done: str | Path =
 
         if meta.get("source_sha256") == file_sha256(weights):
             shutil.copyfile(done, out_onnx)
-            return {"path": str(out_onnx), "imgsz": int(meta.get("imgsz", 0)), "max_det": int(meta.get("max_det", 0)),
-                    "checked_detections": None, "reused": str(done)}
+            return {
+                "path": str(out_onnx),
+                "imgsz": int(meta.get("imgsz", 0)),
+                "max_det": int(meta.get("max_det", 0)),
+                "checked_detections": None,
+                "reused": str(done),
+            }
     return export_onnx(weights, out_onnx)
 
 
@@ -245,8 +311,15 @@ def _onnx_latency_ms(path: Path, imgsz: int, iters: int) -> float:
     return (time.perf_counter() - t0) / iters * 1000.0
 
 
-def score_model(weights: str | Path, data: str | Path, *, batch: int = 16, device: str = "", workers: int = 2,
-                latency_iters: int = 20):
+def score_model(
+    weights: str | Path,
+    data: str | Path,
+    *,
+    batch: int = 16,
+    device: str = "",
+    workers: int = 2,
+    latency_iters: int = 20,
+):
     """(figures, Validation, names, imgsz) of a checkpoint on the val split: COCO metrics, size, speed."""
     from kubedistill.model.checkpoint import load_model
     from kubedistill.model.info import model_info
@@ -257,15 +330,34 @@ def score_model(weights: str | Path, data: str | Path, *, batch: int = 16, devic
     info = model_info(model, imgsz)
     m = val.metrics.to_dict()
     fig = {k: m.get(k) for k in METRIC_NAMES}
-    fig.update(model=f"yolo-{model.scale}", imgsz=imgsz, params_M=info["params_inference"] / 1e6, gflops=info["gflops"],
-               latency_ms=_latency_ms(model, imgsz, dev, latency_iters), device=str(dev), file_mb=Path(weights).stat().st_size / 1e6,
-               per_class=m["per_class"], images=len(val.gts))
+    fig.update(
+        model=f"yolo-{model.scale}",
+        imgsz=imgsz,
+        params_M=info["params_inference"] / 1e6,
+        gflops=info["gflops"],
+        latency_ms=_latency_ms(model, imgsz, dev, latency_iters),
+        device=str(dev),
+        file_mb=Path(weights).stat().st_size / 1e6,
+        per_class=m["per_class"],
+        images=len(val.gts),
+    )
     return fig, val, list(model.names), imgsz
 
 
-def evaluate_step(data: str | Path, student: str | Path, teacher: str | Path, *, student_onnx: str | Path | None = None,
-                  out_dir: str | Path, experiment: str = "", fingerprint: str = "", batch: int = 16, device: str = "",
-                  latency_iters: int = 20, report_html: Path | None = None) -> dict:
+def evaluate_step(
+    data: str | Path,
+    student: str | Path,
+    teacher: str | Path,
+    *,
+    student_onnx: str | Path | None = None,
+    out_dir: str | Path,
+    experiment: str = "",
+    fingerprint: str = "",
+    batch: int = 16,
+    device: str = "",
+    latency_iters: int = 20,
+    report_html: Path | None = None,
+) -> dict:
     """Teacher vs student on the val split; writes report.html, report.md and the figures into `out_dir`."""
 
     data = data_yaml(data)
@@ -283,12 +375,15 @@ def evaluate_step(data: str | Path, student: str | Path, teacher: str | Path, *,
             images[f"PR curves: {label}"] = plot_pr_curves(val.metrics, out / f"pr_curves_{label}.png")
             if label == "student":
                 images["Sample predictions: student (ground truth left, predictions right)"] = plot_val_mosaic(
-                    val.gts, val.preds, names, out / "sample_predictions.png")
+                    val.gts, val.preds, names, out / "sample_predictions.png"
+                )
         except Exception as e:  # a figure must never fail the step
             _log(f"evaluate: a figure failed: {e.__class__.__name__}: {e}")
     dev = results["student"]["device"]
-    note = (f"Validation split of {data}, {results['student']['images']} images; latency: batch 1 on {dev}, model + decode, "
-            f"mean of {latency_iters} runs after warm-up.")
+    note = (
+        f"Validation split of {data}, {results['student']['images']} images; latency: batch 1 on {dev}, model + decode, "
+        f"mean of {latency_iters} runs after warm-up."
+    )
     html, md = eval_report(results, names=names, images=images, note=note)
     atomic_write_text(out / "report.html", html)
     atomic_write_text(out / "report.md", md)
@@ -299,10 +394,14 @@ def evaluate_step(data: str | Path, student: str | Path, teacher: str | Path, *,
     child = ""
     parent = parent_run(experiment)
     if parent:
-
-        child = log_child_run(parent, "evaluate", params={"data_fingerprint": fingerprint, "latency_device": dev}, metrics=flat,
-                              artifacts=[out / "report.html", out / "metrics.json", *[Path(p) for p in images.values()]],
-                              tags={"pipeline_step": "evaluate", "data_fingerprint": fingerprint})
+        child = log_child_run(
+            parent,
+            "evaluate",
+            params={"data_fingerprint": fingerprint, "latency_device": dev},
+            metrics=flat,
+            artifacts=[out / "report.html", out / "metrics.json", *[Path(p) for p in images.values()]],
+            tags={"pipeline_step": "evaluate", "data_fingerprint": fingerprint},
+        )
     _log("evaluate: " + ", ".join(f"{k} {results[k]['model']} mAP50-95 {results[k]['mAP50-95']}" for k in results))
     return {"results": results, "flat": flat, "names": names, "mlflow_run_id": child}
 
@@ -325,47 +424,89 @@ def flat_metrics(results: dict) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------ registry and rollout
 
 
-def register_step(student: str | Path, model_name: str, *, onnx: str | Path | None = None, fingerprint: str = "",
-                  student_run_id: str = "", teacher_run_id: str = "", metrics: dict | None = None, experiment: str = "") -> dict:
+def register_step(
+    student: str | Path,
+    model_name: str,
+    *,
+    onnx: str | Path | None = None,
+    fingerprint: str = "",
+    student_run_id: str = "",
+    teacher_run_id: str = "",
+    metrics: dict | None = None,
+    experiment: str = "",
+) -> dict:
     """Register the student as a new version of `model_name` (alias challenger); returns {"version", "model_uri"}."""
     need_tracking("register")
     from kubedistill.release.register import register_student
 
-    tags = {"data_fingerprint": fingerprint, "pipeline_run_id": os.environ.get(RUN_ID_ENV, ""), "teacher_run_id": teacher_run_id}
+    tags = {
+        "data_fingerprint": fingerprint,
+        "pipeline_run_id": os.environ.get(RUN_ID_ENV, ""),
+        "teacher_run_id": teacher_run_id,
+    }
     for k in ("student_mAP50-95", "teacher_mAP50-95", "student_latency_ms"):
         if metrics and k in metrics:
             tags[k] = f"{float(metrics[k]):.6f}"
-    with tempfile.TemporaryDirectory() as tmp:  # artifact files are named after their outputs ("model"): give them suffixes
+    with (
+        tempfile.TemporaryDirectory() as tmp
+    ):  # artifact files are named after their outputs ("model"): give them suffixes
         weights = Path(tmp) / "best.pt"
         shutil.copyfile(student, weights)
         onnx_file = None
         if onnx:
             onnx_file = Path(tmp) / "model.onnx"
             shutil.copyfile(onnx, onnx_file)
-        version = register_student(weights, model_name, run_id=student_run_id or None, onnx=onnx_file,
-                                   tags={k: v for k, v in tags.items() if v}, experiment=experiment)
-    parent_tags(parent_run(experiment), {"registered_model": model_name, "registered_version": version,
-                                          "student_run_id": student_run_id, "teacher_run_id": teacher_run_id})
+        version = register_student(
+            weights,
+            model_name,
+            run_id=student_run_id or None,
+            onnx=onnx_file,
+            tags={k: v for k, v in tags.items() if v},
+            experiment=experiment,
+        )
+    parent_tags(
+        parent_run(experiment),
+        {
+            "registered_model": model_name,
+            "registered_version": version,
+            "student_run_id": student_run_id,
+            "teacher_run_id": teacher_run_id,
+        },
+    )
     _log(f"register: {model_name} version {version} (alias challenger)")
     return {"version": version, "model_uri": f"models:/{model_name}/{version}"}
 
 
-def gate_step(model_name: str, version: str, data: str | Path, *, metric: str = "mAP50-95", min_delta: float = 0.0,
-              experiment: str = "", out_md: Path | None = None) -> dict:
+def gate_step(
+    model_name: str,
+    version: str,
+    data: str | Path,
+    *,
+    metric: str = "mAP50-95",
+    min_delta: float = 0.0,
+    experiment: str = "",
+    out_md: Path | None = None,
+) -> dict:
     """The promotion gate (`track.promote.promote`): champion and candidate scored now on this data."""
     need_tracking("The promotion gate")
 
     res = promote(model_name, str(version), data_yaml(data), metric=metric, min_delta=float(min_delta))
     champ = res.get("champion") or {}
-    parent_tags(parent_run(experiment), {"promoted": str(bool(res["promoted"])).lower(), "promotion_reason": res["reason"]})
+    parent_tags(
+        parent_run(experiment), {"promoted": str(bool(res["promoted"])).lower(), "promotion_reason": res["reason"]}
+    )
     line = f"version {version} {'promoted to champion' if res['promoted'] else 'not promoted'}: {res['reason']}"
     _log(f"promotion gate: {line}")
     if out_md:
         rows = [f"| candidate v{version} | {res['candidate']['value']:.4f} |"]
         if champ:
             rows.append(f"| champion v{champ.get('version')} | {float(champ.get('value') or float('nan')):.4f} |")
-        atomic_write_text(out_md, f"# Promotion gate\n\n**{line}**\n\n| model | {metric} |\n|---|---|\n" + "\n".join(rows)
-                          + f"\n\nmin_delta {min_delta:g}\n")
+        atomic_write_text(
+            out_md,
+            f"# Promotion gate\n\n**{line}**\n\n| model | {metric} |\n|---|---|\n"
+            + "\n".join(rows)
+            + f"\n\nmin_delta {min_delta:g}\n",
+        )
     return res
 
 
@@ -377,6 +518,9 @@ def deploy_step(model_name: str, version: str, *, release: str, namespace: str) 
     res = deploy(release, namespace, uri)
     if res.get("status") != "deployed":  # a failed rollout fails the step (and the run), like `kubedistill deploy`
         back = " (rolled back)" if res.get("rolled_back") else ""
-        raise UserError(f"Rollout of {uri} as release '{release}' in '{namespace}' ended '{res.get('status')}'{back}: "
-                        f"{res.get('reason') or 'no reason given'}", "See the deploy step's log and docs/deploy.md")
+        raise UserError(
+            f"Rollout of {uri} as release '{release}' in '{namespace}' ended '{res.get('status')}'{back}: "
+            f"{res.get('reason') or 'no reason given'}",
+            "See the deploy step's log and docs/deploy.md",
+        )
     return res

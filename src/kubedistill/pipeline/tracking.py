@@ -25,8 +25,10 @@ def tracking_on() -> bool:
 
 def need_tracking(what: str) -> None:
     if not tracking_on():
-        raise UserError(f"{what} needs the MLflow model registry, but MLFLOW_TRACKING_URI is not set",
-                        "Set it (on a cluster: the kubedistill-mlflow Secret; `kubedistill run` sets a local one)")
+        raise UserError(
+            f"{what} needs the MLflow model registry, but MLFLOW_TRACKING_URI is not set",
+            "Set it (on a cluster: the kubedistill-mlflow Secret; `kubedistill run` sets a local one)",
+        )
 
 
 def parent_run(experiment: str = "", *, create: bool = True, tags: dict | None = None) -> str | None:
@@ -39,7 +41,9 @@ def parent_run(experiment: str = "", *, create: bool = True, tags: dict | None =
     cl = client(uri)
     exp = experiment_id(cl, experiment, artifacts)
     safe = rid.replace("'", "")
-    found = cl.search_runs([exp], filter_string=f"tags.{KIND_TAG} = 'pipeline' and tags.pipeline_run_id = '{safe}'", max_results=1)
+    found = cl.search_runs(
+        [exp], filter_string=f"tags.{KIND_TAG} = 'pipeline' and tags.pipeline_run_id = '{safe}'", max_results=1
+    )
     if found:
         return found[0].info.run_id
     if not create:

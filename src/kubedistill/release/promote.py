@@ -18,8 +18,18 @@ from kubedistill.core.names import PROMOTION_METRICS
 from kubedistill.track.registry import CHAMPION, PREVIOUS, champion, client, fetch_model, resolve_uri, version_info
 
 
-def evaluate_version(name: str, version: str, data: str | Path, *, tracking_uri: str = "", imgsz: int | None = None,
-                     batch: int = 16, workers: int = 2, device: str = "", cache: Path | None = None) -> dict:
+def evaluate_version(
+    name: str,
+    version: str,
+    data: str | Path,
+    *,
+    tracking_uri: str = "",
+    imgsz: int | None = None,
+    batch: int = 16,
+    workers: int = 2,
+    device: str = "",
+    cache: Path | None = None,
+) -> dict:
     """COCO metrics of registered version `version` on `data` (its training imgsz unless given)."""
     from kubedistill.eval.run import run_val
     from kubedistill.model.checkpoint import load_model
@@ -44,9 +54,20 @@ def decide(candidate: float, champion_value: float | None, min_delta: float) -> 
     return False, f"candidate {candidate:.4f} < champion {champion_value:.4f} + min_delta {min_delta:g}"
 
 
-def promote(model_name: str, version: str, data: str | Path, *, metric: str = "mAP50-95", min_delta: float = 0.0,
-            tracking_uri: str = "", imgsz: int | None = None, batch: int = 16, workers: int = 2, device: str = "",
-            cache: Path | None = None) -> dict:
+def promote(
+    model_name: str,
+    version: str,
+    data: str | Path,
+    *,
+    metric: str = "mAP50-95",
+    min_delta: float = 0.0,
+    tracking_uri: str = "",
+    imgsz: int | None = None,
+    batch: int = 16,
+    workers: int = 2,
+    device: str = "",
+    cache: Path | None = None,
+) -> dict:
     """Evaluate candidate and champion now, move `champion` if the candidate passes; returns the decision."""
     if metric not in PROMOTION_METRICS:
         raise UserError(f"Unknown promotion metric '{metric}'", f"Use one of: {', '.join(PROMOTION_METRICS)}")
@@ -56,8 +77,14 @@ def promote(model_name: str, version: str, data: str | Path, *, metric: str = "m
     current = champion(model_name, tracking_uri=uri)
     kw = dict(tracking_uri=uri, imgsz=imgsz, batch=batch, workers=workers, device=device, cache=cache)
     cand = evaluate_version(model_name, version, data, **kw)
-    result = {"model_name": model_name, "metric": metric, "min_delta": min_delta, "data": str(data),
-              "candidate": {"version": version, "value": _num(cand.get(metric))}, "champion": None}
+    result = {
+        "model_name": model_name,
+        "metric": metric,
+        "min_delta": min_delta,
+        "data": str(data),
+        "candidate": {"version": version, "value": _num(cand.get(metric))},
+        "champion": None,
+    }
     if current is not None and current["version"] == version:
         result.update(promoted=False, reason=f"version {version} is already the champion")
         result["champion"] = {"version": version, "value": result["candidate"]["value"]}

@@ -15,8 +15,16 @@ from kubedistill.track.registry import CHALLENGER, mlflow_error
 from kubedistill.track.settings import client, experiment_id, import_mlflow, resolve_uri, using
 
 
-def register_student(weights: str | Path, name: str, *, run_id: str | None = None, onnx: str | Path | None = None,
-                     tags: dict | None = None, tracking_uri: str = "", experiment: str = "") -> str:
+def register_student(
+    weights: str | Path,
+    name: str,
+    *,
+    run_id: str | None = None,
+    onnx: str | Path | None = None,
+    tags: dict | None = None,
+    tracking_uri: str = "",
+    experiment: str = "",
+) -> str:
     """Log `weights` (and its ONNX export) as a pyfunc model and register it as a new version of `name`.
 
     Logged into run `run_id` when given (the training run), else into a new run. The version gets the alias
@@ -33,11 +41,16 @@ def register_student(weights: str | Path, name: str, *, run_id: str | None = Non
             onnx = export_onnx(weights, Path(tmp) / "model.onnx")["path"]
         onnx = Path(onnx)
         if not onnx.is_file():
-            raise UserError(f"ONNX model '{onnx}' does not exist", "Export it with `kubedistill export` or leave it out")
+            raise UserError(
+                f"ONNX model '{onnx}' does not exist", "Export it with `kubedistill export` or leave it out"
+            )
         cl = client(uri)
         try:
             exp = None if run_id else experiment_id(cl, experiment, artifacts)
-            with using(uri), mlflow.start_run(run_id=run_id, experiment_id=exp, run_name=None if run_id else f"register-{name}"):
+            with (
+                using(uri),
+                mlflow.start_run(run_id=run_id, experiment_id=exp, run_name=None if run_id else f"register-{name}"),
+            ):
                 info = mlflow.pyfunc.log_model(
                     name="model",
                     python_model=OnnxDetectorModel(),
@@ -53,8 +66,12 @@ def register_student(weights: str | Path, name: str, *, run_id: str | None = Non
         except Exception as e:
             raise mlflow_error(e, f"registering '{weights}' as '{name}'", uri) from None
     version = str(info.registered_model_version)
-    all_tags = {"weights_sha256": sha256, "source_run_id": active_run, "kubedistill_version": __version__,
-                **{str(k): str(v) for k, v in (tags or {}).items()}}
+    all_tags = {
+        "weights_sha256": sha256,
+        "source_run_id": active_run,
+        "kubedistill_version": __version__,
+        **{str(k): str(v) for k, v in (tags or {}).items()},
+    }
     for k, v in all_tags.items():
         cl.set_model_version_tag(name, version, k, v)
     cl.set_registered_model_alias(name, CHALLENGER, version)

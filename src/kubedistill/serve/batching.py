@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -27,8 +27,14 @@ class MicroBatcher:
     Runs in one event loop: `submit` and `coming` are called from coroutines of that loop.
     """
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_batch_size: int, max_latency_s: float, executor: Executor,
-                 on_wait: Callable[[float], None] | None = None):
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        max_batch_size: int,
+        max_latency_s: float,
+        executor: Executor,
+        on_wait: Callable[[float], None] | None = None,
+    ):
         """`on_wait(seconds)` is called for each request when its batch starts, with the time it waited in the queue."""
         if max_batch_size < 1 or max_latency_s < 0:
             raise ValueError(f"max_batch_size {max_batch_size} must be >= 1 and max_latency_s {max_latency_s} >= 0")
@@ -106,7 +112,9 @@ class MicroBatcher:
                 try:
                     batch = np.concatenate([x for x, _, _ in items]) if len(items) > 1 else items[0][0]
                     raw = await loop.run_in_executor(self._executor, self._run, batch)
-                except Exception as e:  # the model (or joining the inputs) failed: every request of this batch gets the error
+                except (
+                    Exception
+                ) as e:  # the model (or joining the inputs) failed: every request of this batch gets the error
                     self._running = []
                     for _, fut, _ in items:
                         if not fut.done():

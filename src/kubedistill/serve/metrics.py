@@ -19,32 +19,73 @@ class ServeMetrics:
     def __init__(self, namespace: str = "kubedistill") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r, ns = self.registry, namespace
-        self.requests = Counter("http_requests", "HTTP requests by route, method and status code.",
-                                ["route", "method", "code"], namespace=ns, registry=r)
-        self.errors = Counter("http_request_errors", "HTTP responses with status >= 400 by route and code.",
-                              ["route", "code"], namespace=ns, registry=r)
-        self.latency = Histogram("http_request_duration_seconds", "Time from request start to the end of the response, by route.",
-                                 ["route"], namespace=ns, registry=r, buckets=LATENCY_BUCKETS)
+        self.requests = Counter(
+            "http_requests",
+            "HTTP requests by route, method and status code.",
+            ["route", "method", "code"],
+            namespace=ns,
+            registry=r,
+        )
+        self.errors = Counter(
+            "http_request_errors",
+            "HTTP responses with status >= 400 by route and code.",
+            ["route", "code"],
+            namespace=ns,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "Time from request start to the end of the response, by route.",
+            ["route"],
+            namespace=ns,
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
         self.in_flight = Gauge("http_requests_in_flight", "Requests being handled now.", namespace=ns, registry=r)
-        self.inference = Histogram("inference_duration_seconds", "onnxruntime session.run time per model call.",
-                                   namespace=ns, registry=r, buckets=LATENCY_BUCKETS)
-        self.preprocess = Histogram("preprocess_duration_seconds", "Decode + letterbox time per image (/v1/detect).",
-                                    namespace=ns, registry=r, buckets=LATENCY_BUCKETS)
-        self.batch_size = Histogram("inference_batch_size", "Images per model call (request batch size).",
-                                    namespace=ns, registry=r, buckets=BATCH_BUCKETS)
-        self.batch_wait = Histogram("batch_wait_seconds", "Time a request waited in the queue for its micro-batch to start "
-                                    "(--max-batch-size > 1 only).", namespace=ns, registry=r, buckets=LATENCY_BUCKETS)
+        self.inference = Histogram(
+            "inference_duration_seconds",
+            "onnxruntime session.run time per model call.",
+            namespace=ns,
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.preprocess = Histogram(
+            "preprocess_duration_seconds",
+            "Decode + letterbox time per image (/v1/detect).",
+            namespace=ns,
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.batch_size = Histogram(
+            "inference_batch_size",
+            "Images per model call (request batch size).",
+            namespace=ns,
+            registry=r,
+            buckets=BATCH_BUCKETS,
+        )
+        self.batch_wait = Histogram(
+            "batch_wait_seconds",
+            "Time a request waited in the queue for its micro-batch to start (--max-batch-size > 1 only).",
+            namespace=ns,
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
         self.images = Counter("images", "Images run through the model.", ["route"], namespace=ns, registry=r)
         self.ready = Gauge("model_ready", "1 when the model is loaded and serving.", namespace=ns, registry=r)
         self.load_seconds = Gauge("model_load_seconds", "Seconds the model took to load.", namespace=ns, registry=r)
         self.model = Info("model", "The served model.", namespace=ns, registry=r)
 
     def set_model(self, info: dict) -> None:
-        self.model.info({
-            "name": str(info.get("name", "")), "version": str(info.get("model_version", "")),
-            "architecture": str(info.get("model", "")), "imgsz": str(info.get("imgsz", "")),
-            "source_sha256": str(info.get("source_sha256", "")), "path": str(info.get("path", "")),
-        })
+        self.model.info(
+            {
+                "name": str(info.get("name", "")),
+                "version": str(info.get("model_version", "")),
+                "architecture": str(info.get("model", "")),
+                "imgsz": str(info.get("imgsz", "")),
+                "source_sha256": str(info.get("source_sha256", "")),
+                "path": str(info.get("path", "")),
+            }
+        )
 
     def observe_request(self, route: str, method: str, code: int, seconds: float) -> None:
         self.requests.labels(route, method, str(code)).inc()

@@ -52,12 +52,14 @@ class Detections:
         out = []
         for (x1, y1, x2, y2), s, c in zip(self.boxes.tolist(), self.scores.tolist(), self.classes.tolist()):
             c = int(c)
-            out.append({
-                "class_id": c,
-                "class_name": names[c] if 0 <= c < len(names) else str(c),
-                "score": round(float(s), 6),
-                "box": [round(x1, 3), round(y1, 3), round(x2, 3), round(y2, 3)],
-            })
+            out.append(
+                {
+                    "class_id": c,
+                    "class_name": names[c] if 0 <= c < len(names) else str(c),
+                    "score": round(float(s), 6),
+                    "box": [round(x1, 3), round(y1, 3), round(x2, 3), round(y2, 3)],
+                }
+            )
         return out
 
 
@@ -93,16 +95,22 @@ class OnnxDetector:
         opts.add_session_config_entry("session.force_spinning_stop", "1")
         t0 = time.perf_counter()
         try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
+            )
         except Exception as e:  # onnxruntime raises its own exception types for bad files
             first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-            raise UserError(f"Model '{self.path}' cannot be loaded by onnxruntime ({first[:300]})",
-                            "Check that it is a complete .onnx file written by `kubedistill export`") from None
+            raise UserError(
+                f"Model '{self.path}' cannot be loaded by onnxruntime ({first[:300]})",
+                "Check that it is a complete .onnx file written by `kubedistill export`",
+            ) from None
         self.load_seconds = time.perf_counter() - t0
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4 or len(outputs) < 1 or len(outputs[0].shape) != 3:
-            raise UserError(f"Model '{self.path}' is not a kubedistill detector (one [B,3,S,S] input, a [B,K,6] output)",
-                            "Export it with `kubedistill export`")
+            raise UserError(
+                f"Model '{self.path}' is not a kubedistill detector (one [B,3,S,S] input, a [B,K,6] output)",
+                "Export it with `kubedistill export`",
+            )
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
         if inputs[0].type not in _ORT_TYPES:
             raise UserError(f"Model '{self.path}' takes {inputs[0].type} input", "Export a float32 or float16 model")
@@ -113,13 +121,19 @@ class OnnxDetector:
         self.metadata = dict(meta)
         self.imgsz = int(meta.get("imgsz") or self.input_shape[2])
         if self.input_shape[1] not in (3, -1) or self.imgsz <= 0 or self.output_shape[2] not in (6, -1):
-            raise UserError(f"Model '{self.path}' has input {self.input_shape} / output {self.output_shape}",
-                            "Serve a model written by `kubedistill export`")
+            raise UserError(
+                f"Model '{self.path}' has input {self.input_shape} / output {self.output_shape}",
+                "Serve a model written by `kubedistill export`",
+            )
         self.stride = int(meta.get("stride") or 32)
         self.max_det = int(meta.get("max_det") or (self.output_shape[1] if self.output_shape[1] > 0 else 300))
         try:
             names = json.loads(meta.get("names", "[]"))
-            self.names = [str(n) for n in names] if isinstance(names, list) else [str(v) for _, v in sorted(names.items(), key=lambda kv: int(kv[0]))]
+            self.names = (
+                [str(n) for n in names]
+                if isinstance(names, list)
+                else [str(v) for _, v in sorted(names.items(), key=lambda kv: int(kv[0]))]
+            )
         except (ValueError, AttributeError, TypeError):
             self.names = []
         self.arch = meta.get("model", "")
@@ -131,11 +145,18 @@ class OnnxDetector:
     # -- metadata -------------------------------------------------------------------------
     def info(self) -> dict:
         return {
-            "path": str(self.path), "model": self.arch, "model_version": self.version, "source_sha256": self.sha256,
-            "names": list(self.names), "imgsz": self.imgsz, "stride": self.stride, "max_det": self.max_det,
+            "path": str(self.path),
+            "model": self.arch,
+            "model_version": self.version,
+            "source_sha256": self.sha256,
+            "names": list(self.names),
+            "imgsz": self.imgsz,
+            "stride": self.stride,
+            "max_det": self.max_det,
             "input": {"name": self.input_name, "datatype": self.input_datatype, "shape": self.input_shape},
             "output": {"name": self.output_name, "datatype": "FP32", "shape": self.output_shape},
-            "dynamic_batch": self.fixed_batch is None, "threads": self.threads,
+            "dynamic_batch": self.fixed_batch is None,
+            "threads": self.threads,
             "kubedistill_version": self.metadata.get("kubedistill_version", ""),
         }
 
@@ -158,14 +179,21 @@ class OnnxDetector:
         out = self.session.run([self.output_name], {self.input_name: x})[0]
         return np.asarray(out, dtype=np.float32)
 
-    def postprocess(self, raw: np.ndarray, prep: Prepared, conf: float = 0.25, max_det: int | None = None) -> Detections:
+    def postprocess(
+        self, raw: np.ndarray, prep: Prepared, conf: float = 0.25, max_det: int | None = None
+    ) -> Detections:
         """One image's raw [K, 6] -> detections with score > conf (at most max_det, best first) in original pixels."""
         d = raw[raw[:, 4] > conf]
         if max_det is not None:
             d = d[: max(0, int(max_det))]
         boxes = scale_boxes_to_original(d[:, :4].copy(), prep.ratio, prep.pad, prep.shape)
-        return Detections(boxes=boxes, scores=d[:, 4].copy(), classes=d[:, 5].astype(np.int64),
-                          width=prep.shape[1], height=prep.shape[0])
+        return Detections(
+            boxes=boxes,
+            scores=d[:, 4].copy(),
+            classes=d[:, 5].astype(np.int64),
+            width=prep.shape[1],
+            height=prep.shape[0],
+        )
 
     def detect(self, images: list[np.ndarray], conf: float = 0.25, max_det: int | None = None) -> list[Detections]:
         """RGB uint8 images -> detections in each image's pixels (what `kubedistill predict` returns)."""

@@ -21,8 +21,6 @@ def demo_image_bytes(imgsz: int) -> bytes:
     `np.random.default_rng(24)`, 320 px, min_size=32, max_objects=6 (tests/integration/test_serve.py redraws
     it), scaled with the letterbox resize. A file rather than a drawing: the server carries no OpenCV."""
 
-
-
     data = files("kubedistill.serve").joinpath("demo.jpg").read_bytes()
     size = max(32, int(imgsz))
     if size == DEMO_SIZE:

@@ -21,7 +21,7 @@ import base64
 import binascii
 import json
 import math
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
@@ -55,7 +55,7 @@ class ServerMetadataResponse(BaseModel):
 
 class ModelMetadataResponse(BaseModel):
     name: str
-    versions: Optional[list[str]] = None
+    versions: list[str] | None = None
     platform: str
     inputs: list[MetadataTensor]
     outputs: list[MetadataTensor]
@@ -66,22 +66,22 @@ class RequestInput(BaseModel):
     name: StrictStr
     shape: list[StrictInt]
     datatype: StrictStr
-    parameters: Optional[dict[str, Any]] = None
+    parameters: dict[str, Any] | None = None
     data: Any
 
 
 class RequestOutput(BaseModel):
     model_config = ConfigDict(extra="ignore")
     name: StrictStr
-    parameters: Optional[dict[str, Any]] = None
+    parameters: dict[str, Any] | None = None
 
 
 class InferenceRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    id: Optional[StrictStr] = None
-    parameters: Optional[dict[str, Any]] = None
+    id: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
     inputs: list[RequestInput]
-    outputs: Optional[list[RequestOutput]] = None
+    outputs: list[RequestOutput] | None = None
 
 
 def _validation_message(e: ValidationError, limit: int = 3) -> str:
@@ -115,7 +115,9 @@ def parse_infer_request(body: bytes) -> InferenceRequest:
         raise ServeError(400, f"invalid inference request: {_validation_message(e)}") from None
 
 
-def input_tensor(req: InferenceRequest, name: str, datatypes: tuple[str, ...], shape: list[int], max_batch: int) -> np.ndarray:
+def input_tensor(
+    req: InferenceRequest, name: str, datatypes: tuple[str, ...], shape: list[int], max_batch: int
+) -> np.ndarray:
     """The model's one input from a v2 request, checked against its metadata; float32 [B, 3, S, S].
 
     `shape` is the model's input shape with -1 for variable dimensions (the batch, usually).
@@ -126,7 +128,9 @@ def input_tensor(req: InferenceRequest, name: str, datatypes: tuple[str, ...], s
     if inp.name != name:
         raise ServeError(400, f"unknown input '{inp.name[:100]}'; the model's input is '{name}'")
     if inp.datatype not in datatypes:
-        raise ServeError(400, f"input '{name}' has datatype '{inp.datatype[:20]}'; the model takes {' or '.join(datatypes)}")
+        raise ServeError(
+            400, f"input '{name}' has datatype '{inp.datatype[:20]}'; the model takes {' or '.join(datatypes)}"
+        )
     got = list(inp.shape)
     want = "[" + ", ".join("B" if i == 0 and d < 0 else ("?" if d < 0 else str(d)) for i, d in enumerate(shape)) + "]"
     if len(got) != len(shape) or any(d < 0 for d in got):
@@ -149,7 +153,9 @@ def input_tensor(req: InferenceRequest, name: str, datatypes: tuple[str, ...], s
     try:
         arr = np.asarray(inp.data, dtype=np.float32)
     except (ValueError, TypeError, OverflowError, RecursionError):
-        raise ServeError(400, f"input '{name}' data must be a (flat or nested) array of numbers with shape {got}") from None
+        raise ServeError(
+            400, f"input '{name}' data must be a (flat or nested) array of numbers with shape {got}"
+        ) from None
     if arr.size != n:
         raise ServeError(400, f"input '{name}' data has {arr.size} values; shape {got} needs {n}")
     if not np.isfinite(arr).all():

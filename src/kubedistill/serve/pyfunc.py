@@ -25,12 +25,17 @@ try:  # the class must subclass PythonModel to be logged; importing this module 
 except ImportError:  # pragma: no cover - mlflow is installed wherever a pyfunc is logged or loaded
     PythonModel = object
 
+
 def pyfunc_signature():
     """Inputs are free-form (arrays, paths, bytes); the params `conf` and `max_det` are declared so MLflow passes them."""
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec
 
-    return ModelSignature(inputs=None, outputs=None, params=ParamSchema([ParamSpec("conf", "float", 0.25), ParamSpec("max_det", "long", 300)]))
+    return ModelSignature(
+        inputs=None,
+        outputs=None,
+        params=ParamSchema([ParamSpec("conf", "float", 0.25), ParamSpec("max_det", "long", 300)]),
+    )
 
 
 COLUMNS = ["image", "class_id", "class_name", "score", "x1", "y1", "x2", "y2"]
@@ -80,8 +85,11 @@ class OnnxDetectorModel(PythonModel):
 
         params = params or {}
         images = to_images(model_input)
-        dets = self.detector.detect(images, conf=float(params.get("conf", 0.25)),
-                                    max_det=int(params["max_det"]) if params.get("max_det") else None)
+        dets = self.detector.detect(
+            images,
+            conf=float(params.get("conf", 0.25)),
+            max_det=int(params["max_det"]) if params.get("max_det") else None,
+        )
         names = self.detector.names
         rows = []
         for i, d in enumerate(dets):

@@ -31,7 +31,6 @@ def resolve_model_uri(uri: str | Path) -> Path:
         if scheme == "s3":
             text = str(_fetch_s3_model(text))
         elif scheme == "models":
-
             text = str(fetch_model(text, kind="onnx"))
         else:
             raise UserError(f"--model '{text}': {scheme}:// URIs are not supported", "Pass a local .onnx file")
@@ -45,7 +44,11 @@ def resolve_model_uri(uri: str | Path) -> Path:
             raise UserError(f"Model folder '{path}' holds {what}", "Pass the .onnx file itself")
         path = found[0]
     if path.suffix.lower() != ".onnx":
-        hint = " (a torch checkpoint: export it first with `kubedistill export --weights " + str(path) + "`)" if path.suffix == ".pt" else ""
+        hint = (
+            " (a torch checkpoint: export it first with `kubedistill export --weights " + str(path) + "`)"
+            if path.suffix == ".pt"
+            else ""
+        )
         raise UserError(f"Model '{path}' is not an .onnx file{hint}", "Pass the exported .onnx file")
     if path.stat().st_size == 0:
         raise UserError(f"Model '{path}' is an empty file", "Export it again")

@@ -14,7 +14,15 @@ from kubedistill.data.images import ImageReadError, pil_to_rgb
 from kubedistill.serve.protocol import ServeError
 
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF", "TIFF", "MPO", "PPM")  # Pillow names; nothing that shells out
-IMAGE_MEDIA = ("image/jpeg", "image/png", "image/bmp", "image/webp", "image/gif", "image/tiff", "application/octet-stream")
+IMAGE_MEDIA = (
+    "image/jpeg",
+    "image/png",
+    "image/bmp",
+    "image/webp",
+    "image/gif",
+    "image/tiff",
+    "application/octet-stream",
+)
 
 
 def media_type(request: Request) -> str:
@@ -47,7 +55,6 @@ async def read_body(request: Request, limit: int) -> bytes:
 def decode_upload(data: bytes, label: str, max_pixels: int) -> np.ndarray:
     """Encoded image bytes -> RGB uint8, with the size checked from the header before decoding."""
 
-
     if not data:
         raise ServeError(400, f"{label} is empty")
     try:
@@ -55,7 +62,9 @@ def decode_upload(data: bytes, label: str, max_pixels: int) -> np.ndarray:
     except Image.DecompressionBombError:
         raise ServeError(413, f"{label} has too many pixels") from None
     except Exception:
-        raise ServeError(400, f"{label} is not an image in a supported format ({', '.join(available_formats())})") from None
+        raise ServeError(
+            400, f"{label} is not an image in a supported format ({', '.join(available_formats())})"
+        ) from None
     with im:
         w, h = im.size
         if w < 1 or h < 1:

@@ -52,15 +52,25 @@ class MlflowCallback:
             **{str(k): str(v) for k, v in cfg.mlflow_tags.items()},
         }
         tags = {k: v for k, v in tags.items() if v}
-        self.logger = RunLogger(trainer.save_dir, uri, experiment=cfg.mlflow_experiment, artifact_location=artifacts,
-                                run_name=trainer.save_dir.name, run_id=(previous or {}).get("run_id"), tags=tags, log=LOGGER.info)
+        self.logger = RunLogger(
+            trainer.save_dir,
+            uri,
+            experiment=cfg.mlflow_experiment,
+            artifact_location=artifacts,
+            run_name=trainer.save_dir.name,
+            run_id=(previous or {}).get("run_id"),
+            tags=tags,
+            log=LOGGER.info,
+        )
         if previous and previous.get("run_id"):
             self.logger.set_tags({"resumed": "true"})
         else:
             self.logger.log_params(flatten(cfg.model_dump()))
         source = str(cfg.mlflow_tags.get("data_source") or Path(cfg.data).expanduser().resolve())
         self.logger.log_dataset(Path(trainer.spec.yaml_path).parent.name or "dataset", digest, source)
-        LOGGER.info(f"MLflow: tracking to {uri} (experiment {cfg.mlflow_experiment or os.environ.get('MLFLOW_EXPERIMENT_NAME') or 'kubedistill'})")
+        LOGGER.info(
+            f"MLflow: tracking to {uri} (experiment {cfg.mlflow_experiment or os.environ.get('MLFLOW_EXPERIMENT_NAME') or 'kubedistill'})"
+        )
 
     def on_fit_epoch_end(self, trainer) -> None:
         if self.logger is None:
@@ -88,7 +98,9 @@ class MlflowCallback:
                 onnx = export_onnx(best_pt, trainer.wdir / "best.onnx", imgsz=trainer.cfg.imgsz)
                 self.logger.log_artifact(onnx["path"], "weights")
             except Exception as e:  # the run's results stay logged; the model can be exported later
-                LOGGER.warning(f"MLflow: ONNX export of {best_pt} failed ({e.__class__.__name__}: {str(e)[:200]}); not logged")
+                LOGGER.warning(
+                    f"MLflow: ONNX export of {best_pt} failed ({e.__class__.__name__}: {str(e)[:200]}); not logged"
+                )
 
     def on_train_end(self, trainer) -> None:
         if self.logger is None:
@@ -105,4 +117,3 @@ class MlflowCallback:
 def _version() -> str:
 
     return __version__
-

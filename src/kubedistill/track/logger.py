@@ -16,8 +16,9 @@ import queue
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kubedistill.core.atomic import atomic_write_text
 from kubedistill.track.settings import client, experiment_id, explain, resolve_uri
@@ -38,9 +39,22 @@ def read_run_file(run_dir: str | Path) -> dict | None:
 class RunLogger:
     """Asynchronous, retrying logger for one MLflow run. See the module docstring."""
 
-    def __init__(self, run_dir: str | Path, uri: str, *, experiment: str = "", artifact_location: str | None = None, run_name: str = "",
-                 run_id: str | None = None, tags: dict[str, str] | None = None, retries: int = 4, backoff: float = 1.0,
-                 probe_s: float = 30.0, log: Callable[[str], None] = print, background: bool = True):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        uri: str,
+        *,
+        experiment: str = "",
+        artifact_location: str | None = None,
+        run_name: str = "",
+        run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        retries: int = 4,
+        backoff: float = 1.0,
+        probe_s: float = 30.0,
+        log: Callable[[str], None] = print,
+        background: bool = True,
+    ):
         self.run_dir = Path(run_dir)
         self.uri = uri
         self.retries, self.backoff, self.probe_s = retries, backoff, probe_s
@@ -59,9 +73,19 @@ class RunLogger:
             return
         if run_id is None:
             # the URI is on disk from the start, so `kubedistill mlflow sync` knows where to send a spool
-            atomic_write_text(self.run_dir / RUN_FILE, json.dumps({"run_id": None, "experiment_id": None, "tracking_uri": uri}, indent=2))
-            self._put({"op": "create_run", "experiment": experiment, "artifact_location": artifact_location, "run_name": run_name,
-                       "tags": tags or {}})
+            atomic_write_text(
+                self.run_dir / RUN_FILE,
+                json.dumps({"run_id": None, "experiment_id": None, "tracking_uri": uri}, indent=2),
+            )
+            self._put(
+                {
+                    "op": "create_run",
+                    "experiment": experiment,
+                    "artifact_location": artifact_location,
+                    "run_name": run_name,
+                    "tags": tags or {},
+                }
+            )
         self._thread = threading.Thread(target=self._worker, name="mlflow-logger", daemon=True)
         self._thread.start()
 
@@ -104,8 +128,10 @@ class RunLogger:
                 self._spool(op)
         pending = self.pending()
         if pending:
-            self.log(f"MLflow: {pending} record(s) could not be sent and are kept in {self.run_dir / SPOOL}; "
-                     f"send them later with `kubedistill mlflow sync {self.run_dir}`")
+            self.log(
+                f"MLflow: {pending} record(s) could not be sent and are kept in {self.run_dir / SPOOL}; "
+                f"send them later with `kubedistill mlflow sync {self.run_dir}`"
+            )
         return pending
 
     def pending(self) -> int:
@@ -155,8 +181,10 @@ class RunLogger:
         if self.offline_since is None:
             self.offline_since = time.monotonic()
         if not self._said_offline:
-            self.log(f"MLflow: logging failed after {tries} tries ({explain(last, self.uri)}); training goes on, "
-                     f"records are kept in {self.run_dir / SPOOL}")
+            self.log(
+                f"MLflow: logging failed after {tries} tries ({explain(last, self.uri)}); training goes on, "
+                f"records are kept in {self.run_dir / SPOOL}"
+            )
             self._said_offline = True
         return False
 
@@ -185,8 +213,12 @@ class RunLogger:
             exp = experiment_id(self.client, op.get("experiment", ""), op.get("artifact_location"))
             run = self.client.create_run(exp, run_name=op.get("run_name") or None, tags=op.get("tags") or None)
             self.run_id = run.info.run_id
-            atomic_write_text(self.run_dir / RUN_FILE, json.dumps({
-                "run_id": self.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": self.uri}, indent=2))
+            atomic_write_text(
+                self.run_dir / RUN_FILE,
+                json.dumps(
+                    {"run_id": self.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": self.uri}, indent=2
+                ),
+            )
             return
         if self.run_id is None:
             raise RuntimeError("the MLflow run is not created yet")
@@ -253,7 +285,6 @@ def sync(run_dir: str | Path, uri: str | None = None, log: Callable[[str], None]
     info = read_run_file(run_dir) or {}
     args_uri = uri or info.get("tracking_uri")
     if not args_uri:
-
         args_uri = resolve_uri("", run_dir.parent)[0]
     logger = RunLogger(run_dir, args_uri, run_id=info.get("run_id"), retries=3, probe_s=0.0, log=log, background=False)
     ok = logger._replay()

@@ -35,20 +35,28 @@ def mlflow_error(e: Exception, what: str, uri: str) -> UserError:
     code = getattr(e, "error_code", "")
     text = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300]
     if code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or "not found" in text.lower():
-        return UserError(f"{what}: not found in the registry at {uri} ({text})", "Check the model name, version or alias")
+        return UserError(
+            f"{what}: not found in the registry at {uri} ({text})", "Check the model name, version or alias"
+        )
     if code in ("PERMISSION_DENIED", "UNAUTHENTICATED") or "401" in text or "403" in text:
-        return UserError(f"{what}: the MLflow server at {uri} refused the credentials ({text})",
-                         "Set MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD")
-    return UserError(f"{what}: MLflow at {uri} failed ({e.__class__.__name__}: {text})",
-                     "Check MLFLOW_TRACKING_URI and that the server is up")
+        return UserError(
+            f"{what}: the MLflow server at {uri} refused the credentials ({text})",
+            "Set MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD",
+        )
+    return UserError(
+        f"{what}: MLflow at {uri} failed ({e.__class__.__name__}: {text})",
+        "Check MLFLOW_TRACKING_URI and that the server is up",
+    )
 
 
 def existing_uri(tracking_uri: str = "") -> str:
     """The tracking URI for reading the registry; a local sqlite store that does not exist is an error
     (rather than an empty registry created on the spot)."""
     uri = resolve_uri(tracking_uri)[0]
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise UserError(f"No MLflow registry at {uri}", "Set MLFLOW_TRACKING_URI (or --tracking-uri) to your MLflow server")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise UserError(
+            f"No MLflow registry at {uri}", "Set MLFLOW_TRACKING_URI (or --tracking-uri) to your MLflow server"
+        )
     return uri
 
 
@@ -58,8 +66,14 @@ def version_info(name: str, version: str, *, tracking_uri: str = "") -> dict:
         mv = client(uri).get_model_version(name, str(version))
     except Exception as e:
         raise mlflow_error(e, f"models:/{name}/{version}", uri) from None
-    return {"name": name, "version": str(mv.version), "run_id": mv.run_id, "source": mv.source, "tags": dict(mv.tags),
-            "aliases": list(mv.aliases)}
+    return {
+        "name": name,
+        "version": str(mv.version),
+        "run_id": mv.run_id,
+        "source": mv.source,
+        "tags": dict(mv.tags),
+        "aliases": list(mv.aliases),
+    }
 
 
 def resolve_version(uri_or_name: str, *, tracking_uri: str = "") -> tuple[str, str]:
@@ -98,7 +112,11 @@ def fetch_model(uri: str, dest: str | Path | None = None, *, kind: str = "pt", t
     name, version = resolve_version(uri, tracking_uri=tracking_uri)
     turi = existing_uri(tracking_uri)
     # keyed by server too: the same name and version on two tracking servers are different models
-    dest = Path(dest if dest is not None else cache_dir("models")) / hashlib.sha256(turi.encode()).hexdigest()[:12] / f"{name}-v{version}"
+    dest = (
+        Path(dest if dest is not None else cache_dir("models"))
+        / hashlib.sha256(turi.encode()).hexdigest()[:12]
+        / f"{name}-v{version}"
+    )
     found = sorted(dest.rglob(f"*.{kind}")) if dest.exists() else []
     if not found:
         dest.parent.mkdir(parents=True, exist_ok=True)

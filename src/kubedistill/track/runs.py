@@ -18,8 +18,14 @@ def run_info(save_dir: str | Path) -> dict | None:
     return info if info and info.get("run_id") else None
 
 
-def start_parent_run(name: str, *, experiment: str | None = None, tags: dict | None = None, tracking_uri: str = "",
-                     project: str | Path = "runs") -> str:
+def start_parent_run(
+    name: str,
+    *,
+    experiment: str | None = None,
+    tags: dict | None = None,
+    tracking_uri: str = "",
+    project: str | Path = "runs",
+) -> str:
     """Create a run (e.g. one per pipeline run) and return its id; it stays RUNNING until `end_run`."""
     uri, artifacts = resolve_uri(tracking_uri, project)
     cl = client(uri)
@@ -33,12 +39,19 @@ def end_run(run_id: str, status: str = "FINISHED", *, tracking_uri: str = "", pr
     client(resolve_uri(tracking_uri, project)[0]).set_terminated(run_id, status)
 
 
-def log_child_run(parent_run_id: str, name: str, *, params: dict | None = None, metrics: dict | None = None,
-                  artifacts: list[str | Path] = (), tags: dict | None = None, tracking_uri: str = "",
-                  project: str | Path = "runs") -> str:
+def log_child_run(
+    parent_run_id: str,
+    name: str,
+    *,
+    params: dict | None = None,
+    metrics: dict | None = None,
+    artifacts: list[str | Path] = (),
+    tags: dict | None = None,
+    tracking_uri: str = "",
+    project: str | Path = "runs",
+) -> str:
     """A finished child run of `parent_run_id` holding params, metrics (numbers only) and artifacts."""
     from mlflow.entities import Metric, Param
-
 
     uri = resolve_uri(tracking_uri, project)[0]
     cl = client(uri)
@@ -47,8 +60,12 @@ def log_child_run(parent_run_id: str, name: str, *, params: dict | None = None, 
     run = cl.create_run(parent.info.experiment_id, run_name=name, tags=all_tags)
     rid = run.info.run_id
     flat = flatten(metrics or {})
-    cl.log_batch(rid, metrics=[Metric(k, float(v), 0, 0) for k, v in flat.items() if is_number(v)],
-                 params=[Param(k, param_text(v)) for k, v in flatten(params or {}).items()], tags=[])
+    cl.log_batch(
+        rid,
+        metrics=[Metric(k, float(v), 0, 0) for k, v in flat.items() if is_number(v)],
+        params=[Param(k, param_text(v)) for k, v in flatten(params or {}).items()],
+        tags=[],
+    )
     rest = {k: v for k, v in flat.items() if not is_number(v)}
     if rest:
         cl.log_text(rid, json.dumps(rest, indent=2, default=str), "non_numeric_metrics.json")

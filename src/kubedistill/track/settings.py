@@ -20,7 +20,11 @@ DEFAULT_EXPERIMENT = "kubedistill"
 
 # MLflow's own HTTP client retries 7 times with a factor-2 backoff and a 120 s timeout: minutes per call
 # against a dead server. Our logger retries on its own (track/logger.py), so calls should fail fast.
-_FAST_FAIL = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+_FAST_FAIL = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 
 
 def import_mlflow():
@@ -54,10 +58,10 @@ def resolve_uri(uri: str = "", project: str | Path = "runs") -> tuple[str, str |
     if uri:
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
             # relative sqlite paths resolve against the cwd of whoever opens them: make it absolute once
-            uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).expanduser().resolve())
+            uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).expanduser().resolve())
         artifacts = None
         if uri.startswith("sqlite:"):
-            artifacts = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+            artifacts = (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
         return uri, artifacts
     return local_store(project)
 
@@ -65,7 +69,7 @@ def resolve_uri(uri: str = "", project: str | Path = "runs") -> tuple[str, str |
 def client(uri: str):
     mlflow = import_mlflow()
     if uri.startswith("sqlite:///"):  # the folder of a new local store (readers check the file exists first)
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -98,7 +102,9 @@ def experiment_id(cl, name: str = "", artifact_location: str | None = None) -> s
     exp = cl.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
-            raise UserError(f"MLflow experiment '{name}' is deleted", "Restore it in the MLflow UI or use another mlflow_experiment")
+            raise UserError(
+                f"MLflow experiment '{name}' is deleted", "Restore it in the MLflow UI or use another mlflow_experiment"
+            )
         return exp.experiment_id
     from mlflow.exceptions import MlflowException
 

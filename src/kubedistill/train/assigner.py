@@ -34,8 +34,15 @@ def anchors_in_boxes(anchor_points: torch.Tensor, gt_bboxes: torch.Tensor, eps: 
 
 
 class TaskAlignedAssigner(nn.Module):
-    def __init__(self, num_classes: int, topk: int = 10, alpha: float = 0.5, beta: float = 6.0,
-                 stal_size: float | None = 16.0, eps: float = 1e-9):
+    def __init__(
+        self,
+        num_classes: int,
+        topk: int = 10,
+        alpha: float = 0.5,
+        beta: float = 6.0,
+        stal_size: float | None = 16.0,
+        eps: float = 1e-9,
+    ):
         super().__init__()
         self.nc = num_classes
         self.topk = topk

@@ -38,7 +38,8 @@ class FeatureProjector(nn.Module):
     def __init__(self, student_ch: tuple[int, ...], teacher_ch: tuple[int, ...]):
         super().__init__()
         self.levels = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(s, t, 1), nn.ReLU(inplace=True), nn.Conv2d(t, t, 1)) for s, t in zip(student_ch, teacher_ch)
+            nn.Sequential(nn.Conv2d(s, t, 1), nn.ReLU(inplace=True), nn.Conv2d(t, t, 1))
+            for s, t in zip(student_ch, teacher_ch)
         )
 
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -56,7 +57,9 @@ def anchor_weights(teacher_out: dict, shapes: list[tuple[int, int]]) -> list[tor
     return out
 
 
-def score_weighted_l2(student: list[torch.Tensor], teacher: list[torch.Tensor], weights: list[torch.Tensor]) -> torch.Tensor:
+def score_weighted_l2(
+    student: list[torch.Tensor], teacher: list[torch.Tensor], weights: list[torch.Tensor]
+) -> torch.Tensor:
     """Sum over levels of sum(w * (s - t)^2) / (sum(w) * channels + 1e-9); inputs already projected."""
     total = student[0].new_zeros(())
     for s, t, w in zip(student, teacher, weights):
@@ -120,8 +123,16 @@ class Teacher:
             )
 
 
-def distill_loss(teacher: DetectionModel, projected: list[torch.Tensor], img: torch.Tensor, preds: dict | None = None, *,
-                 gain: float, o2o_gain: float = 0.0, temp: float = 2.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def distill_loss(
+    teacher: DetectionModel,
+    projected: list[torch.Tensor],
+    img: torch.Tensor,
+    preds: dict | None = None,
+    *,
+    gain: float,
+    o2o_gain: float = 0.0,
+    temp: float = 2.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Distillation loss per image (gains applied; the scale of the per-image detection loss) and its parts.
 
     `projected`: the student's neck features of this batch, through the projector. `preds`: the student's

@@ -19,8 +19,9 @@ The suggestion (`suggest_lr`) is the lr of steepest descent of the smoothed loss
 minimum of the smoothed loss (past the minimum lies the diverging tail). The lr at the minimum and
 minimum / 10 are reported too.
 
-The model, data loader, objective (distillation terms count) and optimizer come from `Trainer.setup()`, so they match what `kubedistill train` would use with the same
-options. The trainer's own run folder goes to a temporary directory that is deleted afterwards.
+The model, data loader, objective (distillation terms count) and optimizer come from `Trainer.setup()`, so they
+match what `kubedistill train` would use with the same options. The trainer's own run folder goes to a temporary
+directory that is deleted afterwards.
 """
 
 from __future__ import annotations
@@ -174,7 +175,9 @@ def suggest_lr(lrs, smoothed, skip_start: float = SKIP_START) -> LRSuggestion:
 # outputs
 
 
-def plot_lr_find(path: str | os.PathLike[str], lrs, losses, smoothed, suggestion: LRSuggestion, title: str = "") -> Path:
+def plot_lr_find(
+    path: str | os.PathLike[str], lrs, losses, smoothed, suggestion: LRSuggestion, title: str = ""
+) -> Path:
     """Loss against lr (log x): raw loss faint, smoothed loss bold, markers at the suggestion and the minimum.
 
     Written atomically (`kubedistill.core.atomic.atomic_path`) with matplotlib's Agg canvas (no pyplot state).
@@ -195,12 +198,19 @@ def plot_lr_find(path: str | os.PathLike[str], lrs, losses, smoothed, suggestion
     if hi > lo:
         ax.axvspan(lrs[lo], lrs[hi], color="tab:green", alpha=0.08, label="search window")
     if suggestion.index is not None:
-        ax.plot([suggestion.lr], [sm[suggestion.index]], "o", color="tab:red", ms=9,
-                label=f"steepest: {suggestion.lr:.3g}")
+        ax.plot(
+            [suggestion.lr], [sm[suggestion.index]], "o", color="tab:red", ms=9, label=f"steepest: {suggestion.lr:.3g}"
+        )
     else:
         ax.axvline(suggestion.lr, color="tab:red", ls="--", label=f"suggestion: {suggestion.lr:.3g}")
-    ax.plot([suggestion.min_lr], [sm[suggestion.min_index]], "v", color="tab:orange", ms=8,
-            label=f"min: {suggestion.min_lr:.3g} (/10: {suggestion.min_lr_div10:.3g})")
+    ax.plot(
+        [suggestion.min_lr],
+        [sm[suggestion.min_index]],
+        "v",
+        color="tab:orange",
+        ms=8,
+        label=f"min: {suggestion.min_lr:.3g} (/10: {suggestion.min_lr_div10:.3g})",
+    )
     ax.set_xscale("log")
     finite = sm[np.isfinite(sm)]
     if finite.size:  # keep the diverged tail from squashing the interesting part
@@ -291,8 +301,10 @@ def _sweep(trainer, lrs_plan: np.ndarray, smooth: float, diverge: float, verbose
                 scaler.scale(loss).backward()
                 step_loss += value / trainer.accumulate
             if i > 0 and step_loss <= COLLAPSE * best:
-                curve.stop_reason = (f"loss collapsed at step {i} (lr {lr:.3g}): {step_loss:.3g} <= {COLLAPSE:g} x best "
-                                     f"{best:.4g} (the model predicts no objects, so no anchors are assigned)")
+                curve.stop_reason = (
+                    f"loss collapsed at step {i} (lr {lr:.3g}): {step_loss:.3g} <= {COLLAPSE:g} x best "
+                    f"{best:.4g} (the model predicts no objects, so no anchors are assigned)"
+                )
                 return curve
             grad_norm = clipped_step(optimizer, scaler)
             avg = beta * avg + smooth * step_loss
@@ -303,7 +315,9 @@ def _sweep(trainer, lrs_plan: np.ndarray, smooth: float, diverge: float, verbose
             curve.grad_norms.append(float(grad_norm))
             bar.update(1, lr=lr, loss=step_loss, smoothed=sm)
             if i > 0 and sm > diverge * best:
-                curve.stop_reason = f"diverged at step {i} (lr {lr:.3g}): smoothed loss {sm:.4g} > {diverge:g} x best {best:.4g}"
+                curve.stop_reason = (
+                    f"diverged at step {i} (lr {lr:.3g}): smoothed loss {sm:.4g} > {diverge:g} x best {best:.4g}"
+                )
                 return curve
             best = min(best, sm)
     except KeyboardInterrupt:
@@ -337,7 +351,9 @@ def find_lr(
 
     check_sweep(start_lr, end_lr, steps, smooth, diverge)
     if cfg.resume:
-        raise ConfigError("resume= does not apply to the lr finder", "Start from a checkpoint's weights with model=path/to/last.pt")
+        raise ConfigError(
+            "resume= does not apply to the lr finder", "Start from a checkpoint's weights with model=path/to/last.pt"
+        )
     if du.world()[2] > 1:
         raise ConfigError("The lr finder runs in one process", "Run `kubedistill tune lr` without torchrun")
     setup_logging()
@@ -350,8 +366,10 @@ def find_lr(
         try:
             trainer.setup()  # the objective starts at epoch 0's ProgLoss weights, as training does
             info = trainer.optim_info
-            LOGGER.info(f"lr finder: {info['optimizer']} (momentum {info['momentum']}), lr {start_lr:g} -> {end_lr:g} over "
-                        f"{steps} steps of {trainer.accumulate} x {trainer.batch} images, {len(trainer.train_set)} training images")
+            LOGGER.info(
+                f"lr finder: {info['optimizer']} (momentum {info['momentum']}), lr {start_lr:g} -> {end_lr:g} over "
+                f"{steps} steps of {trainer.accumulate} x {trainer.batch} images, {len(trainer.train_set)} training images"
+            )
             curve = _sweep(trainer, exp_lrs(start_lr, end_lr, steps), smooth, diverge, cfg.verbose)
         finally:
             if trainer.objective is not None:  # as Trainer.train(): release the distillation hook
@@ -392,9 +410,16 @@ def find_lr(
         "train_args": {k: v for k, v in cfg.model_dump().items() if k not in _RUN_KEYS},
     }
     result = LRFindResult(
-        lrs=curve.lrs, losses=curve.losses, smoothed=curve.smoothed, grad_norms=curve.grad_norms, suggestion=suggestion,
-        stopped_early=curve.stop_reason is not None, stop_reason=curve.stop_reason, settings=settings,
-        train_command=train_command(cfg, info["optimizer"], suggestion.lr), elapsed_s=time.perf_counter() - t_start,
+        lrs=curve.lrs,
+        losses=curve.losses,
+        smoothed=curve.smoothed,
+        grad_norms=curve.grad_norms,
+        suggestion=suggestion,
+        stopped_early=curve.stop_reason is not None,
+        stop_reason=curve.stop_reason,
+        settings=settings,
+        train_command=train_command(cfg, info["optimizer"], suggestion.lr),
+        elapsed_s=time.perf_counter() - t_start,
     )
     out_dir = Path(out) if out is not None else increment_path(Path(cfg.project) / "lr_find", cfg.exist_ok)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ Beside the loss, an objective owns what it trains besides the model (`extra_modu
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -82,8 +82,16 @@ class DistillObjective:
     its forward, so the student's forward is unchanged; `close()` removes the hook.
     """
 
-    def __init__(self, base: DetectionObjective, teacher: Teacher, projector: FeatureProjector, *, gain: float,
-                 o2o_gain: float = 0.0, temp: float = 2.0):
+    def __init__(
+        self,
+        base: DetectionObjective,
+        teacher: Teacher,
+        projector: FeatureProjector,
+        *,
+        gain: float,
+        o2o_gain: float = 0.0,
+        temp: float = 2.0,
+    ):
         self.base = base
         self.teacher = teacher
         self.projector = projector
@@ -111,8 +119,15 @@ class DistillObjective:
 
     def distill_loss(self, img: torch.Tensor, preds: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The distillation term per image for the student forward just run on `img` (`preds`: its output)."""
-        return distill_loss(self.teacher.model, self.projector(self._student_feats), img, preds,
-                            gain=self.gain, o2o_gain=self.o2o_gain, temp=self.temp)
+        return distill_loss(
+            self.teacher.model,
+            self.projector(self._student_feats),
+            img,
+            preds,
+            gain=self.gain,
+            o2o_gain=self.o2o_gain,
+            temp=self.temp,
+        )
 
     def extra_modules(self) -> list[nn.Module]:
         return [*self.base.extra_modules(), self.projector]
@@ -123,9 +138,14 @@ class DistillObjective:
 
     def state_dict(self) -> dict:
         proj = unwrap(self.projector)
-        return {**self.base.state_dict(), "distill": {
-            "teacher_path": self.teacher.path, "teacher_sha256": self.teacher.sha256,
-            "projector": {k: v.detach().cpu() for k, v in proj.state_dict().items()}}}
+        return {
+            **self.base.state_dict(),
+            "distill": {
+                "teacher_path": self.teacher.path,
+                "teacher_sha256": self.teacher.sha256,
+                "projector": {k: v.detach().cpu() for k, v in proj.state_dict().items()},
+            },
+        }
 
     def load_state_dict(self, ckpt: dict) -> None:
         self.base.load_state_dict(ckpt)

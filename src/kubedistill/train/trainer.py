@@ -27,8 +27,9 @@ import os
 import random
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,7 +60,14 @@ from kubedistill.train.optim import build_optimizer, clipped_step
 from kubedistill.train.schedule import LRSchedule
 
 # on_train_end always runs last, also after a failure or an interrupt (trainer.error holds the exception, else None)
-CALLBACK_EVENTS = ("on_train_start", "on_train_epoch_end", "on_fit_epoch_end", "on_model_save", "on_fit_end", "on_train_end")
+CALLBACK_EVENTS = (
+    "on_train_start",
+    "on_train_epoch_end",
+    "on_fit_epoch_end",
+    "on_model_save",
+    "on_fit_end",
+    "on_train_end",
+)
 MAX_NONFINITE = 10
 
 
@@ -90,8 +98,13 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, callbacks: dict[str, list[Callable]] | None = None, *,
-                 fetch: Callable[[str, TrainConfig], str] | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        callbacks: dict[str, list[Callable]] | None = None,
+        *,
+        fetch: Callable[[str, TrainConfig], str] | None = None,
+    ):
         self.cfg = cfg
         self.fetch = fetch
         self.callbacks: dict[str, list[Callable]] = defaultdict(list)
@@ -129,7 +142,10 @@ class Trainer:
             return None
         last = Path(cfg.resume) if isinstance(cfg.resume, str) else Path(cfg.project) / cfg.name / "weights" / "last.pt"
         if not last.is_file():
-            raise UserError(f"Nothing to resume: '{last}' does not exist", "Give resume=path/to/last.pt or the run's project= and name=")
+            raise UserError(
+                f"Nothing to resume: '{last}' does not exist",
+                "Give resume=path/to/last.pt or the run's project= and name=",
+            )
         ckpt = load_checkpoint(last)
         if "optimizer" not in ckpt:
             raise UserError(f"'{last}' holds no training state", "Resume from a last.pt, not a best.pt")
@@ -142,14 +158,19 @@ class Trainer:
         self.save_dir = last.parent.parent
         self.resumed = True
         if ckpt["epoch"] + 1 >= self.cfg.epochs:
-            raise UserError(f"Run in '{self.save_dir}' already finished all {self.cfg.epochs} epochs", "Start a new run instead of resume")
+            raise UserError(
+                f"Run in '{self.save_dir}' already finished all {self.cfg.epochs} epochs",
+                "Start a new run instead of resume",
+            )
         return ckpt
 
     def local_file(self, ref: str) -> str:
         """A checkpoint reference (path or models:/ URI) -> a local path."""
         if ref.startswith("models:/"):
             if self.fetch is None:
-                raise ConfigError(f"'{ref}' needs the MLflow registry", "Build the trainer with kubedistill.train.build_trainer")
+                raise ConfigError(
+                    f"'{ref}' needs the MLflow registry", "Build the trainer with kubedistill.train.build_trainer"
+                )
             return self.fetch(ref, self.cfg)
         return ref
 
@@ -172,7 +193,9 @@ class Trainer:
         ckpt = self._resolve_resume()
         cfg = self.cfg
         if cfg.data is None:
-            raise ConfigError("No dataset given", "Pass data=path/to/data.yaml (try `kubedistill data synth demo` for a demo set)")
+            raise ConfigError(
+                "No dataset given", "Pass data=path/to/data.yaml (try `kubedistill data synth demo` for a demo set)"
+            )
         self.device = du.select_device(cfg.device, self.local_rank)
         du.init_distributed(self.device, self.world_size)
         if ckpt is None:
@@ -203,7 +226,9 @@ class Trainer:
         self.val_set = DetectionDataset(self.val_samples, cfg.imgsz, augment=False, hyp=cfg, seed=cfg.seed)
         self.batch = max(cfg.batch // self.world_size, 1)
         self.train_loader = self._train_loader()
-        self.val_loader = build_dataloader(self.val_set, max(self.batch, 1) * 2, cfg.workers, shuffle=False, seed=cfg.seed)
+        self.val_loader = build_dataloader(
+            self.val_set, max(self.batch, 1) * 2, cfg.workers, shuffle=False, seed=cfg.seed
+        )
 
     def setup_model(self, ckpt: dict | None = None) -> None:
         """The network: from the resume state, from a checkpoint (`model=x.pt`, fine-tuning), or new (`model=yolo-n`)."""
@@ -232,8 +257,10 @@ class Trainer:
         teacher = self.local_file(cfg.distill_model) if cfg.distill_model else None
         self.objective = build_objective(self.model, cfg, self.device, teacher)
         if teacher and self.main:
-            LOGGER.info(f"distilling from teacher {cfg.distill_model} (yolo-{self.objective.teacher.model.scale}), dis={cfg.dis}"
-                        + (f", dis_o2o={cfg.dis_o2o} (dis_temp={cfg.dis_temp})" if cfg.dis_o2o > 0 else ""))
+            LOGGER.info(
+                f"distilling from teacher {cfg.distill_model} (yolo-{self.objective.teacher.model.scale}), dis={cfg.dis}"
+                + (f", dis_o2o={cfg.dis_o2o} (dis_temp={cfg.dis_temp})" if cfg.dis_o2o > 0 else "")
+            )
 
     def setup_optimizer(self) -> None:
         """Optimizer (model and the objective's extra modules), LR schedule, EMA and AMP scaler."""
@@ -241,16 +268,35 @@ class Trainer:
         self.nb = len(self.train_loader)
         self.accumulate = max(round(cfg.nbs / (self.batch * self.world_size)), 1)
         iterations = math.ceil(len(self.train_set) / max(cfg.batch, cfg.nbs)) * cfg.epochs
-        opt_root = nn.ModuleDict({"model": self.model, **{f"extra{i}": m for i, m in enumerate(self.objective.extra_modules())}})
+        opt_root = nn.ModuleDict(
+            {"model": self.model, **{f"extra{i}": m for i, m in enumerate(self.objective.extra_modules())}}
+        )
         self.optimizer, self.optim_info = build_optimizer(
-            opt_root, cfg.optimizer, cfg.lr0, cfg.momentum, cfg.weight_decay, iterations, self.model.nc, cfg.batch, cfg.nbs
+            opt_root,
+            cfg.optimizer,
+            cfg.lr0,
+            cfg.momentum,
+            cfg.weight_decay,
+            iterations,
+            self.model.nc,
+            cfg.batch,
+            cfg.nbs,
         )
         if self.main:
-            LOGGER.info(f"optimizer: {self.optim_info['optimizer']} lr0={self.optim_info['lr0']:.6g} "
-                        f"momentum={self.optim_info['momentum']} ({self.optim_info['reason']})")
+            LOGGER.info(
+                f"optimizer: {self.optim_info['optimizer']} lr0={self.optim_info['lr0']:.6g} "
+                f"momentum={self.optim_info['momentum']} ({self.optim_info['reason']})"
+            )
         self.schedule = LRSchedule(
-            self.optim_info["lr0"], cfg.lrf, cfg.epochs, self.nb, cfg.warmup_epochs, cfg.warmup_bias_lr,
-            cfg.warmup_momentum, self.optim_info["momentum"], cfg.cos_lr,
+            self.optim_info["lr0"],
+            cfg.lrf,
+            cfg.epochs,
+            self.nb,
+            cfg.warmup_epochs,
+            cfg.warmup_bias_lr,
+            cfg.warmup_momentum,
+            self.optim_info["momentum"],
+            cfg.cos_lr,
         )
         self.ema = ModelEMA(self.model)
         self.use_amp = cfg.amp and self.device.type == "cuda"
@@ -261,8 +307,14 @@ class Trainer:
 
     def _train_loader(self):
         return build_dataloader(
-            self.train_set, self.batch, self.cfg.workers, shuffle=True, seed=self.cfg.seed,
-            rank=self.rank, world_size=self.world_size, drop_last=len(self.train_set) >= 2 * self.batch * self.world_size,
+            self.train_set,
+            self.batch,
+            self.cfg.workers,
+            shuffle=True,
+            seed=self.cfg.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+            drop_last=len(self.train_set) >= 2 * self.batch * self.world_size,
         )
 
     def _load_resume_state(self, ckpt: dict) -> None:
@@ -313,8 +365,10 @@ class Trainer:
     def _fit(self) -> None:
         cfg = self.cfg
         if self.main:
-            LOGGER.info(f"training {cfg.model} on {len(self.train_set)} images ({len(self.val_samples)} val), "
-                        f"imgsz={cfg.imgsz} batch={cfg.batch} epochs={cfg.epochs} device={self.device} -> {self.save_dir}")
+            LOGGER.info(
+                f"training {cfg.model} on {len(self.train_set)} images ({len(self.val_samples)} val), "
+                f"imgsz={cfg.imgsz} batch={cfg.batch} epochs={cfg.epochs} device={self.device} -> {self.save_dir}"
+            )
         self.nonfinite = 0
         for epoch in range(self.start_epoch, cfg.epochs):
             self.epoch = epoch
@@ -339,8 +393,17 @@ class Trainer:
             final = epoch == cfg.epochs - 1
             metrics: dict[str, Any] = {}
             if self.main and (cfg.val or final):
-                val = validate(self.ema.ema, self.val_loader, self.val_samples, self.model_names, self.device,
-                               nms=cfg.nms, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det)
+                val = validate(
+                    self.ema.ema,
+                    self.val_loader,
+                    self.val_samples,
+                    self.model_names,
+                    self.device,
+                    nms=cfg.nms,
+                    conf=cfg.conf,
+                    iou=cfg.iou,
+                    max_det=cfg.max_det,
+                )
                 metrics = {**val.metrics.to_dict(), **val.speed}
             fitness = metrics.get("mAP50-95") if metrics else None
             self.metrics = {
@@ -364,7 +427,9 @@ class Trainer:
             if cfg.patience and self.best_epoch >= 0 and epoch - self.best_epoch >= cfg.patience:
                 self.stop = True
                 if self.main:
-                    LOGGER.info(f"early stop: no improvement for {cfg.patience} epochs (best epoch {self.best_epoch + 1})")
+                    LOGGER.info(
+                        f"early stop: no improvement for {cfg.patience} epochs (best epoch {self.best_epoch + 1})"
+                    )
             self.stop = du.broadcast_object(self.stop)
             if self.stop:
                 break
@@ -372,7 +437,9 @@ class Trainer:
             write_json_atomic(self.save_dir / "metrics.json", {"best_epoch": self.best_epoch + 1, **self.best_metrics})
             if cfg.plots:
                 self._plots()
-            LOGGER.info(f"done: best mAP50-95 {self.best_fitness:.4f} at epoch {self.best_epoch + 1}; weights in {self.wdir}")
+            LOGGER.info(
+                f"done: best mAP50-95 {self.best_fitness:.4f} at epoch {self.best_epoch + 1}; weights in {self.wdir}"
+            )
         self.run_callbacks("on_fit_end")
 
     def _plots(self) -> None:
@@ -380,13 +447,21 @@ class Trainer:
         mosaic of the best epoch; a plot that fails only logs a warning."""
 
         best = self.best_val
-        out = write_run_plots(self.save_dir, results_csv=self.save_dir / "results.csv", metrics=best.metrics if best else None,
-                              gts=best.gts if best else None, preds=best.preds if best else None,
-                              samples=self.train_set.samples, names=self.model_names)
+        out = write_run_plots(
+            self.save_dir,
+            results_csv=self.save_dir / "results.csv",
+            metrics=best.metrics if best else None,
+            gts=best.gts if best else None,
+            preds=best.preds if best else None,
+            samples=self.train_set.samples,
+            names=self.model_names,
+        )
         self.plot_files = {k: v for k, v in out.items() if isinstance(v, Path)}
         if best is not None and self.cfg.verbose:
-            LOGGER.info(f"plots in {self.save_dir}; expected calibration error {out.get('ece', float('nan')):.3f}, "
-                        f"mean false-positive confidence {out.get('fp_mean_conf', float('nan')):.3f}")
+            LOGGER.info(
+                f"plots in {self.save_dir}; expected calibration error {out.get('ece', float('nan')):.3f}, "
+                f"mean false-positive confidence {out.get('fp_mean_conf', float('nan')):.3f}"
+            )
 
     @property
     def model_names(self) -> list[str]:
@@ -427,15 +502,21 @@ class Trainer:
             steps += 1
             n_img += img.shape[0]
             if self.main and cfg.verbose:
-                bar.update(1, **{k: sums[k] / steps for k in sums}, lr=lrs.get("lr/weights", 0.0),
-                           img_s=n_img / max(time.perf_counter() - t0, 1e-9))
+                bar.update(
+                    1,
+                    **{k: sums[k] / steps for k in sums},
+                    lr=lrs.get("lr/weights", 0.0),
+                    img_s=n_img / max(time.perf_counter() - t0, 1e-9),
+                )
         bar.close()
         return {k: v / max(steps, 1) for k, v in sums.items()}, n_img, lrs
 
     def _nonfinite(self, ni: int) -> None:
         self.nonfinite += 1
         if self.main:
-            LOGGER.warning(f"warning: non-finite loss at iteration {ni}; step skipped ({self.nonfinite}/{MAX_NONFINITE})")
+            LOGGER.warning(
+                f"warning: non-finite loss at iteration {ni}; step skipped ({self.nonfinite}/{MAX_NONFINITE})"
+            )
         if self.nonfinite >= MAX_NONFINITE:
             raise TrainingDiverged(
                 f"Loss was non-finite for {MAX_NONFINITE} steps in a row (training diverged)",
@@ -449,7 +530,13 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- outputs
     def _model_record(self) -> dict:
-        return {"meta": unwrap(self.model).meta(), "state_dict": {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in self.ema.ema.state_dict().items()}}
+        return {
+            "meta": unwrap(self.model).meta(),
+            "state_dict": {
+                k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
+                for k, v in self.ema.ema.state_dict().items()
+            },
+        }
 
     def _save(self, epoch: int, improved: bool, metrics: dict) -> None:
         common = {
@@ -468,7 +555,10 @@ class Trainer:
             "train_state_dict": {k: v.detach().cpu() for k, v in unwrap(self.model).state_dict().items()},
             "ema_updates": self.ema.updates,
             "optimizer": self.optimizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
             **self.objective.state_dict(),
         }
         atomic_torch_save(last, self.wdir / "last.pt")
@@ -496,6 +586,10 @@ class Trainer:
             LOGGER.info(
                 f"epoch {m['epoch']}/{self.cfg.epochs}: "
                 + " ".join(f"{k.split('/')[1]}={v:.4f}" for k, v in m.items() if k.startswith("train/"))
-                + (f" mAP50-95={m['metrics/mAP50-95']:.4f} mAP50={m['metrics/mAP50']:.4f}" if m.get("metrics/mAP50-95") is not None else "")
+                + (
+                    f" mAP50-95={m['metrics/mAP50-95']:.4f} mAP50={m['metrics/mAP50']:.4f}"
+                    if m.get("metrics/mAP50-95") is not None
+                    else ""
+                )
                 + f" o2m/o2o={m['prog/o2m']:.2f}/{m['prog/o2o']:.2f} {m['img_s']:.1f} img/s {m['epoch_s']:.1f}s"
             )

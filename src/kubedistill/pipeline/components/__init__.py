@@ -20,8 +20,30 @@ from kubedistill.pipeline.components.register import register
 from kubedistill.pipeline.components.train_teacher import train_teacher
 
 # In pipeline order (finish_tracking is the exit step).
-COMPONENTS = {c.name: c for c in (prepare_data, check_unchanged, train_teacher, distill_student, evaluate, register,
-                                   promotion_gate, deploy, finish_tracking)}
+COMPONENTS = {
+    c.name: c
+    for c in (
+        prepare_data,
+        check_unchanged,
+        train_teacher,
+        distill_student,
+        evaluate,
+        register,
+        promotion_gate,
+        deploy,
+        finish_tracking,
+    )
+}
 
-__all__ = ["COMPONENTS", "check_unchanged", "deploy", "distill_student", "evaluate", "finish_tracking", "prepare_data",
-           "promotion_gate", "register", "train_teacher"]
+__all__ = [
+    "COMPONENTS",
+    "check_unchanged",
+    "deploy",
+    "distill_student",
+    "evaluate",
+    "finish_tracking",
+    "prepare_data",
+    "promotion_gate",
+    "register",
+    "train_teacher",
+]

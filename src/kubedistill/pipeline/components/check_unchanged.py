@@ -23,7 +23,15 @@ def check_unchanged(
     from kubedistill.pipeline.steps import check_unchanged as check
     from kubedistill.pipeline.steps import run
 
-    res = run(check, fingerprint, registered_model_name, skip_if_unchanged=skip_if_unchanged, experiment=mlflow_experiment,
-              dataset_uri=dataset_uri, reports=[Path(data_report.path)], out_md=Path(decision.path))
+    res = run(
+        check,
+        fingerprint,
+        registered_model_name,
+        skip_if_unchanged=skip_if_unchanged,
+        experiment=mlflow_experiment,
+        dataset_uri=dataset_uri,
+        reports=[Path(data_report.path)],
+        out_md=Path(decision.path),
+    )
     decision.metadata.update({"proceed": res["proceed"], "reason": res["reason"]})
     return bool(res["proceed"])

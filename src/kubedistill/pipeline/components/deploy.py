@@ -6,7 +6,9 @@ from kubedistill.images import train_image
 
 
 @dsl.component(base_image=train_image(), install_kfp_package=False)
-def deploy(version: str, registered_model_name: str, release: str = "kubedistill", namespace: str = "kubedistill") -> str:
+def deploy(
+    version: str, registered_model_name: str, release: str = "kubedistill", namespace: str = "kubedistill"
+) -> str:
     """Roll models:/NAME/VERSION out as the Helm release (waits for it, rolls back on failure); returns the
     release status."""
     import json
@@ -14,6 +16,13 @@ def deploy(version: str, registered_model_name: str, release: str = "kubedistill
     from kubedistill.pipeline.steps import deploy_step, run
 
     res = run(deploy_step, registered_model_name, version, release=release, namespace=namespace)
-    print(json.dumps({k: res.get(k) for k in ("release", "namespace", "model_uri", "revision", "status", "rolled_back", "reason")},
-                     default=str))
+    print(
+        json.dumps(
+            {
+                k: res.get(k)
+                for k in ("release", "namespace", "model_uri", "revision", "status", "rolled_back", "reason")
+            },
+            default=str,
+        )
+    )
     return str(res.get("status"))

@@ -34,14 +34,41 @@ def distill_student(
 
     from kubedistill.pipeline.steps import export_step, run, train_step
 
-    options = dict(model=student_model, epochs=epochs, imgsz=imgsz, dis=dis, optimizer=optimizer, lr0=lr0, lrf=lrf,
-                   label_smoothing=label_smoothing, box_loss=box_loss, cls_loss=cls_loss)
-    res = run(train_step, dataset.path, model.path, role="student", options=options, extra_config=extra_config,
-              fingerprint=fingerprint, experiment=mlflow_experiment, teacher=teacher.path, work=Path(model.path).parent / "training")
+    options = dict(
+        model=student_model,
+        epochs=epochs,
+        imgsz=imgsz,
+        dis=dis,
+        optimizer=optimizer,
+        lr0=lr0,
+        lrf=lrf,
+        label_smoothing=label_smoothing,
+        box_loss=box_loss,
+        cls_loss=cls_loss,
+    )
+    res = run(
+        train_step,
+        dataset.path,
+        model.path,
+        role="student",
+        options=options,
+        extra_config=extra_config,
+        fingerprint=fingerprint,
+        experiment=mlflow_experiment,
+        teacher=teacher.path,
+        work=Path(model.path).parent / "training",
+    )
     exp = run(export_step, model.path, onnx.path, done=res.get("onnx", ""))
-    model.metadata.update({"role": "student", "source": res["source"], "data_fingerprint": fingerprint,
-                           "mlflow_run_id": res["mlflow_run_id"], "teacher_mlflow_run_id": teacher.metadata.get("mlflow_run_id", ""),
-                           "framework": "kubedistill (PyTorch)"})
+    model.metadata.update(
+        {
+            "role": "student",
+            "source": res["source"],
+            "data_fingerprint": fingerprint,
+            "mlflow_run_id": res["mlflow_run_id"],
+            "teacher_mlflow_run_id": teacher.metadata.get("mlflow_run_id", ""),
+            "framework": "kubedistill (PyTorch)",
+        }
+    )
     onnx.metadata.update({"imgsz": exp["imgsz"], "max_det": exp["max_det"], "framework": "onnx"})
     for k, v in res["metrics"].items():
         metrics.log_metric(k.replace("/", "_"), float(v))

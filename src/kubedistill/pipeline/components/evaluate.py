@@ -23,10 +23,24 @@ def evaluate(
 
     from kubedistill.pipeline.steps import evaluate_step, run
 
-    res = run(evaluate_step, dataset.path, student.path, teacher.path, student_onnx=student_onnx.path,
-              out_dir=Path(report.path).parent / "evaluation", experiment=mlflow_experiment, fingerprint=fingerprint,
-              report_html=report.path)
+    res = run(
+        evaluate_step,
+        dataset.path,
+        student.path,
+        teacher.path,
+        student_onnx=student_onnx.path,
+        out_dir=Path(report.path).parent / "evaluation",
+        experiment=mlflow_experiment,
+        fingerprint=fingerprint,
+        report_html=report.path,
+    )
     for k, v in res["flat"].items():
         metrics.log_metric(k, v)
-    metrics.metadata.update({"mlflow_run_id": res["mlflow_run_id"], "classes": ",".join(res["names"]),
-                             "student_model": res["results"]["student"]["model"], "teacher_model": res["results"]["teacher"]["model"]})
+    metrics.metadata.update(
+        {
+            "mlflow_run_id": res["mlflow_run_id"],
+            "classes": ",".join(res["names"]),
+            "student_model": res["results"]["student"]["model"],
+            "teacher_model": res["results"]["teacher"]["model"],
+        }
+    )

@@ -9,7 +9,7 @@ from kubedistill.images import train_image
 @dsl.component(base_image=train_image(), install_kfp_package=False)
 def finish_tracking(status: PipelineTaskFinalStatus, mlflow_experiment: str = "kubedistill"):
     """Runs last, also after a failure: marks the pipeline's MLflow parent run FINISHED, FAILED or KILLED."""
-    from kubedistill.pipeline.tracking import finish_tracking as finish
     from kubedistill.pipeline.steps import run
+    from kubedistill.pipeline.tracking import finish_tracking as finish
 
     run(finish, status.state, experiment=mlflow_experiment, error=status.error_message or "")

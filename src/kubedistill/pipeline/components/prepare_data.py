@@ -27,7 +27,16 @@ def prepare_data(
     from kubedistill.pipeline.prepare import prepare_dataset
     from kubedistill.pipeline.steps import default_store, run
 
-    res = run(prepare_dataset, dataset_uri, dataset_store or default_store(report.uri), class_names=class_names.split(","),
-              val_fraction=val_fraction, seed=seed, min_usable=min_usable, report_html=report.path, report_md=summary.path)
+    res = run(
+        prepare_dataset,
+        dataset_uri,
+        dataset_store or default_store(report.uri),
+        class_names=class_names.split(","),
+        val_fraction=val_fraction,
+        seed=seed,
+        min_usable=min_usable,
+        report_html=report.path,
+        report_md=summary.path,
+    )
     report.metadata.update({"fingerprint": res["fingerprint"], "source": dataset_uri})
     return namedtuple("PreparedData", ["dataset_uri", "fingerprint"])(res["dataset_uri"], res["fingerprint"])

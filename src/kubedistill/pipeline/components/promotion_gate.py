@@ -22,7 +22,15 @@ def promotion_gate(
 
     from kubedistill.pipeline.steps import gate_step, run
 
-    res = run(gate_step, registered_model_name, version, dataset.path, metric=promotion_metric, min_delta=promotion_min_delta,
-              experiment=mlflow_experiment, out_md=Path(decision.path))
+    res = run(
+        gate_step,
+        registered_model_name,
+        version,
+        dataset.path,
+        metric=promotion_metric,
+        min_delta=promotion_min_delta,
+        experiment=mlflow_experiment,
+        out_md=Path(decision.path),
+    )
     decision.metadata.update({"promoted": bool(res["promoted"]), "reason": res["reason"]})
     return bool(res["promoted"])

@@ -19,8 +19,15 @@ def register(
     data fingerprint and the evaluation figures; returns the version."""
     from kubedistill.pipeline.steps import register_step, run
 
-    res = run(register_step, student.path, registered_model_name, onnx=student_onnx.path, fingerprint=fingerprint,
-              student_run_id=student.metadata.get("mlflow_run_id", ""),
-              teacher_run_id=student.metadata.get("teacher_mlflow_run_id", ""),
-              metrics=dict(metrics.metadata), experiment=mlflow_experiment)
+    res = run(
+        register_step,
+        student.path,
+        registered_model_name,
+        onnx=student_onnx.path,
+        fingerprint=fingerprint,
+        student_run_id=student.metadata.get("mlflow_run_id", ""),
+        teacher_run_id=student.metadata.get("teacher_mlflow_run_id", ""),
+        metrics=dict(metrics.metadata),
+        experiment=mlflow_experiment,
+    )
     return res["version"]

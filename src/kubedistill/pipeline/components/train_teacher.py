@@ -32,11 +32,37 @@ def train_teacher(
 
     from kubedistill.pipeline.steps import run, train_step
 
-    options = dict(model=teacher_model, epochs=epochs, imgsz=imgsz, optimizer=optimizer, lr0=lr0, lrf=lrf,
-                   label_smoothing=label_smoothing, box_loss=box_loss, cls_loss=cls_loss)
-    res = run(train_step, dataset.path, model.path, role="teacher", options=options, extra_config=extra_config,
-              fingerprint=fingerprint, experiment=mlflow_experiment, teacher_uri=teacher_uri, work=Path(model.path).parent / "training")
-    model.metadata.update({"role": "teacher", "source": res["source"], "data_fingerprint": fingerprint,
-                           "mlflow_run_id": res["mlflow_run_id"], "framework": "kubedistill (PyTorch)"})
+    options = dict(
+        model=teacher_model,
+        epochs=epochs,
+        imgsz=imgsz,
+        optimizer=optimizer,
+        lr0=lr0,
+        lrf=lrf,
+        label_smoothing=label_smoothing,
+        box_loss=box_loss,
+        cls_loss=cls_loss,
+    )
+    res = run(
+        train_step,
+        dataset.path,
+        model.path,
+        role="teacher",
+        options=options,
+        extra_config=extra_config,
+        fingerprint=fingerprint,
+        experiment=mlflow_experiment,
+        teacher_uri=teacher_uri,
+        work=Path(model.path).parent / "training",
+    )
+    model.metadata.update(
+        {
+            "role": "teacher",
+            "source": res["source"],
+            "data_fingerprint": fingerprint,
+            "mlflow_run_id": res["mlflow_run_id"],
+            "framework": "kubedistill (PyTorch)",
+        }
+    )
     for k, v in res["metrics"].items():
         metrics.log_metric(k.replace("/", "_"), float(v))

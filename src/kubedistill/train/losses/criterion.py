@@ -62,7 +62,10 @@ class DetectionLoss:
 
     def state_dict(self) -> dict:
         """Running state of the box and class losses (Wise-IoU's mean, GHM's bin counts), for resume."""
-        return {name: {k: v.detach().cpu().clone() for k, v in getattr(self, name).state_dict().items()} for name in ("box_loss", "cls_loss")}
+        return {
+            name: {k: v.detach().cpu().clone() for k, v in getattr(self, name).state_dict().items()}
+            for name in ("box_loss", "cls_loss")
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for name in ("box_loss", "cls_loss"):
@@ -109,7 +112,9 @@ class DetectionLoss:
             loss_l1 = (l1 * weight).sum() / tss
         return torch.stack((loss_box * self.hyp.box, loss_cls * self.hyp.cls, loss_l1 * self.hyp.l1))
 
-    def __call__(self, preds: dict, batch: dict, weights: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(
+        self, preds: dict, batch: dict, weights: dict[str, float]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Returns (loss to backpropagate = weighted sum x batch size, detached sub-losses for logging)."""
         any_head = next(iter(preds.values()))
         bsz = any_head["scores"].shape[0]

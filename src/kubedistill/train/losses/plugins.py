@@ -22,7 +22,8 @@ import difflib
 import importlib
 import importlib.metadata
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -63,7 +64,9 @@ def _import_attr(kind: str, spec: str) -> Any:
     module_name, _, attr = spec.partition(":")
     module_name, attr = module_name.strip(), attr.strip()
     if not module_name or not attr:
-        raise ConfigError(f"{kind} plugin '{spec}' is not of the form 'module:attr'", "Write e.g. 'mypkg.losses:MyLoss'")
+        raise ConfigError(
+            f"{kind} plugin '{spec}' is not of the form 'module:attr'", "Write e.g. 'mypkg.losses:MyLoss'"
+        )
     try:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -106,7 +109,9 @@ def _instantiate(kind: str, label: str, obj: Any) -> nn.Module:
         try:
             made = obj()
         except TypeError as e:
-            raise ConfigError(f"{kind} plugin {label}: {what} cannot be built with no arguments ({e})", _fix(kind)) from None
+            raise ConfigError(
+                f"{kind} plugin {label}: {what} cannot be built with no arguments ({e})", _fix(kind)
+            ) from None
         except Exception as e:
             raise ConfigError(f"{kind} plugin {label}: {what}() raised {type(e).__name__}: {e}", _fix(kind)) from None
     elif callable(obj):
@@ -125,7 +130,9 @@ def _instantiate(kind: str, label: str, obj: Any) -> nn.Module:
         return made
     if callable(made):
         return CallableLoss(made)
-    raise ConfigError(f"{kind} plugin {label}: {what}() returned a {type(made).__name__}, not a callable loss", _fix(kind))
+    raise ConfigError(
+        f"{kind} plugin {label}: {what}() returned a {type(made).__name__}, not a callable loss", _fix(kind)
+    )
 
 
 def _dummy_inputs(kind: str, nc: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,7 +148,13 @@ def _dummy_inputs(kind: str, nc: int) -> tuple[torch.Tensor, torch.Tensor]:
             requires_grad=True,
         )
         target = torch.tensor(
-            [[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 4.0, 2.0], [0.0, 0.0, 2.0, 2.0], [2.0, 2.0, 2.0, 2.0]]
+            [
+                [0.0, 0.0, 2.0, 2.0],
+                [0.0, 0.0, 2.0, 2.0],
+                [0.0, 0.0, 4.0, 2.0],
+                [0.0, 0.0, 2.0, 2.0],
+                [2.0, 2.0, 2.0, 2.0],
+            ]
         )
         return pred, target
     gen = torch.Generator().manual_seed(0)
@@ -163,7 +176,11 @@ def check_loss_plugin(kind: str, label: str, loss: Callable, nc: int = 3) -> Non
     a, b = _dummy_inputs(kind, nc)
     shape_in = tuple(a.shape)
     expected = (shape_in[0],) if kind == "box_loss" else shape_in
-    call = "loss(pred [5, 4], target [5, 4])" if kind == "box_loss" else f"loss(logits {list(shape_in)}, targets {list(shape_in)})"
+    call = (
+        "loss(pred [5, 4], target [5, 4])"
+        if kind == "box_loss"
+        else f"loss(logits {list(shape_in)}, targets {list(shape_in)})"
+    )
     inputs = (
         "test boxes (including identical and zero-area ones)"
         if kind == "box_loss"
@@ -190,7 +207,9 @@ def check_loss_plugin(kind: str, label: str, loss: Callable, nc: int = 3) -> Non
                 _fix(kind),
             )
         if not torch.is_floating_point(out):
-            raise ConfigError(f"{kind} plugin {label} returned dtype {out.dtype}, not a floating-point tensor", _fix(kind))
+            raise ConfigError(
+                f"{kind} plugin {label} returned dtype {out.dtype}, not a floating-point tensor", _fix(kind)
+            )
         if not torch.isfinite(out).all():
             raise ConfigError(
                 f"{kind} plugin {label} returned non-finite values (nan/inf) on {inputs}",

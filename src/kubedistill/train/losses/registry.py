@@ -10,8 +10,8 @@ hyp={"kwarg": "config_field"})`); `build_*_loss(name, hyp=cfg)` passes them (Non
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 from torch import nn
 
