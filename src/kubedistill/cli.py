@@ -122,7 +122,7 @@ def _train_help() -> str:
         "",
         "Train a detector. Options use the Ultralytics trainer's names; a YAML file (--cfg) gives",
         "defaults that flags override. Example:",
-        "  kubedistill train --data demo/data.yaml --model yolo-n --epochs 30 --imgsz 320",
+        "  kubedistill train --data demo/data.yaml --model yolo26n --epochs 30 --imgsz 320",
         "",
         "Options:",
     ]
@@ -247,7 +247,9 @@ def export_cmd(
 
 @app.command("info")
 def info_cmd(
-    model: str = typer.Argument("yolo-n", help="Scale name (yolo-n/s/m/l) or checkpoint."),
+    model: str = typer.Argument(
+        "yolo26n", help="Scale name (yolo26n/s/m/l/x) or checkpoint (kubedistill or Ultralytics .pt)."
+    ),
     imgsz: int = typer.Option(640),
     nc: int = typer.Option(80, help="Classes (scale names only)."),
 ):
@@ -262,7 +264,7 @@ def info_cmd(
         m = DetectionModel(parse_scale(model), nc=nc)
     info = model_info(m, imgsz)
     typer.echo(
-        f"yolo-{m.scale}: {info['params'] / 1e6:.2f} M params ({info['params_inference'] / 1e6:.2f} M in the inference graph), "
+        f"yolo26{m.scale}: {info['params'] / 1e6:.2f} M params ({info['params_inference'] / 1e6:.2f} M in the inference graph), "
         f"{info['gflops']:.1f} GFLOPs at {imgsz}, {m.nc} classes"
     )
 
@@ -370,7 +372,7 @@ def tune_lr(
 ):
     """Learning-rate range test: sweep lr up, suggest lr0 (steepest loss descent).
 
-    Takes every training option as `kubedistill train` does (--data D --model yolo-n --batch 16 --optimizer SGD ...
+    Takes every training option as `kubedistill train` does (--data D --model yolo26n --batch 16 --optimizer SGD ...
     or name=value). Writes lr_find.json and lr_find.png; keeps no weights. See docs/lr_finder.md.
     """
 

@@ -25,7 +25,11 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     # what to train, on what
-    model: str = Field("yolo-n", description="Scale name (yolo-n/s/m/l) or a checkpoint path to start from.")
+    model: str = Field(
+        "yolo26n",
+        description="Scale name (yolo26n/s/m/l/x; yolo-n ... also accepted) or a checkpoint to fine-tune from: a kubedistill "
+        "or Ultralytics YOLO26 .pt, or a registered model models:/NAME/VERSION.",
+    )
     data: str | None = Field(None, description="Path to data.yaml.")
     epochs: int = Field(100, ge=1, description="Training epochs.")
     batch: int = Field(16, ge=1, description="Images per batch (over all processes).")

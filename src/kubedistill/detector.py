@@ -1,4 +1,4 @@
-"""Python API with the CLI's names: Detector("yolo-n").train(data=..., epochs=...), .val(), .predict()."""
+"""Python API with the CLI's names: Detector("yolo26n").train(data=..., epochs=...), .val(), .predict()."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from kubedistill.train import build_trainer
 class Detector:
     """A detector from a scale name (untrained) or a checkpoint path (trained)."""
 
-    def __init__(self, model: str = "yolo-n"):
+    def __init__(self, model: str = "yolo26n"):
         from kubedistill.model.checkpoint import load_model
         from kubedistill.model.yolo import DetectionModel, parse_scale
 

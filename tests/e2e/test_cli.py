@@ -104,7 +104,7 @@ def test_synth_train_val_predict(tmp_path):
     assert len(preds) == 8 * 5  # conf 0: max_det per image
     assert len(list((tmp_path / "p_images").glob("*.jpg"))) == 8
     info = kd("info", "yolo-s", "--imgsz", "320").stdout
-    assert "yolo-s:" in info and "GFLOPs at 320" in info
+    assert "yolo26s:" in info and "GFLOPs at 320" in info
 
 
 @pytest.mark.parametrize(
@@ -187,6 +187,6 @@ def test_benchmark_train_smoke(tmp_path):
         "--out",
         tmp_path / "b.json",
     ).stdout
-    assert "yolo-n  imgsz=64" in out
+    assert "yolo26n  imgsz=64" in out
     rows = json.loads((tmp_path / "b.json").read_text())
-    assert rows[0]["scale"] == "yolo-n" and rows[0]["train_img_s"] > 0 and rows[0]["loader_img_s"] > 0
+    assert rows[0]["scale"] == "yolo26n" and rows[0]["train_img_s"] > 0 and rows[0]["loader_img_s"] > 0

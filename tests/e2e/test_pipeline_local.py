@@ -59,8 +59,8 @@ def test_summary_and_console(first):
     assert res["seconds"] < 300
     text = "\n".join(res["summary"])
     assert (
-        "teacher yolo-n: mAP50-95" in text
-        and "student yolo-n: mAP50-95" in text
+        "teacher yolo26n: mAP50-95" in text
+        and "student yolo26n: mAP50-95" in text
         and "GFLOPs" in text
         and "ms/img" in text
     )

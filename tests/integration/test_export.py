@@ -25,7 +25,7 @@ def test_export_static_and_dynamic(tmp_path, weights, served_dynamic_model):
     assert sess.get_outputs()[0].shape == [1, 50, 6]
     meta = sess.get_modelmeta().custom_metadata_map
     assert json.loads(meta["names"]) == ["circle", "square"] and meta["imgsz"] == "64" and meta["stride"] == "32"
-    assert len(meta["source_sha256"]) == 64 and meta["model"] == "yolo-n"
+    assert len(meta["source_sha256"]) == 64 and meta["model"] == "yolo26n"
     s2 = ort.InferenceSession(str(served_dynamic_model))  # `export_onnx(..., dynamic=True)`
     out = s2.run(None, {"images": np.random.default_rng(0).random((3, 3, 64, 64), dtype=np.float32)})[0]
     anchors = 8 * 8 + 4 * 4 + 2 * 2  # at 64 px: fewer (anchor, class) pairs than max_det

@@ -138,11 +138,14 @@ def test_half_export_on_cpu_serves_the_same_detections(client, model_files, val_
             got = half.post("/v1/detect?conf=0.1", content=data, headers={"content-type": "image/jpeg"}).json()
             sure = [d for d in want["results"][0]["detections"] if d["score"] > 0.14]
             assert sure, "nothing to compare"
-            for d in sure:  # fp16 through the whole network: scores to a few 1e-2, boxes to a pixel
+            # fp16 through the whole network: scores to a few 1e-2; box edges to 2 px. YOLO26 regresses raw edge
+            # distances in stride units: this tiny model's boxes span the image (~2 units at stride 32), where the
+            # error fp16 accumulates over the network, ~2%, moves an edge by up to ~1.4 px (measured).
+            for d in sure:
                 assert any(
                     e["class_id"] == d["class_id"]
                     and abs(e["score"] - d["score"]) < 0.03
-                    and max(abs(a - b) for a, b in zip(e["box"], d["box"])) < 1.0
+                    and max(abs(a - b) for a, b in zip(e["box"], d["box"])) < 2.0
                     for e in got["results"][0]["detections"]
                 ), d
         x = np.full((1, 3, 64, 64), 0.5, np.float16)
@@ -436,7 +439,7 @@ def test_metrics(client, val_files):
         and "kubedistill_preprocess_duration_seconds_count" in text
     )
     assert 'kubedistill_inference_batch_size_bucket{le="2.0"}' in text
-    assert 'kubedistill_model_info{architecture="yolo-n",imgsz="64",name="tiny"' in text
+    assert 'kubedistill_model_info{architecture="yolo26n",imgsz="64",name="tiny"' in text
     assert "kubedistill_model_ready 1.0" in text
 
 

@@ -10,9 +10,36 @@ from kubedistill.model.yolo import DetectionModel, neck_features, parse_scale
 
 
 def test_scale_names():
-    assert parse_scale("yolo-n") == "n" and parse_scale("YOLO-S") == "s" and parse_scale("m") == "m"
-    with pytest.raises(ConfigError, match="Unknown model 'yolo-x'"):
-        parse_scale("yolo-x")
+    assert parse_scale("yolo26n") == "n" and parse_scale("yolo26x.yaml") == "x" and parse_scale("YOLO26S") == "s"
+    assert parse_scale("yolo-n") == "n" and parse_scale("YOLO-S") == "s" and parse_scale("m") == "m"  # older names
+    for bad in ("yolo26q", "yolo-z", "yolo11n"):
+        with pytest.raises(ConfigError, match=f"Unknown model '{bad}'.*yolo26n, yolo26s, yolo26m, yolo26l, yolo26x"):
+            parse_scale(bad)
+
+
+# YOLO26 detect at 80 classes, as Ultralytics 8.4 states them (yolo26.yaml): parameters, GFLOPs at 640
+YOLO26 = {
+    "n": (2_572_280, 6.1),
+    "s": (10_009_784, 22.8),
+    "m": (21_896_248, 75.4),
+    "l": (26_299_704, 93.8),
+    "x": (58_993_368, 209.5),
+}
+
+
+@pytest.mark.parametrize("scale", list(YOLO26))
+def test_parameters_and_flops_equal_yolo26(scale):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    params, gflops = YOLO26[scale]
+    m = DetectionModel(scale, nc=80)
+    assert sum(p.numel() for p in m.parameters()) == params
+    # Ultralytics counts the training graph (both heads) with thop; torch's counter also counts the attention
+    # matmuls, which thop leaves out: equal to 1%.
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        m.train()(torch.zeros(1, 3, 640, 640))
+    assert counter.get_total_flops() / 1e9 == pytest.approx(gflops, rel=0.01)
 
 
 @pytest.mark.parametrize("scale,channels", [("n", (64, 128, 256)), ("s", (128, 256, 512))])
@@ -26,7 +53,9 @@ def test_heads_train_and_eval(scale, channels):
     assert set(out) == {"one2many", "one2one"}
     for h in out.values():
         assert h["boxes"].shape == (2, 4, a) and h["scores"].shape == (2, 3, a)
-        assert (h["boxes"] > 0).all()
+        assert torch.isfinite(h["boxes"]).all()
+    # the one-to-one branches start as copies of the one-to-many ones (on detached, equal features)
+    assert torch.equal(out["one2one"]["boxes"], out["one2many"]["boxes"])
     m.eval()
     with torch.no_grad():
         assert set(m(x)) == {"one2one"}
@@ -39,7 +68,7 @@ def test_one2one_head_does_not_train_backbone():
     m.train()
     out = m(torch.rand(1, 3, 64, 64))
     out["one2one"]["scores"].sum().backward()
-    assert m.stem[0].conv.weight.grad is None  # detached features
+    assert m.p1.conv.weight.grad is None  # detached features
     assert m.head.o2o["cls_branch"][0][-1].weight.grad is not None
 
 

@@ -114,7 +114,7 @@ def _seed_runs(
     """One seed: the student alone, then once per arm; returns (seed, mAP alone, [mAP per arm])."""
     if threads:
         torch.set_num_threads(threads)
-    a = _train(common, model=f"yolo-{student}", epochs=epochs, name=f"student_s{seed}", seed=seed)["metrics"][
+    a = _train(common, model=f"yolo26{student}", epochs=epochs, name=f"student_s{seed}", seed=seed)["metrics"][
         "mAP50-95"
     ]
     bs = []
@@ -123,7 +123,7 @@ def _seed_runs(
         bs.append(
             _train(
                 common,
-                model=f"yolo-{student}",
+                model=f"yolo26{student}",
                 epochs=epochs,
                 name=name,
                 seed=seed,
@@ -138,7 +138,7 @@ def _seed_runs_all(common, student, epochs, seeds, arms, labels, teacher_weights
     """Yield each seed's results, in seed order; `jobs` > 1 runs seeds in parallel processes."""
     if jobs == 1:
         for seed in seeds:
-            echo(f"seed {seed}: yolo-{student} alone, then {len(arms)} distilled arm(s), {epochs} epochs each ...")
+            echo(f"seed {seed}: yolo26{student} alone, then {len(arms)} distilled arm(s), {epochs} epochs each ...")
             yield _seed_runs(common, student, epochs, seed, arms, labels, teacher_weights)
         return
 
@@ -249,10 +249,10 @@ def run_distill_benchmark(
             )
         return {"teacher_weights": str(teacher_weights), "cost_imgsz": cost_imgsz, "batch": batch, **timing}
     if teacher_weights is None:
-        echo(f"training teacher yolo-{teacher} for {teacher_epochs} epochs (seed {seeds[0]}) ...")
-        t = _train(common, model=f"yolo-{teacher}", epochs=teacher_epochs, name="teacher", seed=seeds[0])
+        echo(f"training teacher yolo26{teacher} for {teacher_epochs} epochs (seed {seeds[0]}) ...")
+        t = _train(common, model=f"yolo26{teacher}", epochs=teacher_epochs, name="teacher", seed=seeds[0])
         teacher_weights, t_map = t["best"], t["metrics"].get("mAP50-95")
-        echo(f"teacher yolo-{teacher}: mAP50-95 {t_map:.4f}")
+        echo(f"teacher yolo26{teacher}: mAP50-95 {t_map:.4f}")
     else:
         t_map = None
     per_arm: list[list[dict]] = [[] for _ in arms]
@@ -285,7 +285,7 @@ def run_distill_benchmark(
     }
     n = len(seeds)
     echo(
-        f"(a) yolo-{student} alone: mAP50-95 {mean_a:.4f} (sd {sd_a:.4f}, {n} seeds); "
+        f"(a) yolo26{student} alone: mAP50-95 {mean_a:.4f} (sd {sd_a:.4f}, {n} seeds); "
         f"plain step {timing['step_s_plain'] * 1000:.1f} ms; cost floor {timing['floor']:.3f}x"
     )
     for r in results:

@@ -65,7 +65,7 @@ def run_train_benchmark(scales, sizes, batch=8, iters=5, workers=2, device="", e
             for scale in scales:
                 fb = model_speed(scale, imgsz, batch, iters, dev, batch_data)
                 row = {
-                    "scale": f"yolo-{scale}",
+                    "scale": f"yolo26{scale}",
                     "imgsz": imgsz,
                     "train_img_s": round(fb, 2),
                     "loader_img_s": round(load, 1),
@@ -73,6 +73,6 @@ def run_train_benchmark(scales, sizes, batch=8, iters=5, workers=2, device="", e
                 }
                 rows.append(row)
                 echo(
-                    f"yolo-{scale:<2} imgsz={imgsz:<4} fwd+bwd {fb:8.2f} img/s   loader {load:8.1f} img/s   ratio {load / fb:6.2f}x"
+                    f"yolo26{scale:<2} imgsz={imgsz:<4} fwd+bwd {fb:8.2f} img/s   loader {load:8.1f} img/s   ratio {load / fb:6.2f}x"
                 )
     return rows

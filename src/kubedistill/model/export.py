@@ -134,7 +134,7 @@ def export_onnx(
             "imgsz": str(imgsz),
             "stride": str(max(model.strides)),
             "max_det": str(max_det),
-            "model": f"yolo-{model.scale}",
+            "model": f"yolo26{model.scale}",
             "model_version": str(ckpt.get("date", "")),
             "source_sha256": file_sha256(weights),
             "kubedistill_version": __version__,

@@ -2,8 +2,8 @@
 
 Both branch sets see the same neck features; the one-to-one set sees them detached, so only the
 one-to-many loss trains the backbone and neck (as in YOLO26). The box branch regresses the four edge
-distances directly (no DFL, `reg_max = 1`), in units of the level's stride, through a softplus so
-distances are positive.
+distances directly (no DFL, `reg_max = 1`), in units of the level's stride, as raw outputs (YOLO26's form, so a
+YOLO26 checkpoint's head gives the same boxes here).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import copy
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kubedistill.model.blocks import Conv, DWConv
@@ -79,8 +78,9 @@ class Detect(nn.Module):
         )
 
     def init_bias(self, imgsz: int = 640) -> None:
-        """Box output starts near one stride; class prior near 0.01 objects per cell scaled by level size."""
-        box_b = math.log(math.e - 1.0)  # softplus(box_b) == 1
+        """Box output starts at two strides from the anchor; class prior near 0.01 objects per cell scaled by level
+        size."""
+        box_b = 2.0
         sets = [(self.box_branch, self.cls_branch)]
         if hasattr(self, "o2o"):
             sets.append((self.o2o["box_branch"], self.o2o["cls_branch"]))
@@ -95,7 +95,7 @@ class Detect(nn.Module):
     def _run(self, feats: list[torch.Tensor], box_branch, cls_branch) -> dict[str, torch.Tensor]:
         b = feats[0].shape[0]
         boxes = torch.cat([box_branch[i](f).view(b, 4, -1) for i, f in enumerate(feats)], 2)
-        return {"boxes": F.softplus(boxes), "scores": self._scores(feats, cls_branch)}
+        return {"boxes": boxes, "scores": self._scores(feats, cls_branch)}
 
     def _scores(self, feats: list[torch.Tensor], cls_branch) -> torch.Tensor:
         b = feats[0].shape[0]

@@ -1,8 +1,10 @@
-"""The detector: one definition, scaled by depth and width multipliers (yolo-n, -s, -m, -l).
+"""The detector: YOLO26 detect, one definition scaled by depth and width multipliers (yolo26n, s, m, l, x; the
+older names yolo-n ... are aliases).
 
-Backbone (strides 2..32) -> SPPF -> PAN neck giving three feature maps at strides 8, 16, 32 ->
-`Detect` head. The neck outputs are exactly the head's inputs; distillation takes them with a
-forward pre-hook on `model.head` (see `neck_features`).
+Backbone (strides 2..32: convs and C3k2 stacks) -> SPPF -> C2PSA attention -> PAN neck giving three feature maps
+at strides 8, 16, 32 -> `Detect` head. At 80 classes the parameter counts equal YOLO26's (n 2,572,280 ...), and a
+YOLO26 checkpoint's tensors load one to one (`kubedistill.model.ultralytics`). The neck outputs are exactly the
+head's inputs; distillation takes them with a forward pre-hook on `model.head` (see `neck_features`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from torch import nn
 
 from kubedistill.core.errors import ConfigError
-from kubedistill.model.blocks import SPPF, C2f, Conv
+from kubedistill.model.blocks import C2PSA, SPPF, C3k2, Conv
 from kubedistill.model.head import Detect
 
 
@@ -25,36 +27,44 @@ class Scale:
     max_channels: int
 
 
+# YOLO26's compound scaling: depth multiplies the repeats of a block (2 -> 1 for n/s/m), width the channels, capped.
 SCALES: dict[str, Scale] = {
-    "n": Scale(0.33, 0.25, 1024),
-    "s": Scale(0.33, 0.50, 1024),
-    "m": Scale(0.67, 0.75, 768),
+    "n": Scale(0.50, 0.25, 1024),
+    "s": Scale(0.50, 0.50, 1024),
+    "m": Scale(0.50, 1.00, 512),
     "l": Scale(1.00, 1.00, 512),
+    "x": Scale(1.00, 1.50, 512),
 }
 STRIDES = (8, 16, 32)
+ARCH = "yolo26"
 
 
 def parse_scale(name: str) -> str:
-    """'yolo-n', 'yolon', 'n' -> 'n'."""
+    """'yolo26n', 'yolo26n.yaml', 'yolo-n', 'yolon', 'n' -> 'n'."""
     key = name.strip().lower().removesuffix(".yaml")
-    for prefix in ("yolo-", "yolo_", "yolo"):
-        key = key.removeprefix(prefix)
+    for prefix in ("yolo26-", "yolo26", "yolo-", "yolo_", "yolo"):
+        if key.startswith(prefix) and key.removeprefix(prefix) in SCALES:
+            key = key.removeprefix(prefix)
+            break
     if key not in SCALES:
-        names = ", ".join(f"yolo-{k}" for k in SCALES)
+        names = ", ".join(f"{ARCH}{k}" for k in SCALES)
         raise ConfigError(f"Unknown model '{name}'", f"Use one of {names}, or a path to a .pt checkpoint")
     return key
 
 
 def _ch(c: int, s: Scale) -> int:
-    """Scale a base channel count, rounded up to a multiple of 8."""
+    """Scale a base channel count, capped, rounded up to a multiple of 8."""
     return int(math.ceil(min(c, s.max_channels) * s.width / 8) * 8)
 
 
 def _n(n: int, s: Scale) -> int:
-    return max(round(n * s.depth), 1)
+    return max(round(n * s.depth), 1) if n > 1 else n
 
 
 class DetectionModel(nn.Module):
+    """YOLO26 detect: backbone (convs, C3k2 stacks, SPPF, C2PSA attention), a PAN neck of C3k2 stacks, and a head
+    with one-to-many and one-to-one branches (`model.head`)."""
+
     def __init__(self, scale: str = "n", nc: int = 80, names: list[str] | None = None):
         super().__init__()
         self.scale = parse_scale(scale)
@@ -64,32 +74,42 @@ class DetectionModel(nn.Module):
         if len(self.names) != nc:
             raise ConfigError(f"{len(self.names)} class names for nc={nc}", "Give one name per class")
         c64, c128, c256, c512, c1024 = (_ch(c, s) for c in (64, 128, 256, 512, 1024))
+        n2 = _n(2, s)
+        big = self.scale in ("m", "l", "x")  # the first two stacks use C3k inner blocks from m up
         # backbone
-        self.stem = nn.Sequential(Conv(3, c64, 3, 2), Conv(c64, c128, 3, 2), C2f(c128, c128, _n(3, s), True))
-        self.down3 = nn.Sequential(Conv(c128, c256, 3, 2), C2f(c256, c256, _n(6, s), True))  # P3/8
-        self.down4 = nn.Sequential(Conv(c256, c512, 3, 2), C2f(c512, c512, _n(6, s), True))  # P4/16
-        self.down5 = nn.Sequential(Conv(c512, c1024, 3, 2), C2f(c1024, c1024, _n(3, s), True), SPPF(c1024, c1024))
-        # PAN neck: top-down then bottom-up
+        self.p1 = Conv(3, c64, 3, 2)
+        self.p2 = Conv(c64, c128, 3, 2)
+        self.p2_stack = C3k2(c128, c256, n2, c3k=big, e=0.25)
+        self.p3 = Conv(c256, c256, 3, 2)
+        self.p3_stack = C3k2(c256, c512, n2, c3k=big, e=0.25)
+        self.p4 = Conv(c512, c512, 3, 2)
+        self.p4_stack = C3k2(c512, c512, n2, c3k=True)
+        self.p5 = Conv(c512, c1024, 3, 2)
+        self.p5_stack = C3k2(c1024, c1024, n2, c3k=True)
+        self.sppf = SPPF(c1024, c1024, k=5, n=3, shortcut=True)
+        self.psa = C2PSA(c1024, c1024, n2)
+        # PAN neck: top-down, then bottom-up
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
-        self.td4 = C2f(c1024 + c512, c512, _n(3, s))
-        self.td3 = C2f(c512 + c256, c256, _n(3, s))  # out P3
-        self.bu3 = Conv(c256, c256, 3, 2)
-        self.bu4 = C2f(c256 + c512, c512, _n(3, s))  # out P4
-        self.bu4d = Conv(c512, c512, 3, 2)
-        self.bu5 = C2f(c512 + c1024, c1024, _n(3, s))  # out P5
+        self.td4 = C3k2(c1024 + c512, c512, n2, c3k=True)
+        self.td3 = C3k2(c512 + c512, c256, n2, c3k=True)  # out P3
+        self.down3 = Conv(c256, c256, 3, 2)
+        self.bu4 = C3k2(c256 + c512, c512, n2, c3k=True)  # out P4
+        self.down4 = Conv(c512, c512, 3, 2)
+        self.bu5 = C3k2(c512 + c1024, c1024, 1, c3k=True, e=0.5, attn=True)  # out P5
         self.neck_channels = (c256, c512, c1024)
         self.strides = STRIDES
         self.head = Detect(nc, self.neck_channels, STRIDES)
 
     def neck(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        p3 = self.down3(x)
-        p4 = self.down4(p3)
-        p5 = self.down5(p4)
-        t4 = self.td4(torch.cat((self.up(p5), p4), 1))
-        n3 = self.td3(torch.cat((self.up(t4), p3), 1))
-        n4 = self.bu4(torch.cat((self.bu3(n3), t4), 1))
-        n5 = self.bu5(torch.cat((self.bu4d(n4), p5), 1))
+        """The three feature maps the head reads (strides 8, 16, 32)."""
+        x = self.p2_stack(self.p2(self.p1(x)))
+        c3 = self.p3_stack(self.p3(x))
+        c4 = self.p4_stack(self.p4(c3))
+        c5 = self.psa(self.sppf(self.p5_stack(self.p5(c4))))
+        t4 = self.td4(torch.cat((self.up(c5), c4), 1))
+        n3 = self.td3(torch.cat((self.up(t4), c3), 1))
+        n4 = self.bu4(torch.cat((self.down3(n3), t4), 1))
+        n5 = self.bu5(torch.cat((self.down4(n4), c5), 1))
         return [n3, n4, n5]
 
     def forward(self, x: torch.Tensor) -> dict:
@@ -97,7 +117,13 @@ class DetectionModel(nn.Module):
 
     def meta(self) -> dict:
         """Plain data that, with a state dict, rebuilds this model."""
-        return {"scale": self.scale, "nc": self.nc, "names": list(self.names), "strides": list(self.strides)}
+        return {
+            "arch": ARCH,
+            "scale": self.scale,
+            "nc": self.nc,
+            "names": list(self.names),
+            "strides": list(self.strides),
+        }
 
     def set_eval_head(self, nms: bool) -> None:
         """Which head runs in eval mode: one-to-one (NMS-free, default) or one-to-many (for NMS)."""

@@ -85,7 +85,7 @@ PARAM_DOCS = {
     "(the built-in synthetic set; demo?train=160&val=40&imgsz=96&classes=2 sets its size).",
     "class_names": "Comma-separated class names. For 'demo' they choose the shapes; otherwise, when given, they must equal "
     "the dataset's names. Empty: the dataset's own.",
-    "teacher_model": "Teacher scale: yolo-n, yolo-s, yolo-m or yolo-l.",
+    "teacher_model": "Teacher scale: yolo26n, yolo26s, yolo26m, yolo26l or yolo26x.",
     "teacher_uri": "A registered teacher (models:/NAME/VERSION or models:/NAME@ALIAS): used as is, no teacher training. "
     "Empty: train one.",
     "extra_config": 'Any other training options as a JSON object, e.g. {"batch": 32, "mosaic": 0.5} (the names of '
@@ -149,7 +149,7 @@ def make_pipeline(*, retries: bool = True):
         dataset_uri: str = "demo",
         class_names: str = "",
         imgsz: int = TRAIN_DEFAULTS["imgsz"],
-        teacher_model: str = "yolo-s",
+        teacher_model: str = "yolo26s",
         teacher_epochs: int = TRAIN_DEFAULTS["epochs"],
         teacher_uri: str = "",
         student_model: str = TRAIN_DEFAULTS["model"],

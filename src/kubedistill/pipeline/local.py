@@ -36,9 +36,9 @@ from kubedistill.pipeline.tracking import finish_tracking
 LOCAL_DEFAULTS: dict[str, Any] = {
     "dataset_uri": "demo",
     "imgsz": 96,
-    "teacher_model": "yolo-s",
+    "teacher_model": "yolo26s",
     "teacher_epochs": 16,
-    "student_model": "yolo-n",
+    "student_model": "yolo26n",
     "student_epochs": 16,
     "optimizer": "AdamW",
     "lr0": 0.004,

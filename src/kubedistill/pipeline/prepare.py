@@ -38,7 +38,7 @@ from kubedistill.storage import exists, upload
 
 DEMO = "demo"
 # Sized for `kubedistill run` on a CPU (the training tests' easy set): 96 px images, 2 classes, objects of
-# 12 px and up, at most 3 per image; yolo-n learns it to mAP50 0.5 in about 24 epochs.
+# 12 px and up, at most 3 per image; yolo26n learns it to mAP50 0.5 in about 24 epochs.
 DEMO_DEFAULTS = {"train": 160, "val": 40, "imgsz": 96, "seed": 0, "classes": 2, "min_size": 12, "max_objects": 3}
 MARKER = ".kubedistill-dataset.json"  # written last: a store entry without it is incomplete
 REMOTE_SCHEMES = ("s3", "minio")

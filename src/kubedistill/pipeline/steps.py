@@ -164,9 +164,9 @@ def build_train_config(extra: dict | None, **options) -> dict:
 
 
 def _check_names(weights: Path, data: Path, what: str) -> None:
-    from kubedistill.core.checkpoint import load_checkpoint
+    from kubedistill.model.checkpoint import read_checkpoint
 
-    ckpt = load_checkpoint(weights)
+    ckpt = read_checkpoint(weights)
     names = list(ckpt["model"]["meta"]["names"])
     want = load_data_yaml(data).names
     if names and list(names) != list(want):
@@ -331,7 +331,7 @@ def score_model(
     m = val.metrics.to_dict()
     fig = {k: m.get(k) for k in METRIC_NAMES}
     fig.update(
-        model=f"yolo-{model.scale}",
+        model=f"yolo26{model.scale}",
         imgsz=imgsz,
         params_M=info["params_inference"] / 1e6,
         gflops=info["gflops"],

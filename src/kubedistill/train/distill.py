@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kubedistill.core.checkpoint import file_sha256, load_checkpoint
+from kubedistill.core.checkpoint import file_sha256
 from kubedistill.core.errors import ConfigError, UserError
-from kubedistill.model.checkpoint import model_from_checkpoint
+from kubedistill.model.checkpoint import model_from_checkpoint, read_checkpoint
 from kubedistill.model.head import HEADS
 from kubedistill.model.yolo import DetectionModel
 
@@ -107,7 +107,7 @@ class Teacher:
 
     @classmethod
     def load(cls, path: str | Path, student: DetectionModel, device: torch.device) -> Teacher:
-        ckpt = load_checkpoint(path)
+        ckpt = read_checkpoint(path)
         check_teacher(ckpt["model"]["meta"], student, str(path))
         model = model_from_checkpoint(ckpt).to(device).eval()
         for p in model.parameters():

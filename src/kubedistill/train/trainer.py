@@ -51,7 +51,7 @@ from kubedistill.data.dataset_yaml import load_data_yaml
 from kubedistill.data.fetch import resolve_data
 from kubedistill.eval.plots import write_run_plots
 from kubedistill.eval.validator import validate
-from kubedistill.model.checkpoint import model_from_checkpoint
+from kubedistill.model.checkpoint import model_from_checkpoint, read_checkpoint, transfer_weights
 from kubedistill.model.yolo import DetectionModel, parse_scale
 from kubedistill.train.ema import ModelEMA
 from kubedistill.train.loss_health import check_loss_health
@@ -231,21 +231,25 @@ class Trainer:
         )
 
     def setup_model(self, ckpt: dict | None = None) -> None:
-        """The network: from the resume state, from a checkpoint (`model=x.pt`, fine-tuning), or new (`model=yolo-n`)."""
+        """The network: from the resume state, from a checkpoint (`model=x.pt`, fine-tuning), or new (`model=yolo26n`)."""
         cfg = self.cfg
         names = self.spec.names
         if ckpt is not None:
             self.model = model_from_checkpoint(ckpt, weights="train")
         elif cfg.model.endswith(".pt") or cfg.model.startswith("models:/"):
-            base = load_checkpoint(self.local_file(cfg.model))
-            self.model = model_from_checkpoint(base)
-            if self.model.nc != len(names):
-                # fine-tune on new classes: keep backbone and neck, fresh head
-                fresh = DetectionModel(self.model.scale, nc=len(names), names=names)
-                sd = {k: v for k, v in self.model.state_dict().items() if not k.startswith("head.")}
-                fresh.load_state_dict(sd, strict=False)
-                self.model = fresh
-            self.model.names = list(names)
+            # fine-tuning: every tensor that fits is transferred; on another class count the class outputs start fresh
+            base = read_checkpoint(self.local_file(cfg.model))
+            meta = base["model"]["meta"]
+            self.model = DetectionModel(meta["scale"], nc=len(names), names=names)
+            self.model.head.init_bias(cfg.imgsz)
+            moved, total = transfer_weights(self.model, base)
+            if self.main:
+                classes = (
+                    "" if meta["nc"] == len(names) else f"; {meta['nc']} -> {len(names)} classes, class outputs new"
+                )
+                LOGGER.info(
+                    f"fine-tuning from {cfg.model} (yolo26{meta['scale']}): {moved}/{total} tensors transferred{classes}"
+                )
         else:
             self.model = DetectionModel(parse_scale(cfg.model), nc=len(names), names=names)
             self.model.head.init_bias(cfg.imgsz)
@@ -258,7 +262,7 @@ class Trainer:
         self.objective = build_objective(self.model, cfg, self.device, teacher)
         if teacher and self.main:
             LOGGER.info(
-                f"distilling from teacher {cfg.distill_model} (yolo-{self.objective.teacher.model.scale}), dis={cfg.dis}"
+                f"distilling from teacher {cfg.distill_model} (yolo26{self.objective.teacher.model.scale}), dis={cfg.dis}"
                 + (f", dis_o2o={cfg.dis_o2o} (dis_temp={cfg.dis_temp})" if cfg.dis_o2o > 0 else "")
             )
 
