@@ -28,7 +28,7 @@ class TrainConfig(BaseModel):
     model: str = Field(
         "yolo26n",
         description="Scale name (yolo26n/s/m/l/x; yolo-n ... also accepted) or a checkpoint to fine-tune from: a kubedistill "
-        "or Ultralytics YOLO26 .pt, or a registered model models:/NAME/VERSION.",
+        "or Ultralytics YOLO26 .pt, s3://bucket/key.pt, or a registered model models:/NAME/VERSION.",
     )
     data: str | None = Field(None, description="Path to data.yaml.")
     epochs: int = Field(100, ge=1, description="Training epochs.")
@@ -88,7 +88,8 @@ class TrainConfig(BaseModel):
     # distillation (see the distillation docs)
     distill_model: str | None = Field(
         None,
-        description="Teacher for feature distillation: a checkpoint path or a registered model models:/NAME/VERSION.",
+        description="Teacher for feature distillation: a kubedistill or Ultralytics YOLO26 .pt, s3://bucket/key.pt, or a "
+        "registered model models:/NAME/VERSION.",
     )
     dis: float = Field(6.0, ge=0.0, description="Distillation loss gain.")
     dis_o2o: float = Field(0.0, ge=0.0, description="Gain of the one-to-one head's class-score distillation (0: off).")

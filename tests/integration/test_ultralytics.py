@@ -279,3 +279,51 @@ def test_the_users_command_from_their_ultralytics_files(tmp_path, tiny_data):
     assert "distilling from teacher yolo26s.pt (yolo26s)" in proc.stdout
     best = tmp_path / "runs" / "kd" / "weights" / "best.pt"
     assert best.is_file() and load_model(best)[0].names == ["circle", "square"]
+
+
+def test_checkpoints_from_s3_for_training_distillation_and_the_pipelines_teacher(
+    s3_env, tmp_path, monkeypatch, tiny_data, tiny_train
+):
+    from kubedistill import storage
+    from kubedistill.pipeline.steps import train_step
+    from kubedistill.storage import s3 as storage_s3
+    from kubedistill.train import checkpoint_file
+
+    s3_env.bucket("kd-models")
+    monkeypatch.setenv("KUBEDISTILL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    storage_s3._client.cache_clear()
+    n_uri = storage.upload(_pt("n"), "s3://kd-models/yolo26n.pt")
+    s_uri = storage.upload(_pt("s"), "s3://kd-models/teachers/yolo26s.pt")
+    local = checkpoint_file(n_uri)
+    assert (tmp_path / "cache") in local.parents and local.read_bytes() == _pt("n").read_bytes()
+    trainer, _ = tiny_train(tmp_path, tiny_data, "s3", model=n_uri, distill_model=s_uri, epochs=1, mosaic=0.0)
+    assert trainer.objective.teacher.model.scale == "s" and trainer.cfg.model == n_uri  # the run records the URIs
+    # the pipeline's teacher_uri: an Ultralytics teacher on S3, used as is
+    res = train_step(
+        tiny_data.parent,
+        tmp_path / "teacher.pt",
+        role="teacher",
+        options={},
+        extra_config=None,
+        fingerprint="fp",
+        teacher_uri=s_uri,
+    )
+    assert res["trained"] is False and res["source"] == s_uri
+    assert (tmp_path / "teacher.pt").read_bytes() == _pt("s").read_bytes()
+    with pytest.raises(UserError, match="is a prefix, not a checkpoint"):
+        checkpoint_file("s3://kd-models/teachers/")
+    storage_s3._client.cache_clear()
+
+
+def test_serving_a_checkpoint_exports_it_once(tmp_path, monkeypatch):
+    from kubedistill.serve.model import OnnxDetector
+    from kubedistill.serve.resolve import resolve_model_uri
+
+    monkeypatch.setenv("KUBEDISTILL_CACHE", str(tmp_path / "cache"))
+    onnx = resolve_model_uri(_pt("n"))
+    assert onnx.suffix == ".onnx" and (tmp_path / "cache") in onnx.parents
+    stamp = onnx.stat().st_mtime_ns
+    assert resolve_model_uri(_pt("n")) == onnx and onnx.stat().st_mtime_ns == stamp  # made once
+    det = OnnxDetector(onnx, threads=1)
+    assert det.names == ["circle", "square"] and det.imgsz == 64

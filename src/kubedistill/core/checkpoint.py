@@ -8,7 +8,6 @@ Layout:
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +36,3 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt.get("model", {}):
         raise UserError(f"'{p}' is not a kubedistill checkpoint", "Use a best.pt/last.pt written by kubedistill train")
     return ckpt
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from kubedistill.core.atomic import atomic_path
+from kubedistill.core.digest import file_sha256
 from kubedistill.core.errors import UserError
 from kubedistill.core.version import __version__
 from kubedistill.model.decode import head_boxes, topk_detections
@@ -97,7 +98,6 @@ def export_onnx(
     import onnx
     import onnxruntime as ort
 
-    from kubedistill.core.checkpoint import file_sha256
     from kubedistill.core.device import select_device
     from kubedistill.model.checkpoint import load_model
 

@@ -86,8 +86,9 @@ PARAM_DOCS = {
     "class_names": "Comma-separated class names. For 'demo' they choose the shapes; otherwise, when given, they must equal "
     "the dataset's names. Empty: the dataset's own.",
     "teacher_model": "Teacher scale: yolo26n, yolo26s, yolo26m, yolo26l or yolo26x.",
-    "teacher_uri": "A registered teacher (models:/NAME/VERSION or models:/NAME@ALIAS): used as is, no teacher training. "
-    "Empty: train one.",
+    "teacher_uri": "A teacher to use as is, no teacher training: a .pt path, s3://bucket/key.pt, or a registered model "
+    "models:/NAME/VERSION (or @ALIAS); kubedistill's or an Ultralytics YOLO26 one (yolo26s.pt). It must know the "
+    "dataset's classes. Empty: train one.",
     "extra_config": 'Any other training options as a JSON object, e.g. {"batch": 32, "mosaic": 0.5} (the names of '
     "`kubedistill train --help`).",
     "registered_model_name": "Name of the student in the MLflow model registry.",

@@ -24,6 +24,7 @@ import numpy as np
 from kubedistill.config import train_config
 from kubedistill.core.atomic import atomic_write_text
 from kubedistill.core.cache import cache_dir
+from kubedistill.core.digest import file_sha256
 from kubedistill.core.errors import ConfigError, UserError
 from kubedistill.core.log import LOGGER, setup_logging
 from kubedistill.core.names import METRIC_NAMES, RUN_ID_ENV
@@ -34,9 +35,9 @@ from kubedistill.eval.run import validate_split
 from kubedistill.pipeline.report import eval_report
 from kubedistill.pipeline.tracking import need_tracking, parent_artifacts, parent_run, parent_tags
 from kubedistill.release.promote import promote
-from kubedistill.track.registry import champion, fetch_model
+from kubedistill.track.registry import champion
 from kubedistill.track.runs import end_run, log_child_run, run_info
-from kubedistill.train import build_trainer
+from kubedistill.train import build_trainer, checkpoint_file
 
 # Training options that are pipeline parameters of their own (pipeline/dag.py TRAIN_PARAMS): extra_config must not
 # set them a second time.
@@ -193,16 +194,17 @@ def train_step(
 
     `options`: the training options that are pipeline parameters (OWN_OPTIONS); `extra_config`: any others.
 
-    With `teacher_uri` (teacher role only) nothing is trained: that registered model is fetched instead.
+    With `teacher_uri` (teacher role only) nothing is trained: that checkpoint (a .pt path, s3:// or a registered
+    models:/ URI; kubedistill's or Ultralytics' YOLO26) is fetched and passed on instead.
     """
     data = data_yaml(data)
     out_weights = Path(out_weights)
     if role == "teacher" and teacher_uri.strip():
-        pt = fetch_model(teacher_uri.strip(), kind="pt")
+        pt = checkpoint_file(teacher_uri)
         _check_names(pt, data, f"Teacher {teacher_uri}")
         out_weights.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(pt, out_weights)
-        _log(f"train_teacher: teacher_uri {teacher_uri} given: using that registered teacher, no training")
+        _log(f"train_teacher: teacher_uri {teacher_uri} given: using that teacher, no training")
         return {"role": role, "source": teacher_uri.strip(), "trained": False, "metrics": {}, "mlflow_run_id": ""}
 
     work = (
@@ -262,7 +264,6 @@ def export_step(weights: str | Path, out_onnx: str | Path, *, done: str | Path =
         import onnx
 
         meta = {p.key: p.value for p in onnx.load(str(done), load_external_data=False).metadata_props}
-        from kubedistill.core.checkpoint import file_sha256
 
         if meta.get("source_sha256") == file_sha256(weights):
             shutil.copyfile(done, out_onnx)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from kubedistill.core.checkpoint import file_sha256
+from kubedistill.core.digest import file_sha256
 from kubedistill.core.errors import UserError
 from kubedistill.core.version import __version__
 from kubedistill.model.export import export_onnx

@@ -1,7 +1,8 @@
 """Where a served model comes from: `resolve_model_uri` turns a --model value into a local file.
 
 This is the one place to extend for remote models. Local `.onnx` files (or a folder holding one) are
-used in place; `s3://bucket/model.onnx` (or a prefix holding one .onnx) is downloaded into the model
+used in place; a `.pt` checkpoint (kubedistill's or an Ultralytics YOLO26 one) is exported once into the model
+cache, where torch is installed; `s3://bucket/model.onnx` (or a prefix holding one .onnx) is downloaded into the model
 cache, keyed by its ETag. `models:/NAME/VERSION` / `models:/NAME@ALIAS` (MLflow registry, at
 MLFLOW_TRACKING_URI) download the registered version's ONNX model into the same cache; an alias is resolved
 once, at start, so a running server never changes model under its clients.
@@ -13,6 +14,7 @@ import re
 from pathlib import Path
 
 from kubedistill.core.cache import cache_dir
+from kubedistill.core.digest import file_sha256
 from kubedistill.core.errors import UserError
 from kubedistill.storage import download_cached, join_uri, list_files
 from kubedistill.track.registry import fetch_model
@@ -43,13 +45,10 @@ def resolve_model_uri(uri: str | Path) -> Path:
             what = "no .onnx file" if not found else f"{len(found)} .onnx files"
             raise UserError(f"Model folder '{path}' holds {what}", "Pass the .onnx file itself")
         path = found[0]
+    if path.suffix.lower() == ".pt":
+        path = exported_checkpoint(path)
     if path.suffix.lower() != ".onnx":
-        hint = (
-            " (a torch checkpoint: export it first with `kubedistill export --weights " + str(path) + "`)"
-            if path.suffix == ".pt"
-            else ""
-        )
-        raise UserError(f"Model '{path}' is not an .onnx file{hint}", "Pass the exported .onnx file")
+        raise UserError(f"Model '{path}' is not an .onnx file", "Pass an exported .onnx file (or a .pt checkpoint)")
     if path.stat().st_size == 0:
         raise UserError(f"Model '{path}' is an empty file", "Export it again")
     return path.resolve()
@@ -72,3 +71,19 @@ def _fetch_s3_model(uri: str) -> Path:
                 raise UserError(f"Model folder '{uri}' holds {what}", "Pass the .onnx object itself")
             uri = join_uri(uri, found[0])
     return download_cached(uri, cache_dir("models"))
+
+
+def exported_checkpoint(path: Path) -> Path:
+    """A .pt checkpoint (kubedistill's or an Ultralytics YOLO26 one) -> its end-to-end ONNX export, made once into
+    the model cache (keyed by the file's content). Needs torch (the `train` extra); the serve image has none."""
+    try:
+        from kubedistill.model.export import export_onnx
+    except ModuleNotFoundError:
+        raise UserError(
+            f"Model '{path}' is a torch checkpoint, and this install has no torch to export it",
+            f"Export it where the train extra is installed (`kubedistill export --weights {path}`) and serve the .onnx",
+        ) from None
+    out = cache_dir("models") / "exported" / file_sha256(path)[:16] / f"{path.stem}.onnx"
+    if not out.is_file():
+        export_onnx(path, out)
+    return out

@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from kubedistill.core.cache import cache_dir
+from kubedistill.core.errors import UserError
+from kubedistill.storage import download_cached
 from kubedistill.track.callback import MlflowCallback
 from kubedistill.track.registry import fetch_model
 from kubedistill.track.settings import resolve_uri, tracking_enabled
 
+REMOTE_CHECKPOINTS = ("models:/", "s3://")
 
-def fetch_checkpoint(uri: str, cfg) -> str:
-    """A registered model (models:/NAME/VERSION or @ALIAS) -> its checkpoint, fetched once into the model cache,
-    from the tracking server `cfg` names."""
-    return str(fetch_model(uri, kind="pt", tracking_uri=resolve_uri(cfg.mlflow_uri, cfg.project)[0]))
+
+def checkpoint_file(ref: str, *, tracking_uri: str = "", project: str = "runs") -> Path:
+    """A checkpoint reference -> a local .pt: a path as is; s3://bucket/key.pt fetched into the model cache (again
+    only when the object changed); a registered model (models:/NAME/VERSION or @ALIAS) from the tracking server."""
+    ref = str(ref).strip()
+    if ref.startswith("models:/"):
+        return fetch_model(ref, kind="pt", tracking_uri=resolve_uri(tracking_uri, project)[0])
+    if ref.startswith("s3://"):
+        if ref.endswith("/"):
+            raise UserError(f"'{ref}' is a prefix, not a checkpoint", "Name the .pt object itself")
+        return download_cached(ref, cache_dir("models"))
+    return Path(ref)
+
+
+def fetch_checkpoint(ref: str, cfg) -> str:
+    """The trainer's `fetch`: a remote checkpoint reference -> a local file, with `cfg`'s tracking server."""
+    return str(checkpoint_file(ref, tracking_uri=cfg.mlflow_uri, project=cfg.project))
 
 
 def build_trainer(cfg, callbacks=None):
     """The trainer for this config: `models:/` checkpoints fetched from the MLflow registry, and MLflow tracking
-    attached when `mlflow=True` or MLFLOW_TRACKING_URI is set."""
+    attached when `mlflow=True` or MLFLOW_TRACKING_URI is set; `models:/` and `s3://` checkpoints are fetched."""
     from kubedistill.train.trainer import Trainer
 
     trainer = Trainer(cfg, fetch=fetch_checkpoint)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kubedistill.core.checkpoint import file_sha256
+from kubedistill.core.digest import file_sha256
 from kubedistill.core.errors import ConfigError, UserError
 from kubedistill.model.checkpoint import model_from_checkpoint, read_checkpoint
 from kubedistill.model.head import HEADS

@@ -165,12 +165,10 @@ class Trainer:
         return ckpt
 
     def local_file(self, ref: str) -> str:
-        """A checkpoint reference (path or models:/ URI) -> a local path."""
-        if ref.startswith("models:/"):
+        """A checkpoint reference (a path, s3:// or models:/) -> a local path."""
+        if ref.startswith(("models:/", "s3://")):
             if self.fetch is None:
-                raise ConfigError(
-                    f"'{ref}' needs the MLflow registry", "Build the trainer with kubedistill.train.build_trainer"
-                )
+                raise ConfigError(f"'{ref}' needs fetching", "Build the trainer with kubedistill.train.build_trainer")
             return self.fetch(ref, self.cfg)
         return ref
 
@@ -236,7 +234,7 @@ class Trainer:
         names = self.spec.names
         if ckpt is not None:
             self.model = model_from_checkpoint(ckpt, weights="train")
-        elif cfg.model.endswith(".pt") or cfg.model.startswith("models:/"):
+        elif cfg.model.endswith(".pt") or cfg.model.startswith(("models:/", "s3://")):
             # fine-tuning: every tensor that fits is transferred; on another class count the class outputs start fresh
             base = read_checkpoint(self.local_file(cfg.model))
             meta = base["model"]["meta"]
