@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 import typer
 
+from kubedistill.benchmark.onnx import onnx_times
 from kubedistill.benchmark.serve import run_serve_benchmark
 from kubedistill.config import TrainConfig, parse_cli_overrides, train_config
 from kubedistill.core.atomic import atomic_write_text, write_json_atomic
@@ -430,6 +431,21 @@ def serve_cmd(
         log_level=log_level,
         access_log=access_log,
     )
+
+
+@bench_app.command("onnx")
+def bench_onnx(
+    model: list[Path] = typer.Option(..., help="An .onnx file; give it once per model to compare (the first is 1.0x)."),
+    rounds: int = typer.Option(50, help="Timed runs per model, interleaved."),
+    warmup: int = typer.Option(5, help="Untimed runs per model first."),
+    threads: int | None = typer.Option(None, help="onnxruntime threads (default: the CPU cores)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON."),
+):
+    """Model time of ONNX files side by side (onnxruntime, batch 1, interleaved): e.g. kubedistill's and Ultralytics'
+    export of the same checkpoint."""
+    rows = onnx_times([str(m) for m in model], rounds=rounds, warmup=warmup, threads=threads, echo=typer.echo)
+    if json_out:
+        write_json_atomic(json_out, rows)
 
 
 @bench_app.command("serve")

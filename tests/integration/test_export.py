@@ -54,3 +54,15 @@ def test_compare_detections_flags_mismatch():
 def test_export_errors(tmp_path, weights):
     with pytest.raises(UserError, match="multiple of 32"):
         export_onnx(weights, tmp_path / "x.onnx", imgsz=70)
+
+
+def test_benchmark_onnx_times_files_side_by_side(served_model, served_dynamic_model, tmp_path):
+    from kubedistill.benchmark.onnx import onnx_times
+
+    lines = []
+    rows = onnx_times([served_model[1], served_dynamic_model], rounds=3, warmup=1, threads=1, echo=lines.append)
+    assert [r["input"] for r in rows] == [[1, 3, 64, 64], [1, 3, 64, 64]]  # the dynamic batch is timed at 1
+    assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] > 0 and all(r["p10_ms"] <= r["ms"] <= r["p90_ms"] for r in rows)
+    assert lines[0].startswith("# kubedistill benchmark onnx: 3 interleaved rounds, 1 threads") and len(lines) == 3
+    with pytest.raises(UserError, match="does not exist"):
+        onnx_times([tmp_path / "nope.onnx"])

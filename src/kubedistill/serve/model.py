@@ -77,6 +77,21 @@ def _dim(d) -> int:
     return int(d) if isinstance(d, (int, np.integer)) and int(d) > 0 else -1
 
 
+def session_options(threads: int):
+    """The server's onnxruntime session options (benchmarks time other files with the same ones)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # worker threads still spin inside a run (parking them made the model 20% slower here), but stop as
+    # soon as it returns, leaving the cores to decoding, HTTP and JSON (docs/benchmarks.md)
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
+    return opts
+
+
 class OnnxDetector:
     """An exported kubedistill detector in onnxruntime. See the module docstring."""
 
@@ -85,14 +100,7 @@ class OnnxDetector:
 
         self.path = Path(path)
         self.threads = int(threads) if threads else default_threads()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # worker threads still spin inside a run (parking them made the model 20% slower here), but stop as
-        # soon as it returns, leaving the cores to decoding, HTTP and JSON (docs/benchmarks.md)
-        opts.add_session_config_entry("session.force_spinning_stop", "1")
+        opts = session_options(self.threads)
         t0 = time.perf_counter()
         try:
             self.session = ort.InferenceSession(
