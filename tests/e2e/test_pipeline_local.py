@@ -178,3 +178,31 @@ def test_cli_failure_is_one_line(env, tmp_path, capsys):
     assert "does not exist" in err[0] and "full log:" in err[0]
     log = next((tmp_path / "out" / "logs").iterdir()).read_text()
     assert "prepare-data" in log and json.dumps("missing")[1:-1] in log
+
+
+@pytest.mark.slow
+def test_the_pipeline_starts_from_the_users_ultralytics_files(env, tiny_data, tmp_path_factory):
+    """The student fine-tunes from an Ultralytics yolo26n.pt and learns from an Ultralytics yolo26s.pt teacher given
+    as teacher_uri (no teacher training); the run registers and promotes the student."""
+    from kubedistill.core.checkpoint import load_checkpoint
+    from kubedistill.pipeline.local import run_local
+    from kubedistill.pipeline.params import check_params, pipeline_parameters
+
+    fix = Path(__file__).resolve().parents[1] / "fixtures" / "ultralytics"
+    out = tmp_path_factory.mktemp("run_ultralytics")
+    lines: list[str] = []
+    given = {
+        **TINY,
+        "dataset_uri": str(tiny_data),
+        "student_model": str(fix / "yolo26n-tiny.pt"),
+        "teacher_uri": str(fix / "yolo26s-tiny.pt"),
+    }
+    res = run_local(check_params(given, pipeline_parameters()), out, echo=lines.append)
+    text = "\n".join(res["summary"])
+    assert "teacher yolo26s: mAP50-95" in text and "student yolo26n: mAP50-95" in text
+    assert "registered: models:/kubedistill-student/1" in text and "promoted to champion: yes" in text
+    log = Path(res["log"]).read_text()
+    assert f"teacher_uri {fix / 'yolo26s-tiny.pt'} given: using that teacher, no training" in log
+    assert "yolo26n-tiny.pt (yolo26n): 708/708 tensors transferred" in log
+    student = load_checkpoint(Path(res["run_dir"]) / "distill-student" / "model")
+    assert student["model"]["meta"]["scale"] == "n" and student["model"]["meta"]["names"] == ["circle", "square"]
