@@ -288,8 +288,14 @@ def bench_train(
     workers: int = typer.Option(2, help="DataLoader workers for the loader measurement."),
     device: str = typer.Option(""),
     out: Path | None = typer.Option(None, help="Also write the figures as JSON."),
+    peer_python: str | None = typer.Option(
+        None,
+        help="The Ultralytics venv's python (../shared/peer/make-ultralytics-venv.sh): time its step side by side.",
+    ),
+    peer_script: Path | None = typer.Option(None, help="The peer script (default: benchmarks/peer in the repository)."),
+    rounds: int = typer.Option(5, help="With --peer-python: interleaved rounds of --iters steps each."),
 ):
-    """Forward+backward img/s and data-loader img/s for each scale and size."""
+    """Forward+backward img/s and data-loader img/s for each scale and size (and Ultralytics' on the same batch)."""
     from kubedistill.benchmark.train import run_train_benchmark
 
     rows = run_train_benchmark(
@@ -299,6 +305,10 @@ def bench_train(
         iters=iters,
         workers=workers,
         device=device,
+        echo=typer.echo,
+        peer_python=peer_python,
+        peer_script=peer_script,
+        rounds=rounds,
     )
     if out:
         write_json_atomic(out, rows)

@@ -66,3 +66,38 @@ def test_benchmark_onnx_times_files_side_by_side(served_model, served_dynamic_mo
     assert lines[0].startswith("# kubedistill benchmark onnx: 3 interleaved rounds, 1 threads") and len(lines) == 3
     with pytest.raises(UserError, match="does not exist"):
         onnx_times([tmp_path / "nope.onnx"])
+
+
+def test_benchmark_train_drives_a_peer_over_its_protocol(tmp_path):
+    """The peer side runs in another venv (Ultralytics'); here a stand-in script speaks the same protocol."""
+    import sys
+
+    from kubedistill.benchmark.train import run_train_benchmark
+
+    peer = tmp_path / "peer.py"
+    peer.write_text(
+        "import sys, time\\n"
+        "assert sys.argv[2] == 'n' and sys.argv[3] == '4'\\n"
+        "print('a notice first'); print('ready', flush=True)\\n"
+        "for line in sys.stdin:\\n"
+        "    if line.strip() == 'quit': break\\n"
+        "    time.sleep(0.01 * int(line)); print(0.5 * int(line), flush=True)\\n"  # says 0.5 s per step: 16 img/s
+    )
+    lines = []
+    rows = run_train_benchmark(
+        ["n"],
+        [64],
+        batch=8,
+        iters=2,
+        workers=0,
+        echo=lines.append,
+        peer_python=sys.executable,
+        peer_script=peer,
+        rounds=2,
+    )
+    assert rows[0]["peer_img_s"] == 16.0 and rows[0]["ours_over_peer"] == pytest.approx(
+        rows[0]["train_img_s"] / 16.0, rel=0.01
+    )
+    assert "Ultralytics    16.00 img/s" in lines[-1]
+    with pytest.raises(UserError, match="does not exist"):
+        run_train_benchmark(["n"], [64], batch=8, iters=1, workers=0, peer_python=str(tmp_path / "nope"), rounds=1)
