@@ -76,12 +76,12 @@ def test_benchmark_train_drives_a_peer_over_its_protocol(tmp_path):
 
     peer = tmp_path / "peer.py"
     peer.write_text(
-        "import sys, time\\n"
-        "assert sys.argv[2] == 'n' and sys.argv[3] == '4'\\n"
-        "print('a notice first'); print('ready', flush=True)\\n"
-        "for line in sys.stdin:\\n"
-        "    if line.strip() == 'quit': break\\n"
-        "    time.sleep(0.01 * int(line)); print(0.5 * int(line), flush=True)\\n"  # says 0.5 s per step: 16 img/s
+        "import sys, time\n"
+        "assert sys.argv[2] == 'n' and sys.argv[3] == '4'\n"
+        "print('a notice first'); print('ready', flush=True)\n"
+        "for line in sys.stdin:\n"
+        "    if line.strip() == 'quit': break\n"
+        "    time.sleep(0.01 * int(line)); print(0.5 * int(line), flush=True)\n"  # says 0.5 s per step: 16 img/s
     )
     lines = []
     rows = run_train_benchmark(
