@@ -10,6 +10,7 @@ import click
 import typer
 
 from kubedistill.benchmark.onnx import onnx_times
+from kubedistill.benchmark.peer import run_peer_train_benchmark
 from kubedistill.benchmark.serve import run_serve_benchmark
 from kubedistill.config import TrainConfig, parse_cli_overrides, train_config
 from kubedistill.core.atomic import atomic_write_text, write_json_atomic
@@ -456,6 +457,53 @@ def bench_onnx(
     rows = onnx_times([str(m) for m in model], rounds=rounds, warmup=warmup, threads=threads, echo=typer.echo)
     if json_out:
         write_json_atomic(json_out, rows)
+
+
+@bench_app.command("peer-train")
+def bench_peer_train(
+    peer_python: str = typer.Option(
+        ..., help="The Ultralytics venv's python (../shared/peer/make-ultralytics-venv.sh)."
+    ),
+    data: str | None = typer.Option(None, help="data.yaml (default: the easy built-in set, 160 + 40 images at 96 px)."),
+    model: str = typer.Option("yolo26n", help="A scale (from scratch) or a .pt checkpoint (fine-tuning it in both)."),
+    epochs: int = typer.Option(30),
+    imgsz: int = typer.Option(96),
+    batch: int = typer.Option(16),
+    out: Path | None = typer.Option(None, help="Work folder (both runs; default: a temporary one)."),
+    peer_script: Path | None = typer.Option(None, help="The peer script (default: benchmarks/peer in the repository)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON."),
+):
+    """Train the same model on the same data and epochs with kubedistill and with Ultralytics, one after the other;
+    both final models scored by kubedistill's val."""
+    if data is None:
+        from kubedistill.data.synth import make_synth
+
+        work = Path(out or "runs/benchmark_peer")
+        data = str(
+            make_synth(
+                work / "easy",
+                train=160,
+                val=40,
+                imgsz=96,
+                seed=1,
+                names=("circle", "square"),
+                min_size=12,
+                max_objects=3,
+            )
+        )
+    res = run_peer_train_benchmark(
+        peer_python,
+        data,
+        model=model,
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        out=out,
+        peer_script=peer_script,
+        echo=typer.echo,
+    )
+    if json_out:
+        write_json_atomic(json_out, res)
 
 
 @bench_app.command("serve")

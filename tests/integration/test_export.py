@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from kubedistill.core.errors import UserError
+from kubedistill.detector import Detector
 from kubedistill.model.export import compare_detections, export_onnx
 
 
@@ -101,3 +102,38 @@ def test_benchmark_train_drives_a_peer_over_its_protocol(tmp_path):
     assert "Ultralytics    16.00 img/s" in lines[-1]
     with pytest.raises(UserError, match="does not exist"):
         run_train_benchmark(["n"], [64], batch=8, iters=1, workers=0, peer_python=str(tmp_path / "nope"), rounds=1)
+
+
+def test_benchmark_peer_train_scores_both_with_one_evaluator(tmp_path, tiny_data, served_model):
+    """The peer trains in Ultralytics' venv; here a stand-in script answers as it would, with a ready checkpoint."""
+    import sys
+
+    from kubedistill.benchmark.peer import run_peer_train_benchmark
+
+    peer = tmp_path / "peer.py"
+    peer.write_text(
+        "import sys\n"
+        "data, model, epochs, imgsz, batch, project, name = sys.argv[1:8]\n"
+        "assert open(data).read().startswith('path: /') and model == 'yolo26n' and epochs == '1' and name == 'theirs'\n"
+        f"print('training ...'); print('best {served_model[0]} 12.5')\n"
+    )
+    lines = []
+    res = run_peer_train_benchmark(
+        sys.executable,
+        str(tiny_data),
+        model="yolo26n",
+        epochs=1,
+        imgsz=64,
+        batch=8,
+        out=tmp_path / "work",
+        peer_script=peer,
+        echo=lines.append,
+    )
+    assert res["theirs_s"] == 12.5 and res["ours_s"] > 0 and 0 <= res["ours_mAP50-95"] <= 1
+    assert res["theirs_mAP50-95"] == Detector(str(served_model[0])).val(str(tiny_data), imgsz=64, workers=0)["mAP50-95"]
+    assert lines[-1].startswith("ours/theirs: mAP50-95 ") and "same evaluator" in lines[-1]
+    peer.write_text("import sys; sys.exit(3)\n")
+    with pytest.raises(UserError, match=r"Ultralytics' training failed \(exit 3\)"):
+        run_peer_train_benchmark(
+            sys.executable, str(tiny_data), epochs=1, imgsz=64, batch=8, out=tmp_path / "w2", peer_script=peer
+        )
