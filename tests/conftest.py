@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kubedistill.data.synth import make_synth
+from kubedistill.data.synth import make_easy, make_synth
 
 
 @pytest.fixture(scope="session")
@@ -20,16 +20,7 @@ def tiny_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def easy_data(tmp_path_factory):
     """The learning test's set: 2 classes, objects of 12 px and up, at most 3 per image, 96 px."""
-    return make_synth(
-        tmp_path_factory.mktemp("easy"),
-        train=160,
-        val=40,
-        imgsz=96,
-        seed=1,
-        names=("circle", "square"),
-        min_size=12,
-        max_objects=3,
-    )
+    return make_easy(tmp_path_factory.mktemp("easy"))
 
 
 TINY_TRAIN = dict(imgsz=64, batch=8, nbs=8, workers=0, optimizer="AdamW", lr0=0.002, warmup_epochs=0.5, verbose=False)

@@ -476,21 +476,9 @@ def bench_peer_train(
     """Train the same model on the same data and epochs with kubedistill and with Ultralytics, one after the other;
     both final models scored by kubedistill's val."""
     if data is None:
-        from kubedistill.data.synth import make_synth
+        from kubedistill.data.synth import make_easy
 
-        work = Path(out or "runs/benchmark_peer")
-        data = str(
-            make_synth(
-                work / "easy",
-                train=160,
-                val=40,
-                imgsz=96,
-                seed=1,
-                names=("circle", "square"),
-                min_size=12,
-                max_objects=3,
-            )
-        )
+        data = str(make_easy(Path(out or "runs/benchmark_peer") / "easy"))
     res = run_peer_train_benchmark(
         peer_python,
         data,

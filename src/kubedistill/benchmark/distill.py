@@ -27,7 +27,7 @@ from kubedistill.core.errors import UserError
 from kubedistill.data.check import check_dataset
 from kubedistill.data.dataset import DetectionDataset, build_dataloader
 from kubedistill.data.dataset_yaml import load_data_yaml
-from kubedistill.data.synth import make_synth
+from kubedistill.data.synth import make_easy
 from kubedistill.model.checkpoint import load_model
 from kubedistill.model.info import count_flops
 from kubedistill.model.yolo import DetectionModel
@@ -202,18 +202,7 @@ def run_distill_benchmark(
     seeds = tuple(seeds) or (0,)
     arms = arms or [{"dis": 6.0}]
     if data is None:
-        data = str(
-            make_synth(
-                out / "data",
-                train=160,
-                val=40,
-                imgsz=imgsz,
-                seed=1,
-                names=("circle", "square"),
-                min_size=12,
-                max_objects=3,
-            )
-        )
+        data = str(make_easy(out / "data", imgsz=imgsz))
     common = dict(
         data=data,
         imgsz=imgsz,
