@@ -690,13 +690,17 @@ def test_resolve_model_uri(tmp_path, model_files, monkeypatch):
     from kubedistill.serve.resolve import resolve_model_uri
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'none.db'}")
+    monkeypatch.setenv("KUBEDISTILL_CACHE", str(tmp_path / "cache"))
     assert resolve_model_uri(str(model_files[1])) == model_files[1].resolve()
+    exported = resolve_model_uri(str(model_files[0]))  # a .pt is exported once into the model cache
+    assert exported.suffix == ".onnx" and (tmp_path / "cache") in exported.parents
+    (tmp_path / "model.txt").write_text("not a model")
     for uri, needle in [
         ("models:/det/3", "No MLflow registry at sqlite"),
         ("models:/det/latest", "not pinned"),
         ("models:/det@champion", "No MLflow registry"),
         (str(tmp_path / "nope.onnx"), "does not exist"),
-        (str(model_files[0]), "export it first"),
+        (str(tmp_path / "model.txt"), "is not an .onnx file"),
     ]:
         with pytest.raises(UserError, match=needle):
             resolve_model_uri(uri)
