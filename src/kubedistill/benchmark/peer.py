@@ -22,7 +22,18 @@ from kubedistill.data.dataset_yaml import load_data_yaml
 from kubedistill.detector import Detector
 from kubedistill.train import build_trainer
 
-PEER_TRAIN = Path(__file__).resolve().parents[3] / "benchmarks" / "peer" / "ultralytics_train.py"
+# the peer scripts, in the repository (benchmarks/peer); a wheel install passes --peer-script
+PEER_DIR = Path(__file__).resolve().parents[3] / "benchmarks" / "peer"
+PEER_TRAIN = PEER_DIR / "ultralytics_train.py"
+
+
+def check_peer(python: str, script: Path) -> None:
+    """The peer's python (the Ultralytics venv's) and its script must exist."""
+    if not Path(python).is_file() or not script.is_file():
+        raise UserError(
+            f"Peer '{python}' or its script '{script}' does not exist",
+            "Make the venv with ../shared/peer/make-ultralytics-venv.sh and pass --peer-python VENV/bin/python",
+        )
 
 
 def _absolute_yaml(data: str, folder: Path) -> Path:
@@ -39,11 +50,7 @@ def peer_train(
     python: str, script: Path, data: Path, model: str, epochs: int, imgsz: int, batch: int, out: Path
 ) -> tuple[Path, float]:
     """Ultralytics trains in its venv; (its best.pt, wall seconds)."""
-    if not Path(python).is_file() or not script.is_file():
-        raise UserError(
-            f"Peer '{python}' or its script '{script}' does not exist",
-            "Make the venv with ../shared/peer/make-ultralytics-venv.sh and pass --peer-python VENV/bin/python",
-        )
+    check_peer(python, script)
     env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(out / "ulcfg")}
     cmd = [python, str(script), str(data), model, str(epochs), str(imgsz), str(batch), str(out), "theirs"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)

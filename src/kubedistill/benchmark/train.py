@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kubedistill.benchmark.peer import PEER_DIR, check_peer
 from kubedistill.benchmark.timing import time_steps, training_step
 from kubedistill.config import TrainConfig
 from kubedistill.core.device import select_device
@@ -48,8 +49,7 @@ def loader_speed(samples, imgsz: int, batch: int, workers: int, batches: int = 2
 
 
 NC = 4  # the synthetic set's classes
-# the peer side, in the repository (benchmarks/peer); a wheel install passes --peer-script
-PEER_SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "peer" / "ultralytics_train_step.py"
+PEER_SCRIPT = PEER_DIR / "ultralytics_train_step.py"
 
 
 def _step(scale: str, imgsz: int, device, batch_data: dict):
@@ -67,11 +67,7 @@ class PeerSteps:
     driven over stdin: `time(n)` runs n steps there and returns their seconds."""
 
     def __init__(self, python: str, script: Path, batch_data: dict, scale: str, folder: Path):
-        if not Path(python).is_file() or not script.is_file():
-            raise UserError(
-                f"Peer '{python}' or its script '{script}' does not exist",
-                "Make the venv with ../shared/peer/make-ultralytics-venv.sh and pass --peer-python VENV/bin/python",
-            )
+        check_peer(python, script)
         npz = folder / f"batch_{scale}.npz"
         np.savez(
             npz,

@@ -11,8 +11,6 @@ from kubedistill.track.callback import MlflowCallback
 from kubedistill.track.registry import fetch_model
 from kubedistill.track.settings import resolve_uri, tracking_enabled
 
-REMOTE_CHECKPOINTS = ("models:/", "s3://")
-
 
 def checkpoint_file(ref: str, *, tracking_uri: str = "", project: str = "runs") -> Path:
     """A checkpoint reference -> a local .pt: a path as is; s3://bucket/key.pt fetched into the model cache (again

@@ -69,6 +69,7 @@ CALLBACK_EVENTS = (
     "on_train_end",
 )
 MAX_NONFINITE = 10
+REMOTE_CHECKPOINTS = ("models:/", "s3://")  # fetched by `fetch` before use
 
 
 class TrainingDiverged(UserError):
@@ -166,7 +167,7 @@ class Trainer:
 
     def local_file(self, ref: str) -> str:
         """A checkpoint reference (a path, s3:// or models:/) -> a local path."""
-        if ref.startswith(("models:/", "s3://")):
+        if ref.startswith(REMOTE_CHECKPOINTS):
             if self.fetch is None:
                 raise ConfigError(f"'{ref}' needs fetching", "Build the trainer with kubedistill.train.build_trainer")
             return self.fetch(ref, self.cfg)
@@ -234,7 +235,7 @@ class Trainer:
         names = self.spec.names
         if ckpt is not None:
             self.model = model_from_checkpoint(ckpt, weights="train")
-        elif cfg.model.endswith(".pt") or cfg.model.startswith(("models:/", "s3://")):
+        elif cfg.model.endswith(".pt") or cfg.model.startswith(REMOTE_CHECKPOINTS):
             # fine-tuning: every tensor that fits is transferred; on another class count the class outputs start fresh
             base = read_checkpoint(self.local_file(cfg.model))
             meta = base["model"]["meta"]
