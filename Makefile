@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 DEMO_OUT ?= runs/pipeline
 
-.PHONY: install lint test test-fast demo benchmark images clean
+.PHONY: install lint test test-fast test-container demo demo-docker benchmark images clean
 
 install: $(STAMP)
 
@@ -20,27 +20,38 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: install
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests docker
+	$(VENV)/bin/ruff format --check src tests docker
 
 test: install lint
 	$(PY) -m pytest
 
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not container"
+
+# The container tests (needs a docker engine; builds the images first, or reuses them): the serve image run as
+# the chart runs it, the pipeline's steps in the train image, /dev/shm fallback (docs/deploy.md).
+test-container: install
+	$(PY) -m pytest -m container tests/container
 
 # The whole pipeline on the built-in demo data, run here through kfp.local (docs/pipeline.md):
 # data -> teacher (yolo-s) -> distilled student (yolo-n) -> evaluate -> register in MLflow -> promotion gate.
 demo: install
 	$(KD) run --out $(DEMO_OUT)
 
+# The same demo with every step in the train image, as a cluster runs it (needs docker; builds the images).
+demo-docker: images
+	$(KD) run --runner docker --out $(DEMO_OUT)-docker
+
 benchmark: install
 	$(KD) benchmark train --scales n,s,m,l --imgsz 320,640
 
-# Container images (needs docker); their references come from charts/kubedistill/values.yaml (docs/deploy.md).
+# Container images from Debian packages and PyPI only (needs a docker engine, and root or user namespaces for
+# mmdebstrap): the base (docker/base-image.sh), then serve and train, tagged as charts/kubedistill/values.yaml
+# says. Unchanged sources reuse the images. TORCH_INDEX=<index URL> picks where the train image's torch wheel
+# comes from (docs/deploy.md).
 images: install
-	docker build -f docker/Dockerfile.serve -t "$$($(PY) -m kubedistill.images serve)" .
-	docker build -f docker/Dockerfile.train --build-arg TORCH_VERSION=$(TORCH_VERSION) --build-arg GIT_COMMIT="$$(git rev-parse HEAD)" -t "$$($(PY) -m kubedistill.images train)" .
+	TORCH_VERSION=$(TORCH_VERSION) $(PY) docker/build.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -162,3 +162,27 @@ def test_distributed_shards(synth_samples):
     assert moved != parts[0]
     loader = build_dataloader(ds, batch=2, workers=0, shuffle=False, seed=0, rank=1, world_size=2, drop_last=True)
     assert len(loader) == 2
+
+
+def test_shm_too_small_for_the_workers_falls_back_to_the_main_process(monkeypatch, caplog):
+    """A pod's 64 MB /dev/shm cannot hold 2 workers' batches of 32 x 416 px: load in the main process, with a
+    warning naming the fix (the real thing in a 64 MB container: tests/container/test_pipeline_docker.py)."""
+    import collections
+    import logging
+    import shutil
+    import sys
+
+    from kubedistill.data import dataset as ds
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(64 << 20, 0, 64 << 20))
+    with caplog.at_level(logging.WARNING, logger="kubedistill"):
+        assert ds.shm_workers(2, 32, 416) == 0
+    assert "/dev/shm has 64 MB free but 2 DataLoader workers need about 95 MB" in caplog.text
+    assert "emptyDir with medium Memory" in caplog.text and "--shm-size" in caplog.text
+    caplog.clear()
+    assert ds.shm_workers(2, 8, 320) == 2  # 2 x 2 x 8 x 3 x 320^2 x 1.5 = 14 MB: fits
+    assert ds.shm_workers(0, 32, 640) == 0 and caplog.text == ""
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(2 << 30, 0, 2 << 30))
+    assert ds.shm_workers(8, 64, 640) == 8  # the pipeline's 2Gi emptyDir holds 8 workers at 64 x 640

@@ -245,3 +245,35 @@ def test_local_variant_only_drops_retries():
         return d
 
     assert strip(a) == strip(b)
+
+
+def test_image_loading_steps_get_a_memory_dev_shm(docs):
+    """A pod's /dev/shm is 64 MB: DataLoader workers need a Memory emptyDir there (docs/deploy.md)."""
+    from kubedistill.pipeline.dag import SHM_SIZE, SHM_STEPS
+
+    _, k8s = docs
+    assert set(SHM_STEPS) == set(GPU_STEPS)
+    for name, ex in k8s.items():
+        mounts = ex.get("emptyDirMounts", [])
+        if name.removeprefix("exec-") in SHM_STEPS:
+            assert mounts == [
+                {"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": SHM_SIZE, "volumeName": "dshm"}
+            ]
+        else:
+            assert mounts == [], name
+
+
+def test_env_reaches_every_task_of_the_docker_variant():
+    """`kubedistill run --runner docker` sets its settings on every task: a container sees no other env."""
+    from google.protobuf import json_format
+
+    from kubedistill.pipeline.dag import make_pipeline
+
+    spec = json_format.MessageToDict(make_pipeline(retries=False, env={"A": "1", "B": "two"}).pipeline_spec)
+    executors = {k: v for k, v in spec["deploymentSpec"]["executors"].items() if "container" in v}
+    assert len(executors) == 9  # every step (the dataset importer runs no container)
+    for name, ex in executors.items():
+        assert {"name": "A", "value": "1"} in ex["container"]["env"], name
+        assert {"name": "B", "value": "two"} in ex["container"]["env"], name
+    plain = json_format.MessageToDict(make_pipeline(retries=False).pipeline_spec)
+    assert all("env" not in ex.get("container", {}) for ex in plain["deploymentSpec"]["executors"].values())

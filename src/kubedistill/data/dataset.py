@@ -14,6 +14,8 @@ the current mosaic probability, as long as the trainer calls ``dataset.set_epoch
 from __future__ import annotations
 
 import random
+import shutil
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -23,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from kubedistill.config import TrainConfig
+from kubedistill.core.log import LOGGER
 from kubedistill.data.augment import hflip, mosaic4, random_affine, random_hsv
 from kubedistill.data.check import Sample
 from kubedistill.data.images import read_image
@@ -219,6 +222,34 @@ def _worker_init(worker_id: int) -> None:
     cv2.setNumThreads(0)  # one process per worker already; avoid oversubscribing cores
 
 
+SHM = "/dev/shm"
+PREFETCH = 2  # DataLoader's prefetch_factor default: batches in flight per worker
+
+
+def shm_workers(workers: int, batch: int, imgsz: int, shm: str = SHM) -> int:
+    """`workers`, or 0 with a warning when /dev/shm cannot hold the batches in flight.
+
+    Worker processes hand batches over through /dev/shm. A Kubernetes pod (and a plain `docker run`) gets
+    64 MB there; when the batches do not fit, a worker fails to allocate and the training hangs or dies
+    with a bus error. Loading in the main process is slower but works."""
+    if workers <= 0 or not sys.platform.startswith("linux"):
+        return workers
+    try:
+        free = shutil.disk_usage(shm).free
+    except OSError:
+        return workers
+    need = int(workers * PREFETCH * batch * 3 * imgsz * imgsz * 1.5)  # uint8 images, half again for labels/slack
+    if need <= free:
+        return workers
+    LOGGER.warning(
+        f"{shm} has {free / 2**20:.0f} MB free but {workers} DataLoader workers need about {need / 2**20:.0f} MB "
+        f"at batch {batch}, imgsz {imgsz}: loading in the main process instead (slower). Fix: give {shm} more "
+        "room (Kubernetes: an emptyDir with medium Memory mounted there, as the kubedistill pipeline does; "
+        "docker: --shm-size 2g), or lower workers/batch"
+    )
+    return 0
+
+
 def build_dataloader(
     dataset: DetectionDataset,
     batch: int,
@@ -234,6 +265,7 @@ def build_dataloader(
     Call ``dataset.set_epoch(e)`` (or ``loader.sampler.set_epoch(e)``) before each epoch's iteration.
     """
     sampler = EpochSampler(dataset, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
+    workers = shm_workers(workers, batch, dataset.imgsz)
     g = torch.Generator()
     g.manual_seed(int(seed))
     return DataLoader(

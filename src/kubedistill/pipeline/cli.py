@@ -85,6 +85,12 @@ def run_cmd(
     out: Path = typer.Option(
         Path("runs/pipeline"), "--out", help="Folder for step outputs, MLflow (sqlite), datasets and logs."
     ),
+    runner: str = typer.Option(
+        "subprocess",
+        "--runner",
+        help="subprocess: each step as a process here (faster); docker: each step in the train image, as on a "
+        "cluster (`make images` builds it).",
+    ),
 ):
     """Run the Kubeflow pipeline here through kfp.local: demo data and small settings unless told otherwise."""
 
@@ -95,7 +101,7 @@ def run_cmd(
         values["dataset_uri"] = data
     values.update(parse_assignments(sets))
     params = check_params(values, pipeline_parameters())
-    res = run_local(params, out, echo=typer.echo)
+    res = run_local(params, out, echo=typer.echo, runner=runner)
     typer.echo("")
     for line in res["summary"]:
         typer.echo(line)

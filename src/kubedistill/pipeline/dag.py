@@ -47,6 +47,11 @@ CACHE_MOUNT = PVC_CACHE  # prepare_data keeps fetched datasets there when it is 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_NODE_LABEL = ("nvidia.com/gpu.present", "true")
 RUN_ID_FIELD = "metadata.labels['pipeline/runid']"  # KFP labels every pod of a run with its run id
+# A pod's /dev/shm is 64 MB, too small for PyTorch DataLoader workers (they die with a bus error): the steps
+# that load images mount a Memory emptyDir there (counted against the memory limit). `--runner docker` gives its
+# containers the same size.
+SHM_SIZE = "2Gi"
+SHM_STEPS = ("train-teacher", "distill-student", "evaluate", "promotion-gate")
 
 # Per step: (cpu request, cpu limit, memory request, memory limit, gpus, retries).
 RESOURCES = {
@@ -118,9 +123,17 @@ def _docstring() -> str:
 
 
 def configure(
-    task: dsl.PipelineTask, step: str, *, s3: bool = True, mlflow: bool = True, pvc: bool = False, retry: bool = True
+    task: dsl.PipelineTask,
+    step: str,
+    *,
+    s3: bool = True,
+    mlflow: bool = True,
+    pvc: bool = False,
+    retry: bool = True,
+    env: dict[str, str] | None = None,
 ) -> dsl.PipelineTask:
-    """Resources, GPU scheduling, Secrets as env, retries and caching for one step (see RESOURCES)."""
+    """Resources, GPU scheduling, Secrets as env, shared memory, retries and caching for one step (see RESOURCES);
+    `env`: environment variables set on the task itself (what `kubedistill run --runner docker` passes)."""
     cpu, cpu_max, mem, mem_max, gpus, retries = RESOURCES[step]
     task.set_cpu_request(cpu).set_cpu_limit(cpu_max).set_memory_request(mem).set_memory_limit(mem_max)
     if gpus:
@@ -139,12 +152,22 @@ def configure(
         kubernetes.use_field_path_as_env(task, RUN_ID_ENV, RUN_ID_FIELD)
     if pvc:
         kubernetes.mount_pvc(task, pvc_name=CACHE_PVC, mount_path=CACHE_MOUNT)
+    if step in SHM_STEPS:
+        kubernetes.empty_dir_mount(
+            task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=SHM_SIZE
+        )
+    for k, v in (env or {}).items():
+        task.set_env_variable(k, v)
     return task.set_display_name(step.replace("-", " "))
 
 
-def make_pipeline(*, retries: bool = True):
+def make_pipeline(*, retries: bool = True, env: dict[str, str] | None = None):
     """The pipeline function; `retries=False` (what `kubedistill run` uses) leaves out the retry policies, so a
-    local mistake fails at once instead of after minutes of backoff. Nothing else differs."""
+    local mistake fails at once instead of after minutes of backoff. `env` sets environment variables on every
+    task (`kubedistill run --runner docker`: a container sees no other). Nothing else differs."""
+
+    def step(task: dsl.PipelineTask, name: str, **kw) -> dsl.PipelineTask:
+        return configure(task, name, retry=retries, env=env, **kw)
 
     def training_pipeline(
         dataset_uri: str = "demo",
@@ -173,18 +196,15 @@ def make_pipeline(*, retries: bool = True):
         dataset_store: str = "",
         mlflow_experiment: str = "kubedistill",
     ):
-        exit_task = configure(
-            finish_tracking(mlflow_experiment=mlflow_experiment), "finish-tracking", s3=False, retry=retries
-        )
+        exit_task = step(finish_tracking(mlflow_experiment=mlflow_experiment), "finish-tracking", s3=False)
         with dsl.ExitHandler(exit_task, name="kubedistill"):
-            prep = configure(
+            prep = step(
                 prepare_data(dataset_uri=dataset_uri, class_names=class_names, dataset_store=dataset_store),
                 "prepare-data",
                 mlflow=False,
                 pvc=True,
-                retry=retries,
             )
-            gate_data = configure(
+            gate_data = step(
                 check_unchanged(
                     fingerprint=prep.outputs["fingerprint"],
                     dataset_uri=prep.outputs["dataset_uri"],
@@ -194,7 +214,6 @@ def make_pipeline(*, retries: bool = True):
                     mlflow_experiment=mlflow_experiment,
                 ),
                 "check-unchanged",
-                retry=retries,
             )
             with dsl.If(gate_data.outputs["Output"] == True, name="data-changed"):  # noqa: E712 (a KFP condition, not a Python test)
                 dataset = dsl.importer(
@@ -215,7 +234,7 @@ def make_pipeline(*, retries: bool = True):
                     extra_config=extra_config,
                     mlflow_experiment=mlflow_experiment,
                 )
-                teacher = configure(
+                teacher = step(
                     train_teacher(
                         dataset=dataset.output,
                         fingerprint=prep.outputs["fingerprint"],
@@ -225,9 +244,8 @@ def make_pipeline(*, retries: bool = True):
                         **train_args,
                     ),
                     "train-teacher",
-                    retry=retries,
                 )
-                student = configure(
+                student = step(
                     distill_student(
                         dataset=dataset.output,
                         teacher=teacher.outputs["model"],
@@ -238,9 +256,8 @@ def make_pipeline(*, retries: bool = True):
                         **train_args,
                     ),
                     "distill-student",
-                    retry=retries,
                 )
-                scores = configure(
+                scores = step(
                     evaluate(
                         dataset=dataset.output,
                         student=student.outputs["model"],
@@ -250,9 +267,8 @@ def make_pipeline(*, retries: bool = True):
                         mlflow_experiment=mlflow_experiment,
                     ),
                     "evaluate",
-                    retry=retries,
                 )
-                version = configure(
+                version = step(
                     register(
                         student=student.outputs["model"],
                         student_onnx=student.outputs["onnx"],
@@ -262,9 +278,8 @@ def make_pipeline(*, retries: bool = True):
                         mlflow_experiment=mlflow_experiment,
                     ),
                     "register",
-                    retry=retries,
                 )
-                gate = configure(
+                gate = step(
                     promotion_gate(
                         dataset=dataset.output,
                         version=version.output,
@@ -274,11 +289,10 @@ def make_pipeline(*, retries: bool = True):
                         mlflow_experiment=mlflow_experiment,
                     ),
                     "promotion-gate",
-                    retry=retries,
                 )
                 with dsl.If(gate.outputs["Output"] == True, name="promoted"):  # noqa: E712
                     with dsl.If(deploy_model == True, name="deploy-on"):  # noqa: E712
-                        configure(
+                        step(
                             deploy(
                                 version=version.output,
                                 registered_model_name=registered_model_name,
@@ -287,7 +301,6 @@ def make_pipeline(*, retries: bool = True):
                             ),
                             "deploy",
                             s3=False,
-                            retry=retries,
                         )
 
     training_pipeline.__doc__ = _docstring()

@@ -1,7 +1,10 @@
-"""`kubedistill run`: the training pipeline run here, step by step in subprocesses, through kfp.local.
+"""`kubedistill run`: the training pipeline run here, step by step, through kfp.local.
 
-Same DAG, same components, same step code as on a cluster (`kfp.local.SubprocessRunner(use_venv=False)`: the
-steps run with this Python, which has kubedistill installed). What differs, and why:
+Same DAG, same components, same step code as on a cluster. Two runners:
+- `subprocess` (the default, faster): `kfp.local.SubprocessRunner(use_venv=False)`, the steps run with this
+  Python, which has kubedistill installed;
+- `docker`: each step in the train image, as on a cluster (`pipeline/docker_runner.py` says what it adds).
+What differs from a cluster, and why:
 - the Kubernetes settings (resources, GPUs, PVC, Secrets, node selector, tolerations) do not apply: kfp.local
   ignores them;
 - no retries (`dag.make_pipeline(retries=False)`): a mistake fails at once instead of after minutes of backoff;
@@ -30,6 +33,7 @@ from typing import Any
 from kubedistill.core.errors import UserError
 from kubedistill.core.interrupt import sigterm_as_interrupt, terminate_children
 from kubedistill.core.names import RUN_ID_ENV
+from kubedistill.images import train_image
 from kubedistill.pipeline.tracking import finish_tracking
 
 # Small enough for a laptop CPU (docs/pipeline.md has the measured time), big enough to learn something.
@@ -224,9 +228,15 @@ def _end_tracking(experiment: str, echo: Callable[[str], None]) -> None:
         echo(f"could not end the pipeline's MLflow run ({e.__class__.__name__}: {str(e)[:200]}); it stays RUNNING")
 
 
-def run_local(params: dict[str, Any], out: str | Path, *, echo: Callable[[str], None] = print) -> dict:
-    """Run the pipeline with `params` (already checked against its parameters) under `out`; returns `collect()`
-    plus "params", "seconds", "log" and "summary" (the lines printed last)."""
+RUNNERS = ("subprocess", "docker")
+
+
+def run_local(
+    params: dict[str, Any], out: str | Path, *, echo: Callable[[str], None] = print, runner: str = "subprocess"
+) -> dict:
+    """Run the pipeline with `params` (already checked against its parameters) under `out`, its steps as
+    subprocesses or in the train image (`runner`); returns `collect()` plus "params", "seconds", "log" and
+    "summary" (the lines printed last)."""
     try:
         from kfp import local
     except ImportError:
@@ -245,25 +255,45 @@ def run_local(params: dict[str, Any], out: str | Path, *, echo: Callable[[str], 
     root = out / "pipeline_root"
     log_path = out / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:8]}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    pipeline = make_pipeline(retries=False)
-    before = set(root.glob("*")) if root.is_dir() else set()
+    if runner not in RUNNERS:
+        raise UserError(f"Unknown runner '{runner}'", "Use --runner " + " or --runner ".join(RUNNERS))
+    root.mkdir(parents=True, exist_ok=True)
+    stop_steps: Callable[[], None] = terminate_children
+    containers: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if runner == "docker":
+        from kubedistill.pipeline import docker_runner
+
+        image = train_image()
+        kfp_runner, params = docker_runner.make_runner(out, params, run_id, image)
+        step_env = docker_runner.step_env(run_id, env.get("MLFLOW_TRACKING_URI") or user_uri)
+        pipeline = make_pipeline(retries=False, env=step_env)
+        stop_steps = lambda: docker_runner.stop_containers(run_id)  # noqa: E731
+        containers = docker_runner.step_containers()
+        where = f"in containers of {image}"
+    else:
+        kfp_runner = local.SubprocessRunner(use_venv=False)
+        pipeline = make_pipeline(retries=False)
+        where = "as subprocesses"
+    before = set(root.glob("*"))
     t0 = time.monotonic()
-    echo(f"running the pipeline locally (run {run_id[:8]}); full log: {log_path}")
-    with open(log_path, "w") as log, _env(env):
+    echo(f"running the pipeline locally, steps {where} (run {run_id[:8]}); full log: {log_path}")
+    with open(log_path, "w") as log, _env(env), containers:
         filt = _LogFilter(log, echo, sys.stdout)
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+        local.init(runner=kfp_runner, pipeline_root=str(root), raise_on_error=True)
         failure = None
         with warnings.catch_warnings(), contextlib.redirect_stdout(filt):
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
             try:
-                with sigterm_as_interrupt(before=terminate_children):  # the running step stops with us
+                with sigterm_as_interrupt(before=stop_steps):  # the running step stops with us
                     pipeline(**params)
             except RuntimeError as e:
                 failure = _ANSI.sub("", str(e))
             except (
                 KeyboardInterrupt
             ):  # Ctrl-C or SIGTERM: the exit-handler step does not run, so end its MLflow run here
+                if runner == "docker":  # containers get no Ctrl-C from this terminal
+                    stop_steps()
                 _end_tracking(params.get("mlflow_experiment", "kubedistill"), echo)
                 raise
         sys.stdout.flush()
@@ -280,6 +310,7 @@ def run_local(params: dict[str, Any], out: str | Path, *, echo: Callable[[str], 
             raise UserError(f"The local run left no outputs in {root}", f"See {log_path}")
         res = collect(new[-1])
         res.update(
+            runner=runner,
             params=params,
             seconds=seconds,
             log=str(log_path),

@@ -10,6 +10,7 @@ once, at start, so a running server never changes model under its clients.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -37,7 +38,16 @@ def resolve_model_uri(uri: str | Path) -> Path:
         else:
             raise UserError(f"--model '{text}': {scheme}:// URIs are not supported", "Pass a local .onnx file")
     path = Path(text).expanduser()
-    if not path.exists():
+    try:
+        exists = path.exists() and os.access(path, os.R_OK)
+    except PermissionError:  # a folder on the way cannot be entered
+        exists = None
+    if exists is None or (path.exists() and not exists):
+        raise UserError(
+            f"Model '{path}' cannot be read by this user (uid {os.getuid()})",
+            "Make it and its folders readable (the serve image runs as uid 10001)",
+        )
+    if not exists:
         raise UserError(f"Model '{path}' does not exist", "Export one with `kubedistill export --weights best.pt`")
     if path.is_dir():
         found = sorted(path.glob("*.onnx"))
