@@ -51,3 +51,14 @@ def test_no_engine_is_a_user_error(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="No docker engine answers") as e:
         docker_runner.docker_client()
     assert "--runner subprocess" in e.value.fix
+
+
+def test_a_local_mlflow_store_outside_out_is_mounted(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    assert docker_runner.tracking_mount(f"sqlite:///{out / 'mlflow.db'}", out) == []  # --out is mounted anyway
+    assert docker_runner.tracking_mount(f"sqlite:///{tmp_path / 'ml' / 'mlflow.db'}", out) == [(tmp_path / "ml", True)]
+    assert (tmp_path / "ml").is_dir()
+    assert docker_runner.tracking_mount(f"file://{tmp_path / 'runs'}", out) == [(tmp_path / "runs", True)]
+    for remote in ("http://127.0.0.1:5000", "databricks", "", None):
+        assert docker_runner.tracking_mount(remote, out) == []

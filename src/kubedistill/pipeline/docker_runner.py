@@ -9,7 +9,8 @@ root. What this module adds around kfp.local, and why:
 - the container runs as the image's user (10001) with a read-only root filesystem, all capabilities dropped,
   tmpfs on HOME and /tmp, and /dev/shm as large as the cluster's Memory emptyDir (`dag.SHM_SIZE`);
 - `--out` (pipeline root, sqlite MLflow, datasets, logs) is bind-mounted at the same path, and so are local
-  `dataset_uri` / `teacher_uri` paths (read-only) and a local `dataset_store`. When this shell is root, those
+  `dataset_uri` / `teacher_uri` paths (read-only), a local `dataset_store` and the folder of a sqlite or file
+  MLFLOW_TRACKING_URI outside `--out`. When this shell is root, those
   folders are handed to uid 10001 first; any other user runs the containers under their own uid instead;
 - kfp.local's container loop is replaced for the run (`step_containers()`): kfp 2.17.0 starts each container
   with auto-remove and reports SUCCESS when the container is gone before its exit code is read (so a failed
@@ -100,6 +101,19 @@ def host_paths(params: dict[str, Any], out: Path) -> tuple[dict[str, Any], list[
     return params, mounts
 
 
+def tracking_mount(tracking_uri: str | None, out: Path) -> list[tuple[Path, bool]]:
+    """A sqlite or file MLflow store outside `out` is mounted read-write at the same path (its folder: sqlite
+    writes a journal beside the file, and the artifacts go to `mlartifacts/` there)."""
+    uri = tracking_uri or ""
+    for prefix in ("sqlite:///", "file://"):
+        if uri.startswith(prefix):
+            path = Path(uri[len(prefix) :]).resolve()
+            folder = path.parent if prefix == "sqlite:///" else path
+            folder.mkdir(parents=True, exist_ok=True)
+            return [] if folder.is_relative_to(out) else [(folder, True)]
+    return []
+
+
 def step_env(run_id: str, tracking_uri: str | None) -> dict[str, str]:
     env = {k: os.environ[k] for k in PASS_ENV if os.environ.get(k)}
     env[RUN_ID_ENV] = run_id
@@ -125,7 +139,7 @@ def container_user(writable: list[Path]) -> str:
     return f"{os.getuid()}:{os.getgid()}"
 
 
-def make_runner(out: Path, params: dict[str, Any], run_id: str, image: str):
+def make_runner(out: Path, params: dict[str, Any], run_id: str, image: str, tracking_uri: str | None = None):
     """(kfp.local.DockerRunner, params with absolute local paths); raises UserError when docker is not usable."""
     from docker.types import Mount
     from kfp import local
@@ -136,6 +150,7 @@ def make_runner(out: Path, params: dict[str, Any], run_id: str, image: str):
     finally:
         client.close()
     params, extra = host_paths(params, out)
+    extra += tracking_mount(tracking_uri, out)
     user = container_user([out] + [p for p, writable in extra if writable])
     uid, gid = user.split(":")
     tmpfs_opts = f"rw,exec,uid={uid},gid={gid},mode=0700"  # docker ignores `mode` on a path the image has

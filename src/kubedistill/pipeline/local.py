@@ -264,8 +264,9 @@ def run_local(
         from kubedistill.pipeline import docker_runner
 
         image = train_image()
-        kfp_runner, params = docker_runner.make_runner(out, params, run_id, image)
-        step_env = docker_runner.step_env(run_id, env.get("MLFLOW_TRACKING_URI") or user_uri)
+        tracking_uri = env.get("MLFLOW_TRACKING_URI") or user_uri
+        kfp_runner, params = docker_runner.make_runner(out, params, run_id, image, tracking_uri)
+        step_env = docker_runner.step_env(run_id, tracking_uri)
         pipeline = make_pipeline(retries=False, env=step_env)
         stop_steps = lambda: docker_runner.stop_containers(run_id)  # noqa: E731
         containers = docker_runner.step_containers()
