@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -725,6 +726,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except SystemExit:
         raise
+    except OSError as e:  # a path the OS refuses (no such folder, permission, a folder where a file goes, disk full)
+        if os.environ.get("KUBEDISTILL_TRACEBACK"):
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        typer.echo(
+            f"error: {e.strerror or e.__class__.__name__}{where}. Check the path and its permissions "
+            "(KUBEDISTILL_TRACEBACK=1 shows where it happened).",
+            err=True,
+        )
+        sys.exit(2)
     except Exception as e:  # click usage errors come as exceptions with standalone_mode=False
         if isinstance(e, click.exceptions.ClickException):
             e.show()

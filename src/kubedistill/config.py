@@ -22,7 +22,8 @@ _NONE_STRINGS = {"", "none", "null", "~"}
 class TrainConfig(BaseModel):
     """Every training option, with Ultralytics' names and sensible defaults."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan are refused for every float (lr0=inf passed and trained a model full of NaN)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # what to train, on what
     model: str = Field(
@@ -31,10 +32,11 @@ class TrainConfig(BaseModel):
         "or Ultralytics YOLO26 .pt, s3://bucket/key.pt, or a registered model models:/NAME/VERSION.",
     )
     data: str | None = Field(None, description="Path to data.yaml.")
-    epochs: int = Field(100, ge=1, description="Training epochs.")
-    batch: int = Field(16, ge=1, description="Images per batch (over all processes).")
-    imgsz: int = Field(640, ge=32, description="Square training/validation image size, a multiple of 32.")
-    workers: int = Field(2, ge=0, description="DataLoader worker processes per rank.")
+    # upper bounds catch typos (epochs=10000000), not real runs
+    epochs: int = Field(100, ge=1, le=100_000, description="Training epochs.")
+    batch: int = Field(16, ge=1, le=65_536, description="Images per batch (over all processes).")
+    imgsz: int = Field(640, ge=32, le=8192, description="Square training/validation image size, a multiple of 32.")
+    workers: int = Field(2, ge=0, le=256, description="DataLoader worker processes per rank.")
     device: str = Field("", description="'' picks cuda when available, else cpu; or 'cpu', 'cuda', 'cuda:0'.")
     seed: int = Field(0, description="Random seed.")
     deterministic: bool = Field(True, description="Use deterministic algorithms where torch has them.")
@@ -51,7 +53,7 @@ class TrainConfig(BaseModel):
     warmup_momentum: float = Field(0.8, ge=0.0, lt=1.0, description="Momentum at the start of warmup.")
     warmup_bias_lr: float = Field(0.1, ge=0.0, description="Bias learning rate at the start of warmup.")
     cos_lr: bool = Field(False, description="Cosine instead of linear decay from lr0 to lr0*lrf.")
-    nbs: int = Field(64, ge=1, description="Nominal batch size: gradients accumulate up to it.")
+    nbs: int = Field(64, ge=1, le=65_536, description="Nominal batch size: gradients accumulate up to it.")
 
     # loss
     box: float = Field(7.5, ge=0.0, description="Box (IoU) loss gain.")
@@ -121,7 +123,7 @@ class TrainConfig(BaseModel):
     save_period: int = Field(-1, description="Also save weights/epochN.pt every N epochs (-1: off).")
     resume: bool | str = Field(False, description="True to continue from last.pt, or a last.pt path.")
     project: str = Field("runs", description="Folder holding runs.")
-    name: str = Field("train", description="Run name: outputs go to project/name.")
+    name: str = Field("train", min_length=1, description="Run name: outputs go to project/name.")
     exist_ok: bool = Field(False, description="Reuse project/name instead of making name2, name3, ...")
     plots: bool = Field(True, description="Write plots into the run folder.")
     verbose: bool = Field(True, description="Log progress.")
@@ -198,6 +200,13 @@ class TrainConfig(BaseModel):
     def _imgsz_stride(cls, v: int) -> int:
         if v % 32:
             raise ValueError(f"must be a multiple of 32 (the largest stride); try {max(32, round(v / 32) * 32)}")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name_inside_project(cls, v: str) -> str:
+        if "/" in v or "\\" in v or v in (".", "..") or "\0" in v:
+            raise ValueError("must be one folder name inside project (no '/', '..'); use project for the parent")
         return v
 
     @model_validator(mode="after")
@@ -295,11 +304,13 @@ def parse_cli_overrides(args: list[str]) -> dict[str, Any]:
                 key, val = key[3:], "false"
             else:
                 val = "true"
-            out[key.replace("-", "_")] = val
         elif "=" in a:
             key, val = a.split("=", 1)
-            out[key.replace("-", "_")] = val
         else:
             raise ConfigError(f"Unexpected argument '{a}'", "Write options as --name value or name=value")
+        key = key.replace("-", "_")
+        if key in out:
+            raise ConfigError(f"Option '{key}' is given twice ({out[key]!r} and {val!r})", "Give each option once")
+        out[key] = val
         i += 1
     return out

@@ -119,6 +119,12 @@ def test_synth_train_val_predict(tmp_path):
         (["benchmark", "distill", "--seeds", "0,x"], "--seeds '0,x' is not a comma-separated list of integers"),
         (["benchmark", "distill", "--arm", "dsi=6"], "unknown option 'dsi'"),
         (["benchmark", "train", "--imgsz", "320,big"], "--imgsz '320,big' is not a comma-separated list"),
+        # issue 17: values that used to pass or end in a traceback
+        (["train", "--lr0", "inf"], "option 'lr0' = 'inf': Input should be a finite number"),
+        (["train", "--epochs", "100000000"], "option 'epochs'"),
+        (["train", "--epochs", "3", "epochs=4"], "Option 'epochs' is given twice"),
+        (["train", "--name", "../../x"], "option 'name' = '../../x': must be one folder name inside project"),
+        (["data", "synth", "/proc/kubedistill-x"], "/proc/kubedistill-x. Check the path and its permissions"),
     ],
 )
 def test_user_errors_are_one_line(tmp_path, args, expect):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -55,6 +56,17 @@ def test_compare_detections_flags_mismatch():
 def test_export_errors(tmp_path, weights):
     with pytest.raises(UserError, match="multiple of 32"):
         export_onnx(weights, tmp_path / "x.onnx", imgsz=70)
+    for bad in (0, -1, 10**6):  # 0 ended in an IndexError (issue 17)
+        with pytest.raises(UserError, match=f"--max-det {bad} is out of range"):
+            export_onnx(weights, tmp_path / "x.onnx", max_det=bad)
+
+
+def test_export_into_an_existing_folder(tmp_path, weights):
+    """--out naming a folder writes the model inside it (it ended in IsADirectoryError, issue 17)."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    res = export_onnx(weights, folder)
+    assert Path(res["path"]) == folder / Path(weights).with_suffix(".onnx").name and Path(res["path"]).is_file()
 
 
 def test_benchmark_onnx_times_files_side_by_side(served_model, served_dynamic_model, tmp_path):

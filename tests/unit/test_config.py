@@ -83,3 +83,60 @@ def test_mlflow_tags_from_text():
     assert train_config(mlflow_tags="").mlflow_tags == {}
     with pytest.raises(ConfigError, match="mlflow_tags"):
         train_config(mlflow_tags="[1, 2]")
+
+
+def _float_fields():
+    from kubedistill.config import TrainConfig
+
+    out = []
+    for name, f in TrainConfig.model_fields.items():
+        ann = str(f.annotation)
+        if "float" in ann:
+            out.append(name)
+    return out
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", float("inf"), float("nan"), "1e400"])
+def test_every_float_option_refuses_inf_and_nan(value):
+    """lr0=inf passed validation and trained a model full of NaN (issue 17): no float option takes one now."""
+    from kubedistill.config import train_config
+    from kubedistill.core.errors import ConfigError
+
+    names = _float_fields()
+    assert {"lr0", "lrf", "box", "dis", "mosaic", "fl_alpha"} <= set(names)  # the walk sees the float options
+    for name in names:
+        with pytest.raises(ConfigError, match=f"option '{name}' = .*finite number"):
+            train_config(**{name: value})
+
+
+@pytest.mark.parametrize(
+    "option,value",
+    [("epochs", 10_000_000), ("imgsz", 64_000), ("batch", 1_000_000), ("workers", 10_000), ("nbs", 10**7)],
+)
+def test_typo_sized_values_are_refused(option, value):
+    from kubedistill.config import train_config
+    from kubedistill.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"option '{option}' = {value}: Input should be less than or equal to"):
+        train_config(**{option: value})
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".", "/abs", "a\\b", ""])
+def test_run_name_cannot_leave_the_project(name):
+    from kubedistill.config import train_config
+    from kubedistill.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="option 'name'"):
+        train_config(name=name)
+    assert train_config(name="exp-2.b_c").name == "exp-2.b_c"
+
+
+@pytest.mark.parametrize(
+    "args", [["--epochs", "3", "epochs=4"], ["--lr0=0.1", "--lr0", "0.2"], ["--cos-lr", "--no-cos-lr"]]
+)
+def test_an_option_given_twice_is_an_error(args):
+    from kubedistill.config import parse_cli_overrides
+    from kubedistill.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="is given twice"):
+        parse_cli_overrides(args)

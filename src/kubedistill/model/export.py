@@ -101,12 +101,16 @@ def export_onnx(
     from kubedistill.core.device import select_device
     from kubedistill.model.checkpoint import load_model
 
+    if not 1 <= int(max_det) <= 10_000:
+        raise UserError(f"--max-det {max_det} is out of range", "Use 1 to 10000 detections per image (default 300)")
     model, ckpt = load_model(weights)
     imgsz = int(imgsz or ckpt["train_args"]["imgsz"])
     if imgsz % 32:
         raise UserError(f"--imgsz {imgsz} is not a multiple of 32", f"Use {max(32, round(imgsz / 32) * 32)}")
     dev = select_device(device)
     out = Path(out) if out else Path(weights).with_suffix(".onnx")
+    if out.is_dir():  # --out names a folder: the model goes inside it
+        out = out / Path(weights).with_suffix(".onnx").name
     wrapper = End2End(model, max_det).to(dev).eval()
     dtype = torch.float16 if half else torch.float32
     wrapper = wrapper.to(dtype)

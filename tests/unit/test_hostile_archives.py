@@ -1,0 +1,136 @@
+"""Hostile dataset archives (issue 17): corrupt or cut archives, decompression bombs, member names the OS
+rejects. Generated, not a fixed list: every byte position class of each compressed format, several cut lengths.
+Each case ends in a one-line DataError or an extracted tree equal to the original; nothing lost silently."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from kubedistill.core.errors import DataError
+from kubedistill.data.fetch import ArchiveLimits, extract_archive
+
+FORMATS = {"tar.gz": "w:gz", "tar.bz2": "w:bz2", "tar.xz": "w:xz", "zip": None}
+
+
+def _tree() -> dict[str, bytes]:
+    rng = random.Random(0)
+    files = {"ds/data.yaml": b"path: .\ntrain: images/train\nval: images/val\nnames: [a]\n"}
+    for i in range(6):
+        files[f"ds/images/train/{i}.jpg"] = bytes(rng.getrandbits(8) for _ in range(3000))
+        files[f"ds/labels/train/{i}.txt"] = f"0 0.5 0.5 0.{i + 1} 0.2\n".encode() * 20
+    return files
+
+
+def _pack(files: dict[str, bytes], fmt: str, path: Path) -> Path:
+    if fmt == "zip":
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+            for name, data in files.items():
+                z.writestr(name, data)
+    else:
+        with tarfile.open(path, FORMATS[fmt]) as t:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _read_tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _outcome(archive: Path, out: Path, want: dict[str, bytes], limits: ArchiveLimits | None = None) -> str:
+    """'refused' (a one-line DataError) or 'same' (the tree extracted exactly); anything else fails the test."""
+    try:
+        extract_archive(archive, out, limits=limits)
+    except DataError as e:
+        assert "\n" not in str(e) and str(e).startswith(("Archive '", "'")), str(e)
+        return "refused"
+    got = _read_tree(out)
+    assert got == want, f"{archive.name}: extracted without an error but the files differ (lost silently)"
+    return "same"
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_corrupt_and_cut_archives_are_refused_never_extracted_wrong(fmt, tmp_path):
+    files = _tree()
+    good = _pack(files, fmt, tmp_path / f"good.{fmt}")
+    raw = good.read_bytes()
+    assert _outcome(good, tmp_path / "ok", files) == "same"
+    outcomes = []
+    # one flipped byte at 40 positions spread over the whole file, header and trailer included
+    for k, pos in enumerate(sorted({int(i * (len(raw) - 1) / 39) for i in range(40)})):
+        bad = tmp_path / f"flip{k}.{fmt}"
+        bad.write_bytes(raw[:pos] + bytes([raw[pos] ^ 0xFF]) + raw[pos + 1 :])
+        outcomes.append(_outcome(bad, tmp_path / f"o{k}", files))
+    # cut short at 10 lengths
+    for k, n in enumerate(int(len(raw) * f) for f in (0.05, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)):
+        cut = tmp_path / f"cut{k}.{fmt}"
+        cut.write_bytes(raw[:n])
+        assert _outcome(cut, tmp_path / f"c{k}", files) == "refused", f"cut at {n} of {len(raw)} bytes"
+    # most flips change data and must be refused; a flip in a field nothing reads (a gzip mtime, a zip comment
+    # length slack) may leave the files intact, and that is fine: what must never happen is a wrong tree
+    assert outcomes.count("refused") >= 30, outcomes
+
+
+@pytest.mark.parametrize("fmt", ["tar.gz", "zip"])
+def test_decompression_bombs_stop_at_the_limits(fmt, tmp_path):
+    zeros = {"ds/data.yaml": b"names: [a]\n", "ds/images/big.bin": bytes(30_000_000)}  # 30 MB of zeros: ~30 KB packed
+    bomb = _pack(zeros, fmt, tmp_path / f"bomb.{fmt}")
+    assert bomb.stat().st_size < 200_000
+    with pytest.raises(
+        DataError, match=r"unpacks to \d+x its size .* a decompression bomb\?.*KUBEDISTILL_ARCHIVE_MAX_RATIO"
+    ):
+        extract_archive(bomb, tmp_path / "out")
+    assert not (tmp_path / "out" / "ds" / "images" / "big.bin").exists()  # refused before it was written
+    limits = ArchiveLimits()
+    limits.max_ratio, limits.max_bytes = 10_000, 10_000_000
+    with pytest.raises(DataError, match="unpacks to more than 0.01 GB .*KUBEDISTILL_ARCHIVE_MAX_GB"):
+        extract_archive(bomb, tmp_path / "out2", limits=limits)
+    many = _pack({f"ds/{i}.txt": b"x" for i in range(50)}, fmt, tmp_path / f"many.{fmt}")
+    limits = ArchiveLimits()
+    limits.max_members = 20
+    with pytest.raises(DataError, match="more than 20 members .*KUBEDISTILL_ARCHIVE_MAX_MEMBERS"):
+        extract_archive(many, tmp_path / "out3", limits=limits)
+
+
+def test_limits_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("KUBEDISTILL_ARCHIVE_MAX_GB", "1.5")
+    monkeypatch.setenv("KUBEDISTILL_ARCHIVE_MAX_MEMBERS", "7")
+    monkeypatch.setenv("KUBEDISTILL_ARCHIVE_MAX_RATIO", "3")
+    lim = ArchiveLimits()
+    assert (lim.max_bytes, lim.max_members, lim.max_ratio) == (1_500_000_000, 7, 3.0)
+
+
+@pytest.mark.parametrize("fmt", ["tar.gz", "zip"])
+@pytest.mark.parametrize(
+    "case,files,expect",
+    [
+        ("long name", {"ds/" + "n" * 300 + ".jpg": b"x"}, "name too long"),
+        ("file then folder", {"ds/a": b"x", "ds/a/b.jpg": b"y"}, "clashes with a file or folder"),
+    ],
+)
+def test_members_the_os_rejects_are_one_line_refusals(fmt, case, files, expect, tmp_path):
+    archive = _pack(files, fmt, tmp_path / f"x.{fmt}")
+    with pytest.raises(DataError, match=expect):
+        extract_archive(archive, tmp_path / "out")
+
+
+def test_encrypted_zip_member_is_refused(tmp_path):
+    path = _pack({"ds/data.yaml": b"names: [a]\n"}, "zip", tmp_path / "enc.zip")
+    raw = bytearray(path.read_bytes())
+    # set bit 0 of the general-purpose flags ("encrypted", what a password-protected zip says of its members)
+    # in the local header and in the central directory entry
+    for sig, off in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        raw[raw.index(sig) + off] |= 0x1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="member 'ds/data.yaml' is encrypted"):
+        extract_archive(path, tmp_path / "out")
+    assert os.listdir(tmp_path / "out") in ([], ["ds"])
