@@ -33,7 +33,9 @@ import numpy as np
 from kubedistill.core.atomic import atomic_write_text
 from kubedistill.core.errors import DataError
 from kubedistill.data.dataset_yaml import DataSpec, label_path
-from kubedistill.data.images import IMG_FORMATS, ImageReadError, verify_image
+from kubedistill.data.images import IMG_FORMATS, ImageReadError, read_regular, verify_image
+
+MAX_LABEL_BYTES = 64 * 2**20  # a label file is text: a few KB; a larger one is not a label file
 
 ERROR = "error"
 WARNING = "warning"
@@ -287,11 +289,13 @@ def _check_one(split: str, img: Path, nc: int) -> _Result:
         msg = f"unsupported image format '{img.suffix}' (use {', '.join(IMG_FORMATS)})"
         return _Result([Problem(split, f, None, "image_format", msg, ERROR)], None, None, None)
     try:
-        data = img.read_bytes()
-    except FileNotFoundError:
-        return _Result([Problem(split, f, None, "image_missing", "image file does not exist", ERROR)], None, None, None)
-    except OSError as e:
-        msg = f"image cannot be read ({e.strerror or e.__class__.__name__})"
+        data = read_regular(img)  # refuses FIFOs, devices and oversized files before reading them
+    except ImageReadError as e:
+        if e.reason == "missing":
+            return _Result(
+                [Problem(split, f, None, "image_missing", "image file does not exist", ERROR)], None, None, None
+            )
+        msg = f"image cannot be read ({e.reason})"
         return _Result([Problem(split, f, None, "image_unreadable", msg, ERROR)], None, None, None)
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
     resolved = img.resolve()
@@ -303,12 +307,12 @@ def _check_one(split: str, img: Path, nc: int) -> _Result:
     del data
     lf = label_path(img)
     try:
-        raw = lf.read_bytes()
-    except FileNotFoundError:
+        raw = read_regular(lf, MAX_LABEL_BYTES, "Label file")
+    except ImageReadError as e:
+        if e.reason != "missing":
+            msg = f"label file cannot be read ({e.reason})"
+            return _Result([Problem(split, str(lf), None, "label_unreadable", msg, ERROR)], None, digest, resolved)
         raw = None
-    except OSError as e:
-        msg = f"label file cannot be read ({e.strerror or e.__class__.__name__})"
-        return _Result([Problem(split, str(lf), None, "label_unreadable", msg, ERROR)], None, digest, resolved)
     if raw is None:
         labels, problems = np.zeros((0, 5), np.float32), []
     else:

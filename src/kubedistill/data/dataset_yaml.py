@@ -16,6 +16,7 @@ the path becomes `labels`; with no `images` folder, the label sits next to the i
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 
 from kubedistill.core.errors import DataError
+from kubedistill.core.log import LOGGER
 from kubedistill.data.images import IMG_FORMATS
 
 SPLIT_KEYS = ("train", "val", "test")
@@ -106,12 +108,63 @@ def _parse_names(raw: Any, yaml_path: Path) -> list[str]:
 
 
 def _images_in_dir(d: Path) -> list[Path]:
-    found = []
+    """The images below folder `d`, each real file once, in a scan that always ends.
+
+    Folder links are followed only to folders inside `d` that are not its ancestors; a folder reached twice (a
+    loop, or a second link) is walked once, and a file reached under two names (links) is listed once. A FIFO,
+    socket or device with an image's name (also through a link, e.g. to /dev/zero) is left out. What is left
+    out is said in one warning, with the first names."""
+    root = d.resolve()
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
+    found: list[Path] = []
+    skipped: list[str] = []
     for dirpath, dirnames, filenames in os.walk(d, followlinks=True):
-        dirnames[:] = sorted(x for x in dirnames if not x.startswith("."))
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            dirnames[:] = []
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        keep = []
+        for x in sorted(dirnames):
+            if x.startswith("."):
+                continue
+            full = Path(dirpath) / x
+            if full.is_symlink():
+                target = full.resolve()
+                if root.is_relative_to(target) or Path(dirpath).resolve().is_relative_to(target):
+                    skipped.append(f"{full} (a folder link back to an enclosing folder)")
+                    continue
+                if not target.is_relative_to(root):
+                    skipped.append(f"{full} (a folder link out of {d})")
+                    continue
+            keep.append(x)
+        dirnames[:] = keep
         for f in filenames:
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMG_FORMATS:
-                found.append(Path(dirpath) / f)
+            if f.startswith(".") or os.path.splitext(f)[1].lower() not in IMG_FORMATS:
+                continue
+            full = Path(dirpath) / f
+            try:
+                fst = os.stat(full)
+            except OSError:  # a dangling link: listed, and the data check reports it missing
+                found.append(full)
+                continue
+            if not stat.S_ISREG(fst.st_mode):
+                skipped.append(f"{full} (not a regular file)")
+                continue
+            if (fst.st_dev, fst.st_ino) not in seen_files:
+                seen_files.add((fst.st_dev, fst.st_ino))
+                found.append(full)
+    if skipped:
+        LOGGER.warning(
+            f"{d}: left out {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'}: "
+            + "; ".join(skipped[:5])
+            + (" ..." if len(skipped) > 5 else "")
+        )
     return sorted(found)
 
 

@@ -8,7 +8,13 @@ same pixels as OpenCV's `imdecode`, checked in tests/unit/test_data_images.py), 
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import re
+import stat
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +23,10 @@ from PIL import Image, UnidentifiedImageError
 from kubedistill.core.errors import DataError
 
 IMG_FORMATS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# Bounds on one dataset image, checked before it is read or decoded (a file linked to /dev/zero, a 40,000 x 40,000
+# PNG of a few KB). The server has its own, lower pixel limit (`kubedistill serve --max-image-pixels`).
+MAX_IMAGE_BYTES = int(float(os.environ.get("KUBEDISTILL_MAX_IMAGE_MB", "256")) * 2**20)
+MAX_IMAGE_PIXELS = int(float(os.environ.get("KUBEDISTILL_MAX_IMAGE_PIXELS", "1e8")))
 
 _ORIENTATION_TAG = 0x0112
 _SWAPS_SIDES = (5, 6, 7, 8)
@@ -35,16 +45,80 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMG_FORMATS
 
 
-def _read_bytes(path: Path) -> bytes:
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device")):
+        if test(mode):
+            return name
+    return "a block device" if stat.S_ISBLK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+
+
+def read_regular(path: str | Path, max_bytes: int = MAX_IMAGE_BYTES, what: str = "Image") -> bytes:
+    """The bytes of a regular file of at most `max_bytes`; `ImageReadError` otherwise. A FIFO, socket or device
+    (also through a link, e.g. to /dev/zero) is refused before it is opened, so a read can neither hang nor grow
+    without bound."""
+    path = Path(path)
     try:
-        return path.read_bytes()
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            err = ImageReadError(f"{what} '{path}' is {_kind(st.st_mode)}", "Remove it from the dataset")
+            err.reason = _kind(st.st_mode)
+            raise err
+        if st.st_size > max_bytes:
+            why = f"{st.st_size / 2**20:.0f} MB, more than the limit of {max_bytes / 2**20:.0f} MB"
+            err = ImageReadError(f"{what} '{path}' is {why}", "Downscale it, or raise KUBEDISTILL_MAX_IMAGE_MB")
+            err.reason = why
+            raise err
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
     except FileNotFoundError:
-        raise ImageReadError(f"Image '{path}' does not exist", "Check the path or remove it from the split") from None
+        err = ImageReadError(f"{what} '{path}' does not exist", "Check the path or remove it from the split")
+        err.reason = "missing"
+        raise err from None
     except OSError as e:
-        raise ImageReadError(
-            f"Image '{path}' cannot be read ({e.strerror or e.__class__.__name__})",
-            "Check the file's permissions",
-        ) from None
+        err = ImageReadError(
+            f"{what} '{path}' cannot be read ({e.strerror or e.__class__.__name__})", "Check the file's permissions"
+        )
+        err.reason = e.strerror or e.__class__.__name__
+        raise err from None
+    if len(data) > max_bytes:  # grew while read
+        err = ImageReadError(f"{what} '{path}' is larger than {max_bytes / 2**20:.0f} MB", "Downscale it")
+        err.reason = "file too large"
+        raise err
+    return data
+
+
+def _read_bytes(path: Path) -> bytes:
+    return read_regular(path)
+
+
+@contextlib.contextmanager
+def open_image(src, path: str | Path = "<bytes>", max_pixels: int = MAX_IMAGE_PIXELS) -> Iterator[Image.Image]:
+    """Pillow's Image.open (the header only) with kubedistill's pixel limit checked before any decoding, in place
+    of Pillow's DecompressionBombWarning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(src)
+        except Image.DecompressionBombError as e:  # Pillow's own limit (2 x 89 MP) came first: its message has the size
+            m = re.search(r"\((\d+) pixels\)", str(e))
+            raise _too_many_pixels(path, int(m.group(1)) if m else None, max_pixels) from None
+    with im:
+        w, h = im.size
+        if w * h > max_pixels:
+            raise _too_many_pixels(path, w * h, max_pixels, f"{w}x{h} = ")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield im
+
+
+def _too_many_pixels(path, pixels: int | None, max_pixels: int, dims: str = "") -> ImageReadError:
+    got = f"{dims}{pixels:,} pixels" if pixels else "too many pixels"
+    err = ImageReadError(
+        f"Image '{path}' is {got}, more than the limit of {max_pixels:,}",
+        "Downscale it, or raise KUBEDISTILL_MAX_IMAGE_PIXELS",
+    )
+    err.reason = f"{got}, more than {max_pixels:,}"
+    return err
 
 
 def _orientation(im: Image.Image) -> int:
@@ -95,7 +169,7 @@ def _to_rgb_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
 def _pil_decode(data: bytes, path: Path) -> np.ndarray:
     """Full Pillow decode (raises on truncation), orientation applied, RGB uint8."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_image(io.BytesIO(data), path) as im:
             return pil_to_rgb(im, path)
     except Exception as e:
         raise _read_error(path, e) from None
@@ -150,7 +224,9 @@ def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) after EXIF orientation, from the header only (no full decode)."""
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        if not path.is_file():
+            read_regular(path)  # the missing / not-a-regular-file message
+        with open_image(path, path) as im:
             w, h = im.size
             if _orientation(im) in _SWAPS_SIDES:
                 w, h = h, w
@@ -174,7 +250,7 @@ def verify_image(path: str | Path, data: bytes | None = None) -> tuple[int, int]
         err.reason = "empty file"
         raise err
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_image(io.BytesIO(data), path) as im:
             w, h = im.size
             orientation = _orientation(im)
             im.load()  # full decode: raises on truncated data

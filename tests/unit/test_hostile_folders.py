@@ -1,0 +1,149 @@
+"""Hostile image folders (issue 17): link loops, links to ancestors and out of the split, FIFOs, sockets and
+devices named .jpg, a file larger than the byte cap, a header claiming more pixels than the cap. Each case is
+added to a clean split, alone and all together; `kubedistill data check` must end (no hang), count every real
+image once, and say what it left out or refused."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from kubedistill.data.check import check_dataset
+from kubedistill.data.dataset_yaml import load_data_yaml
+
+N_REAL = 4
+
+
+def _split(root: Path) -> Path:
+    img_dir, lab_dir = root / "images" / "train", root / "labels" / "train"
+    img_dir.mkdir(parents=True)
+    lab_dir.mkdir(parents=True)
+    for i in range(N_REAL):
+        cv2.imwrite(str(img_dir / f"{i}.png"), np.full((32, 32, 3), 40 * i, np.uint8))
+        (lab_dir / f"{i}.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/train\nnames: [a]\n")
+    return img_dir
+
+
+def _png_header(w: int, h: int) -> bytes:
+    """A valid PNG signature and IHDR claiming w x h, with a tiny (undecodable) body: cheap to make."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def _self_loop(d: Path, tmp: Path):
+    os.symlink(".", d / "loop")
+    return "a folder link back to an enclosing folder", None
+
+
+def _two_loops(d: Path, tmp: Path):
+    (d / "a").mkdir()
+    (d / "b").mkdir()
+    os.symlink("../b", d / "a" / "to_b")
+    os.symlink("../a", d / "b" / "to_a")
+    os.symlink("../..", d / "a" / "up")
+    return "a folder link back to an enclosing folder", None
+
+
+def _link_out(d: Path, tmp: Path):
+    other = tmp / "elsewhere"
+    other.mkdir()
+    cv2.imwrite(str(other / "x.png"), np.zeros((8, 8, 3), np.uint8))
+    os.symlink(other, d / "out")
+    return "a folder link out of", None
+
+
+def _fifo(d: Path, tmp: Path):
+    os.mkfifo(d / "pipe.jpg")
+    return "pipe.jpg (not a regular file)", None
+
+
+def _dev_zero(d: Path, tmp: Path):
+    os.symlink("/dev/zero", d / "zero.jpg")
+    return "zero.jpg (not a regular file)", None
+
+
+def _socket(d: Path, tmp: Path):
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(d / "s.jpg"))
+    s.close()
+    return "s.jpg (not a regular file)", None
+
+
+def _duplicate_link(d: Path, tmp: Path):
+    os.symlink("0.png", d / "same.png")  # the same file under two names: counted once
+    return None, None
+
+
+def _too_many_bytes(d: Path, tmp: Path):
+    with open(d / "huge.png", "wb") as f:
+        f.truncate(300 * 2**20)  # sparse: 300 MB without the disk
+    return None, "more than the limit of 256 MB"
+
+
+def _too_many_pixels(d: Path, tmp: Path):
+    (d / "bomb.png").write_bytes(_png_header(20_000, 20_000))
+    return None, "400,000,000 pixels, more than 100,000,000"
+
+
+CASES = [
+    _self_loop,
+    _two_loops,
+    _link_out,
+    _fifo,
+    _dev_zero,
+    _socket,
+    _duplicate_link,
+    _too_many_bytes,
+    _too_many_pixels,
+]
+
+
+@pytest.mark.parametrize("cases", [[c] for c in CASES] + [CASES], ids=[c.__name__ for c in CASES] + ["all"])
+def test_hostile_folder_entries(cases, tmp_path, caplog):
+    root = tmp_path / "ds"
+    img_dir = _split(root)
+    left_out, refused = [], []
+    for case in cases:
+        lo, rf = case(img_dir, tmp_path)
+        left_out += [lo] if lo else []
+        refused += [rf] if rf else []
+    spec = load_data_yaml(root / "data.yaml")
+    names = sorted(p.name for p in spec.splits["train"])
+    assert len([n for n in names if n in {f"{i}.png" for i in range(N_REAL)} | {"same.png"}]) == N_REAL
+    report = check_dataset(spec, splits=("train",), workers=1)
+    train = report.counts["train"]
+    assert train.usable == N_REAL, report.summary()
+    problems = " | ".join(p.message for p in report.problems)
+    for text in refused:
+        assert text in problems, problems
+    for text in left_out:
+        assert text in caplog.text, caplog.text
+
+
+def test_data_check_cli_ends_on_a_hostile_folder(tmp_path):
+    root = tmp_path / "ds"
+    img_dir = _split(root)
+    for case in CASES:
+        case(img_dir, tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubedistill", "data", "check", str(root / "data.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,  # the FIFO and /dev/zero hung this forever before
+    )
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out and "DecompressionBomb" not in out, out
+    assert f"train: {N_REAL} of {N_REAL + 2} images usable" in out, out
