@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,9 +47,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp_path, 0o666 & ~_umask())
+        _fault_point(path, "before-rename")
         os.replace(tmp_path, path)
+        _fault_point(path, "after-rename")
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+_FAULT_ENV = "KUBEDISTILL_FAULT"
+_fault_counts: dict[tuple[str, str], int] = {}
+
+
+def _fault_point(path: Path, point: str) -> None:
+    """The crash tests' hook (tests/integration/test_crash_consistency.py): KUBEDISTILL_FAULT=NAME:POINT:N kills
+    this process (SIGKILL, as the OOM killer or `kill -9` would) at the Nth atomic write of a file called NAME,
+    just before or just after its rename. Unset, it costs one environment lookup per write."""
+    spec = os.environ.get(_FAULT_ENV)
+    if not spec:
+        return
+    name, where, nth = spec.rsplit(":", 2)
+    if name == path.name and where == point:
+        key = (name, point)
+        _fault_counts[key] = _fault_counts.get(key, 0) + 1
+        if _fault_counts[key] == int(nth):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

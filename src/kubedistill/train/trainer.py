@@ -20,8 +20,6 @@ registry's), so this module knows nothing of MLflow.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import random
@@ -57,6 +55,7 @@ from kubedistill.train.ema import ModelEMA
 from kubedistill.train.loss_health import check_loss_health
 from kubedistill.train.objective import build_objective, to_input, unwrap
 from kubedistill.train.optim import build_optimizer, clipped_step
+from kubedistill.train.run_folder import repair_run_folder, write_results_csv
 from kubedistill.train.schedule import LRSchedule
 
 # on_train_end always runs last, also after a failure or an interrupt (trainer.error holds the exception, else None)
@@ -205,6 +204,8 @@ class Trainer:
         if self.main:
             self.wdir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.save_dir / "args.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+            if ckpt is not None:
+                repair_run_folder(self.save_dir, ckpt)
         return ckpt
 
     def setup_data(self) -> None:
@@ -307,6 +308,8 @@ class Trainer:
         self.start_epoch = 0
         self.best_fitness = -1.0
         self.best_epoch = -1
+        self.best_record: dict | None = None  # the best epoch's checkpoint (without training state)
+        self.results_rows: list[dict] = []
 
     def _train_loader(self):
         return build_dataloader(
@@ -324,6 +327,8 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.ema.ema.load_state_dict(ckpt["model"]["state_dict"])
         self.ema.updates = ckpt["ema_updates"]
+        self.best_record = ckpt.get("best")
+        self.results_rows = list(ckpt.get("results") or [])
         self.start_epoch = ckpt["epoch"] + 1
         self.best_fitness = ckpt["best_fitness"]
         self.best_epoch = ckpt.get("best_epoch", -1)
@@ -533,15 +538,21 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- outputs
     def _model_record(self) -> dict:
+        """The EMA weights now, as a copy: on the CPU `.float().cpu()` returns the live tensor itself, which the next
+        EMA update would change under a record kept for later (the best epoch's)."""
         return {
             "meta": unwrap(self.model).meta(),
             "state_dict": {
-                k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
+                k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().clone()
                 for k, v in self.ema.ema.state_dict().items()
             },
         }
 
     def _save(self, epoch: int, improved: bool, metrics: dict) -> None:
+        """The epoch's files, in an order that survives a kill at any moment. last.pt is the commit point and
+        holds everything the other files are made from: the best epoch's weights and metrics and every
+        results.csv row. It is written first; best.pt, results.csv and metrics.json follow from it, and
+        `repair_run_folder` rewrites them from last.pt when a kill came in between (on resume)."""
         common = {
             "model": self._model_record(),
             "epoch": epoch,
@@ -552,9 +563,14 @@ class Trainer:
             "version": __version__,
             "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
+        if improved or self.best_record is None:
+            self.best_record = common
+        self.results_rows = [r for r in self.results_rows if r["epoch"] < self.metrics["epoch"]] + [self._row()]
         last = {
             **common,
             "best_metrics": self.best_metrics,
+            "best": self.best_record,
+            "results": self.results_rows,
             "train_state_dict": {k: v.detach().cpu() for k, v in unwrap(self.model).state_dict().items()},
             "ema_updates": self.ema.updates,
             "optimizer": self.optimizer.state_dict(),
@@ -567,23 +583,16 @@ class Trainer:
         atomic_torch_save(last, self.wdir / "last.pt")
         if improved:
             atomic_torch_save(common, self.wdir / "best.pt")
+        write_results_csv(self.save_dir / "results.csv", self.results_rows)
+        write_json_atomic(self.save_dir / "metrics.json", {"best_epoch": self.best_epoch + 1, **self.best_metrics})
         if self.cfg.save_period > 0 and (epoch + 1) % self.cfg.save_period == 0:
             atomic_torch_save(common, self.wdir / f"epoch{epoch + 1}.pt")
         self.run_callbacks("on_model_save")
 
+    def _row(self) -> dict:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.metrics.items()}
+
     def _log_epoch(self) -> None:
-        row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.metrics.items()}
-        path = self.save_dir / "results.csv"
-        rows = []
-        if path.exists():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < row["epoch"]]
-        fields = list(dict.fromkeys([*(rows[0].keys() if rows else []), *row.keys()]))
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows + [row])
-        atomic_write_text(path, buf.getvalue())
         m = self.metrics
         if self.cfg.verbose:
             LOGGER.info(
