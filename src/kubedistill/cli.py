@@ -104,7 +104,7 @@ def data_check(
     min_usable: float = typer.Option(0.5, help="Fail when less than this fraction of a split is usable."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the full report as JSON."),
 ):
-    """Check a dataset: every problem with file and line; exit 1 when too little is usable."""
+    """Check a dataset: every problem with file and line; exit 2 when too little is usable."""
 
     spec = load_data_yaml(resolve_data(data))
     wanted = tuple(s for s in splits.split(",") if s)

@@ -388,6 +388,32 @@ def test_limits(model_files):
         assert c.post("/v1/detect", content=small, headers={"content-type": "image/png"}).status_code == 200
 
 
+def test_pixels_of_a_whole_request_are_bounded(model_files):
+    """Each image within its own limit, but together past the request's (issue 17: 32 images of 40 MP each were
+    allowed, 4 such requests took 49 s of both cores and 1.7 GB)."""
+    app = create_app(model_files[1], name="tiny", max_image_pixels=5000, max_request_pixels=4000, background_load=False)
+    img = cv2.imencode(".png", np.full((40, 40, 3), 200, np.uint8))[1].tobytes()  # 1600 px
+    with TestClient(app) as c:
+        two = c.post("/v1/detect", files=[("images", (f"{i}.png", img, "image/png")) for i in range(2)])
+        assert two.status_code == 200, two.text
+        three = c.post("/v1/detect", files=[("images", (f"{i}.png", img, "image/png")) for i in range(3)])
+        assert three.status_code == 413
+        assert "image 2 ('2.png') (40x40) takes the request past its limit on decoded pixels" in three.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [["0.5"] * 12288, [True] * 12288, [[["0.5"] * 64] * 64] * 3, [None] * 12288, [{"a": 1}] * 12288],
+    ids=["strings", "booleans", "nested-strings", "nulls", "objects"],
+)
+def test_v2_data_must_be_numbers(client, data):
+    """Strings and booleans passed as numbers through numpy's conversion before (issue 17)."""
+    body = {"inputs": [{"name": "images", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": data}]}
+    r = client.post("/v2/models/tiny/infer", json=body)
+    assert r.status_code == 400, r.text
+    assert "must be a (flat or nested) array of numbers for FP32" in r.json()["error"]
+
+
 def test_not_ready_until_loaded(model_files, monkeypatch):
     gate = threading.Event()
     real = serve_state.OnnxDetector  # the name ModelHolder.load calls

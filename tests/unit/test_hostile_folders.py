@@ -147,3 +147,10 @@ def test_data_check_cli_ends_on_a_hostile_folder(tmp_path):
     out = proc.stdout + proc.stderr
     assert "Traceback" not in out and "DecompressionBomb" not in out, out
     assert f"train: {N_REAL} of {N_REAL + 2} images usable" in out, out
+    assert proc.returncode == 0
+    # too little usable: exit 2, as `data check --help` says (it said 1)
+    strict = [sys.executable, "-m", "kubedistill", "data", "check", str(root / "data.yaml"), "--min-usable", "1.0"]
+    proc = subprocess.run(strict, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: Only 4 of 6"), proc.stderr
+    helptext = subprocess.run([*strict[:5], "--help"], capture_output=True, text=True, timeout=60).stdout
+    assert "exit 2 when too little is usable" in " ".join(helptext.split())

@@ -24,7 +24,7 @@ from kubedistill.core.errors import DataError
 
 IMG_FORMATS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Bounds on one dataset image, checked before it is read or decoded (a file linked to /dev/zero, a 40,000 x 40,000
-# PNG of a few KB). The server has its own, lower pixel limit (`kubedistill serve --max-image-pixels`).
+# PNG of a few KB). The server has its own, lower pixel limits (serve.config.ServeConfig).
 MAX_IMAGE_BYTES = int(float(os.environ.get("KUBEDISTILL_MAX_IMAGE_MB", "256")) * 2**20)
 MAX_IMAGE_PIXELS = int(float(os.environ.get("KUBEDISTILL_MAX_IMAGE_PIXELS", "1e8")))
 

@@ -29,6 +29,9 @@ class ServeConfig(BaseModel):
     max_images: int = Field(32, ge=1, le=4096, description="Most images in one /v1/detect request.")
     max_batch: int = Field(64, ge=1, le=4096, description="Most images in one v2 infer request.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Most pixels (width x height) of one decoded image.")
+    max_request_pixels: int = Field(
+        100_000_000, ge=1, description="Most pixels of all the images of one /v1/detect request together."
+    )
     max_batch_size: int = Field(
         1,
         ge=1,

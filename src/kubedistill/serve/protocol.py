@@ -151,10 +151,13 @@ def input_tensor(
     if inp.data and not isinstance(inp.data[0], list) and len(inp.data) != n:
         raise ServeError(400, f"input '{name}' data has {len(inp.data)} values; shape {got} needs {n}")
     try:
-        arr = np.asarray(inp.data, dtype=np.float32)
+        arr = np.asarray(inp.data)  # numpy's own reading first: strings and booleans must not pass as numbers
+        if arr.dtype.kind not in "iuf":
+            raise TypeError(arr.dtype)
+        arr = arr.astype(np.float32)
     except (ValueError, TypeError, OverflowError, RecursionError):
         raise ServeError(
-            400, f"input '{name}' data must be a (flat or nested) array of numbers with shape {got}"
+            400, f"input '{name}' data must be a (flat or nested) array of numbers for {inp.datatype}, with shape {got}"
         ) from None
     if arr.size != n:
         raise ServeError(400, f"input '{name}' data has {arr.size} values; shape {got} needs {n}")

@@ -52,8 +52,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def decode_upload(data: bytes, label: str, max_pixels: int) -> np.ndarray:
-    """Encoded image bytes -> RGB uint8, with the size checked from the header before decoding."""
+def decode_upload(data: bytes, label: str, max_pixels: int, request_left: int | None = None) -> np.ndarray:
+    """Encoded image bytes -> RGB uint8, with the size checked from the header before decoding: at most
+    `max_pixels`, and at most `request_left`, what the request's pixel budget has left (`max_request_pixels`)."""
 
     if not data:
         raise ServeError(400, f"{label} is empty")
@@ -71,6 +72,10 @@ def decode_upload(data: bytes, label: str, max_pixels: int) -> np.ndarray:
             raise ServeError(400, f"{label} has no pixels ({w}x{h})")
         if w * h > max_pixels:
             raise ServeError(413, f"{label} is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
+        if request_left is not None and w * h > request_left:
+            raise ServeError(
+                413, f"{label} ({w}x{h}) takes the request past its limit on decoded pixels in all; send fewer images"
+            )
         try:
             return pil_to_rgb(im, label)
         except ImageReadError as e:
