@@ -150,3 +150,28 @@ def test_a_worse_model_is_never_promoted(cand, champ, delta):
         assert not promoted
     if champ is None and not math.isnan(cand):
         assert promoted and reason == "no champion yet"
+
+
+def test_sync_skips_a_record_cut_by_a_kill_and_sends_the_rest(tmp_path, monkeypatch):
+    """A kill while a record was appended leaves half a line; sync ended in a traceback and sent nothing."""
+    fake = FlakyClient()
+    lines = [{"op": "create_run", "experiment": "", "run_name": "a", "tags": {}}]
+    lines += [{"op": "log_batch", "metrics": [["loss", 1.0, 0, i]]} for i in range(3)]
+    text = "".join(json.dumps(op) + "\n" for op in lines)
+    cut = json.dumps({"op": "end", "status": "FINISHED"})[:17]  # no newline: the write never finished
+    (tmp_path / SPOOL).write_text(text + cut)
+    monkeypatch.setattr("kubedistill.track.logger.client", lambda uri: fake)
+    logs = []
+    res = sync(tmp_path, "http://fake", log=logs.append)
+    assert res == {"sent": 4, "pending": 0, "run_id": "r1", "ok": True}
+    assert [s[0] for s in fake.sent] == ["create_run", "log_batch", "log_batch", "log_batch"]
+    assert any("skipped 1 unreadable record(s)" in m and "the last line, cut short" in m for m in logs), logs
+
+
+def test_sync_to_another_server_than_the_runs_says_so(tmp_path):
+    from kubedistill.core.errors import UserError
+
+    (tmp_path / "mlflow.json").write_text(json.dumps({"run_id": "abc", "tracking_uri": "http://one:5000"}))
+    (tmp_path / SPOOL).write_text(json.dumps({"op": "end", "status": "FINISHED"}) + "\n")
+    with pytest.raises(UserError, match="Run abc .* was created on http://one:5000, not on http://two:5000"):
+        sync(tmp_path, "http://two:5000")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kubedistill.core.atomic import atomic_write_text
+from kubedistill.core.errors import UserError
 from kubedistill.track.settings import client, experiment_id, explain, resolve_uri
 
 SPOOL = "mlflow_pending.jsonl"
@@ -192,7 +193,7 @@ class RunLogger:
         p = self.run_dir / SPOOL
         if not p.exists():
             return True
-        ops = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        ops = read_spool(p, self.log)
         for i, op in enumerate(ops):
             if not self._send_with_retry(op, 1):
                 atomic_write_text(p, "".join(json.dumps(o) + "\n" for o in ops[i:]))
@@ -279,10 +280,39 @@ def param_text(v: Any) -> str:
     return text[:6000]
 
 
+def read_spool(path: Path, log: Callable[[str], None] = print) -> list[dict]:
+    """The spooled records, in order. A line that is not a whole record (the last one, cut by a kill while it was
+    appended; or one damaged on disk) is skipped with a warning: the rest is still sent."""
+    ops, bad = [], []
+    lines = path.read_text(errors="replace").splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            op = json.loads(line)
+            if not isinstance(op, dict) or "op" not in op:
+                raise ValueError("not a record")
+            ops.append(op)
+        except ValueError:
+            bad.append(n)
+    if bad:
+        where = "the last line, cut short" if bad == [len(lines)] else f"line(s) {bad[:5]}"
+        log(f"MLflow: skipped {len(bad)} unreadable record(s) in {path} ({where}); sending the other {len(ops)}")
+    return ops
+
+
 def sync(run_dir: str | Path, uri: str | None = None, log: Callable[[str], None] = print) -> dict:
-    """Send a run folder's spooled MLflow records (after the server was down). Returns {sent, pending, run_id}."""
+    """Send a run folder's spooled MLflow records (after the server was down). Returns {sent, pending, run_id}.
+
+    A run created on one tracking server cannot be continued on another: with `uri` naming another server than
+    the run's, a UserError says so (instead of failing as "try again later" for ever)."""
     run_dir = Path(run_dir)
     info = read_run_file(run_dir) or {}
+    if uri and info.get("run_id") and info.get("tracking_uri") and uri.rstrip("/") != info["tracking_uri"].rstrip("/"):
+        raise UserError(
+            f"Run {info['run_id']} in {run_dir} was created on {info['tracking_uri']}, not on {uri}",
+            f"Sync it to {info['tracking_uri']} (leave out --tracking-uri)",
+        )
     args_uri = uri or info.get("tracking_uri")
     if not args_uri:
         args_uri = resolve_uri("", run_dir.parent)[0]
