@@ -67,3 +67,20 @@ def test_an_uninterrupted_run_is_consistent_too(tiny_data, tmp_path):
     res = _train(tiny_data, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     _consistent(tmp_path / "r")
+
+
+def test_resume_from_a_last_pt_without_the_rows_keeps_results_csv(tiny_data, tmp_path):
+    """A last.pt written before it carried results.csv's rows: resuming keeps the rows already on disk."""
+    killed = _train(tiny_data, tmp_path, fault="last.pt:after-rename:2")
+    assert killed.returncode == -signal.SIGKILL
+    run = tmp_path / "r"
+    last = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    for key in ("results", "best"):
+        last.pop(key)
+    torch.save(last, run / "weights" / "last.pt")
+    with open(run / "results.csv", newline="") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1]  # epoch 2's row was never written
+    resumed = _train(tiny_data, tmp_path, "--resume", str(run / "weights" / "last.pt"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    with open(run / "results.csv", newline="") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 3]  # what the old format had: nothing dropped

@@ -33,6 +33,17 @@ def write_results_csv(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def read_results_csv(path: Path, upto_epoch: int) -> list[dict]:
+    """The rows of an existing results.csv up to `upto_epoch` (1-based), for a last.pt written before last.pt
+    carried its rows (kubedistill 0.1.0 runs from before issue 17)."""
+    try:
+        with open(path, newline="") as f:
+            rows = [{**r, "epoch": int(r["epoch"])} for r in csv.DictReader(f)]
+    except (OSError, ValueError, KeyError, csv.Error):
+        return []
+    return [r for r in rows if r["epoch"] <= upto_epoch]
+
+
 def _epoch_of(path: Path) -> int | None:
     try:
         return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])

@@ -55,7 +55,7 @@ from kubedistill.train.ema import ModelEMA
 from kubedistill.train.loss_health import check_loss_health
 from kubedistill.train.objective import build_objective, to_input, unwrap
 from kubedistill.train.optim import build_optimizer, clipped_step
-from kubedistill.train.run_folder import repair_run_folder, write_results_csv
+from kubedistill.train.run_folder import read_results_csv, repair_run_folder, write_results_csv
 from kubedistill.train.schedule import LRSchedule
 
 # on_train_end always runs last, also after a failure or an interrupt (trainer.error holds the exception, else None)
@@ -328,7 +328,10 @@ class Trainer:
         self.ema.ema.load_state_dict(ckpt["model"]["state_dict"])
         self.ema.updates = ckpt["ema_updates"]
         self.best_record = ckpt.get("best")
-        self.results_rows = list(ckpt.get("results") or [])
+        rows = ckpt.get("results")  # absent in a last.pt from before: the rows on disk then
+        self.results_rows = (
+            list(rows) if rows is not None else read_results_csv(self.save_dir / "results.csv", ckpt["epoch"] + 1)
+        )
         self.start_epoch = ckpt["epoch"] + 1
         self.best_fitness = ckpt["best_fitness"]
         self.best_epoch = ckpt.get("best_epoch", -1)
