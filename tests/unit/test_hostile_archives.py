@@ -134,3 +134,27 @@ def test_encrypted_zip_member_is_refused(tmp_path):
     with pytest.raises(DataError, match="member 'ds/data.yaml' is encrypted"):
         extract_archive(path, tmp_path / "out")
     assert os.listdir(tmp_path / "out") in ([], ["ds"])
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "0", "nan", "inf"])
+def test_a_bad_limit_in_the_environment_is_a_one_line_error(value, monkeypatch, tmp_path):
+    from kubedistill.core.errors import ConfigError
+    from kubedistill.data.images import read_regular
+
+    monkeypatch.setenv("KUBEDISTILL_ARCHIVE_MAX_RATIO", value)
+    with pytest.raises(ConfigError, match=f"KUBEDISTILL_ARCHIVE_MAX_RATIO='{value}' is not a positive number"):
+        ArchiveLimits()
+    monkeypatch.setenv("KUBEDISTILL_MAX_IMAGE_MB", value)
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="KUBEDISTILL_MAX_IMAGE_MB"):
+        read_regular(tmp_path / "a.jpg")
+
+
+def test_image_limits_come_from_the_environment(monkeypatch, tmp_path):
+    from kubedistill.data.images import ImageReadError, read_regular
+
+    (tmp_path / "a.jpg").write_bytes(b"x" * 3 * 2**20)
+    assert len(read_regular(tmp_path / "a.jpg")) == 3 * 2**20
+    monkeypatch.setenv("KUBEDISTILL_MAX_IMAGE_MB", "2")
+    with pytest.raises(ImageReadError, match="is 3 MB, more than the limit of 2 MB"):
+        read_regular(tmp_path / "a.jpg")

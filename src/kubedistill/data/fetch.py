@@ -40,6 +40,7 @@ import yaml
 
 from kubedistill.core.atomic import atomic_write_text
 from kubedistill.core.cache import cache_dir
+from kubedistill.core.env import env_number
 from kubedistill.core.errors import DataError, UserError
 from kubedistill.storage import LOGGER, MANIFEST, StorageError, download, file_lock, head, is_remote
 
@@ -56,9 +57,9 @@ class ArchiveLimits:
     and more). Each can be set with an environment variable."""
 
     def __init__(self) -> None:
-        self.max_bytes = int(float(os.environ.get("KUBEDISTILL_ARCHIVE_MAX_GB", "200")) * 1e9)
-        self.max_members = int(os.environ.get("KUBEDISTILL_ARCHIVE_MAX_MEMBERS", "5000000"))
-        self.max_ratio = float(os.environ.get("KUBEDISTILL_ARCHIVE_MAX_RATIO", "100"))
+        self.max_bytes = int(env_number("KUBEDISTILL_ARCHIVE_MAX_GB", 200) * 1e9)
+        self.max_members = int(env_number("KUBEDISTILL_ARCHIVE_MAX_MEMBERS", 5_000_000))
+        self.max_ratio = env_number("KUBEDISTILL_ARCHIVE_MAX_RATIO", 100)
 
     def check(self, archive: str, members: int, total: int, packed: int, name: str) -> None:
         fix = "If the archive is genuine, raise the limit: "

@@ -20,13 +20,24 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from kubedistill.core.env import env_number
 from kubedistill.core.errors import DataError
 
 IMG_FORMATS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Bounds on one dataset image, checked before it is read or decoded (a file linked to /dev/zero, a 40,000 x 40,000
-# PNG of a few KB). The server has its own, lower pixel limits (serve.config.ServeConfig).
-MAX_IMAGE_BYTES = int(float(os.environ.get("KUBEDISTILL_MAX_IMAGE_MB", "256")) * 2**20)
-MAX_IMAGE_PIXELS = int(float(os.environ.get("KUBEDISTILL_MAX_IMAGE_PIXELS", "1e8")))
+# PNG of a few KB); environment variables change them. The server has its own, lower pixel limits
+# (serve.config.ServeConfig).
+MAX_IMAGE_MB = 256
+MAX_IMAGE_PIXELS = 100_000_000
+
+
+def max_image_bytes() -> int:
+    return int(env_number("KUBEDISTILL_MAX_IMAGE_MB", MAX_IMAGE_MB) * 2**20)
+
+
+def max_image_pixels() -> int:
+    return int(env_number("KUBEDISTILL_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS))
+
 
 _ORIENTATION_TAG = 0x0112
 _SWAPS_SIDES = (5, 6, 7, 8)
@@ -52,11 +63,12 @@ def _kind(mode: int) -> str:
     return "a block device" if stat.S_ISBLK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file"
 
 
-def read_regular(path: str | Path, max_bytes: int = MAX_IMAGE_BYTES, what: str = "Image") -> bytes:
-    """The bytes of a regular file of at most `max_bytes`; `ImageReadError` otherwise. A FIFO, socket or device
-    (also through a link, e.g. to /dev/zero) is refused before it is opened, so a read can neither hang nor grow
-    without bound."""
+def read_regular(path: str | Path, max_bytes: int | None = None, what: str = "Image") -> bytes:
+    """The bytes of a regular file of at most `max_bytes` (default: `max_image_bytes()`); `ImageReadError`
+    otherwise. A FIFO, socket or device (also through a link, e.g. to /dev/zero) is refused before it is opened,
+    so a read can neither hang nor grow without bound."""
     path = Path(path)
+    max_bytes = max_image_bytes() if max_bytes is None else max_bytes
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
@@ -92,9 +104,10 @@ def _read_bytes(path: Path) -> bytes:
 
 
 @contextlib.contextmanager
-def open_image(src, path: str | Path = "<bytes>", max_pixels: int = MAX_IMAGE_PIXELS) -> Iterator[Image.Image]:
-    """Pillow's Image.open (the header only) with kubedistill's pixel limit checked before any decoding, in place
-    of Pillow's DecompressionBombWarning."""
+def open_image(src, path: str | Path = "<bytes>", max_pixels: int | None = None) -> Iterator[Image.Image]:
+    """Pillow's Image.open (the header only) with kubedistill's pixel limit (default: `max_image_pixels()`)
+    checked before any decoding, in place of Pillow's DecompressionBombWarning."""
+    max_pixels = max_image_pixels() if max_pixels is None else max_pixels
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
