@@ -9,9 +9,9 @@ import json
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+from tests.servers import http_get
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,14 +105,6 @@ def configmaps(objects: list[dict]) -> dict[str, dict]:
     return {o["metadata"]["name"]: o.get("data", {}) for o in objects if o["kind"] == "ConfigMap"}
 
 
-def get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
 def wait_probe(base: str, probe: dict, name: str, container_id: str) -> float:
     """Poll an httpGet probe as the kubelet does (period x failureThreshold); seconds until it passed."""
     t0 = time.monotonic()
@@ -121,7 +113,7 @@ def wait_probe(base: str, probe: dict, name: str, container_id: str) -> float:
         state = json.loads(docker("inspect", "--format", "{{json .State}}", container_id).stdout)
         assert state["Running"], f"container exited ({state['ExitCode']}):\n" + logs(container_id)
         try:
-            if get(base + probe["httpGet"]["path"], probe.get("timeoutSeconds", 1))[0] == 200:
+            if http_get(base + probe["httpGet"]["path"], probe.get("timeoutSeconds", 1))[0] == 200:
                 return time.monotonic() - t0
         except OSError:
             pass

@@ -15,8 +15,8 @@ import uuid
 import httpx
 import pytest
 
-from tests.container.pods import chart_objects, configmaps, docker, get, logs, run_args, wait_probe
-from tests.servers import free_port
+from tests.container.pods import chart_objects, configmaps, docker, logs, run_args, wait_probe
+from tests.servers import free_port, http_get
 
 pytestmark = pytest.mark.container
 
@@ -155,7 +155,7 @@ def test_registered_model_from_mlflow_and_s3(images, served_model, mlflow_server
         srv.wait_started()
         body = srv.detect(val_files, conf=0.05)
         _assert_same_as_predict(body, _predict(served_model[0], val_files, 0.05), val_files, 0.05)
-        status, meta = get(f"{srv.base}/v2/models/tiny")
+        status, meta = http_get(f"{srv.base}/v2/models/tiny")
         assert status == 200 and json.loads(meta)["name"] == "tiny"
     finally:
         srv.remove()

@@ -22,19 +22,12 @@ import pytest
 pytest.importorskip("fastapi")
 
 from kubedistill.benchmark.serve import free_port  # noqa: E402
+from tests.servers import http_get  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def onnx_model(served_model):
     return served_model[1]
-
-
-def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 def _post(url: str, data: bytes, ctype: str, timeout: float = 30.0) -> tuple[int, bytes]:
@@ -83,7 +76,7 @@ class Server:
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()
             try:
-                if _get(f"{self.base}/v2/health/ready", 1.0)[0] == 200:
+                if http_get(f"{self.base}/v2/health/ready", 1.0)[0] == 200:
                     return
             except OSError:
                 pass
@@ -119,12 +112,12 @@ def test_sigterm_drains_in_flight_requests(onnx_model, dynamic_onnx_model, tmp_p
         threads[1].start()  # behind the first: in the thread pool, or queued for the next batch
         time.sleep(0.5)  # the first request is inside its 2 s model call now
         t1 = time.monotonic()
-        assert _get(f"{srv.base}/v2/health/live")[0] == 200  # the event loop is free meanwhile
+        assert http_get(f"{srv.base}/v2/health/live")[0] == 200  # the event loop is free meanwhile
         assert time.monotonic() - t1 < 0.5
         srv.proc.send_signal(signal.SIGTERM)
         time.sleep(0.4)
         with pytest.raises(OSError):  # no new connections while draining
-            _get(f"{srv.base}/v2/health/live", 1.0)
+            http_get(f"{srv.base}/v2/health/live", 1.0)
         for t in threads:
             t.join(30)
         for i, w in enumerate((80, 90)):
@@ -179,7 +172,7 @@ def test_page_draws_demo_detections_in_chromium(onnx_model, tmp_path):
     srv = Server(onnx_model, tmp_path)
     try:
         srv.wait_ready()
-        demo = _get(f"{srv.base}/demo.jpg")[1]
+        demo = http_get(f"{srv.base}/demo.jpg")[1]
         res = json.loads(_post(f"{srv.base}/v1/detect?conf=0.01", demo, "image/jpeg")[1])["results"][0]
         dets = res["detections"]
         assert dets, "the tiny model found nothing on the demo image"

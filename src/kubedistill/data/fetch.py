@@ -57,9 +57,9 @@ class ArchiveLimits:
     and more). Each can be set with an environment variable."""
 
     def __init__(self) -> None:
-        self.max_bytes = int(env_number("KUBEDISTILL_ARCHIVE_MAX_GB", 200) * 1e9)
-        self.max_members = int(env_number("KUBEDISTILL_ARCHIVE_MAX_MEMBERS", 5_000_000))
-        self.max_ratio = env_number("KUBEDISTILL_ARCHIVE_MAX_RATIO", 100)
+        self.max_bytes = int(env_number("KUBEDISTILL_ARCHIVE_MAX_GB", 200, strict=True) * 1e9)
+        self.max_members = int(env_number("KUBEDISTILL_ARCHIVE_MAX_MEMBERS", 5_000_000, strict=True))
+        self.max_ratio = env_number("KUBEDISTILL_ARCHIVE_MAX_RATIO", 100, strict=True)
 
     def check(self, archive: str, members: int, total: int, packed: int, name: str) -> None:
         fix = "If the archive is genuine, raise the limit: "
@@ -280,6 +280,7 @@ def _extract_tar(path: Path, out: Path, archive: str, limits: ArchiveLimits) -> 
 
 def _extract_zip(path: Path, out: Path, archive: str, limits: ArchiveLimits) -> None:
     name = "(directory)"
+    packed = path.stat().st_size
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
@@ -288,7 +289,7 @@ def _extract_zip(path: Path, out: Path, archive: str, limits: ArchiveLimits) -> 
                 name = info.filename
                 _check_name(info.filename, archive)
                 total += info.file_size
-                limits.check(archive, n, total, path.stat().st_size, name)
+                limits.check(archive, n, total, packed, name)
                 mode = info.external_attr >> 16
                 if stat.S_ISLNK(mode):
                     target = zf.read(info).decode("utf-8", "replace")

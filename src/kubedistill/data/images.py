@@ -32,11 +32,11 @@ MAX_IMAGE_PIXELS = 100_000_000
 
 
 def max_image_bytes() -> int:
-    return int(env_number("KUBEDISTILL_MAX_IMAGE_MB", MAX_IMAGE_MB) * 2**20)
+    return int(env_number("KUBEDISTILL_MAX_IMAGE_MB", MAX_IMAGE_MB, strict=True) * 2**20)
 
 
 def max_image_pixels() -> int:
-    return int(env_number("KUBEDISTILL_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS))
+    return int(env_number("KUBEDISTILL_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS, strict=True))
 
 
 _ORIENTATION_TAG = 0x0112

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from kubedistill.core.env import env_number
 from kubedistill.core.errors import UserError
 from kubedistill.storage.uris import split_s3
 
@@ -29,21 +30,6 @@ class StorageError(UserError):
 
 class _Mismatch(Exception):
     """Downloaded bytes differ from what the store says the object holds (retried)."""
-
-
-def _env_number(name: str, default: float, kind: type = int, low: float = 1) -> Any:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = None
-    if value is None or value < low:
-        raise UserError(
-            f"{name}={raw!r} is not a {'whole ' if kind is int else ''}number >= {low}", f"Unset {name} or fix it"
-        )
-    return value
 
 
 @dataclass(frozen=True)
@@ -64,13 +50,13 @@ class Settings:
         if mode not in ("standard", "adaptive", "legacy"):
             raise UserError(f"KUBEDISTILL_S3_RETRY_MODE={mode!r} is unknown", "Use standard or adaptive")
         return cls(
-            multipart_mb=_env_number("KUBEDISTILL_S3_MULTIPART_MB", 8),
-            chunk_mb=_env_number("KUBEDISTILL_S3_CHUNK_MB", 8, low=5),
-            concurrency=_env_number("KUBEDISTILL_S3_CONCURRENCY", 8),
-            max_attempts=_env_number("KUBEDISTILL_S3_MAX_ATTEMPTS", 5),
+            multipart_mb=env_number("KUBEDISTILL_S3_MULTIPART_MB", 8, kind=int, low=1),
+            chunk_mb=env_number("KUBEDISTILL_S3_CHUNK_MB", 8, kind=int, low=5),
+            concurrency=env_number("KUBEDISTILL_S3_CONCURRENCY", 8, kind=int, low=1),
+            max_attempts=env_number("KUBEDISTILL_S3_MAX_ATTEMPTS", 5, kind=int, low=1),
             retry_mode=mode,
-            transfer_retries=_env_number("KUBEDISTILL_S3_TRANSFER_RETRIES", 3),
-            backoff_s=_env_number("KUBEDISTILL_S3_BACKOFF_S", 1.0, kind=float, low=0),
+            transfer_retries=env_number("KUBEDISTILL_S3_TRANSFER_RETRIES", 3, kind=int, low=1),
+            backoff_s=env_number("KUBEDISTILL_S3_BACKOFF_S", 1.0, kind=float, low=0),
         )
 
     def transfer_config(self):

@@ -23,14 +23,18 @@ from kubedistill.core.log import LOGGER
 TEMP_GLOB = ".*.tmp"  # core.atomic.atomic_path's temporary files
 
 
-def write_results_csv(path: Path, rows: list[dict]) -> None:
+def results_csv_text(rows: list[dict]) -> str:
     """results.csv: one row per epoch, the union of the rows' columns."""
     fields = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
     w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_results_csv(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, results_csv_text(rows))
 
 
 def read_results_csv(path: Path, upto_epoch: int) -> list[dict]:
@@ -42,6 +46,11 @@ def read_results_csv(path: Path, upto_epoch: int) -> list[dict]:
     except (OSError, ValueError, KeyError, csv.Error):
         return []
     return [r for r in rows if r["epoch"] <= upto_epoch]
+
+
+def write_metrics_json(save_dir: Path, best_epoch: int, best_metrics: dict) -> None:
+    """metrics.json: the best epoch (1-based; `best_epoch` is 0-based, -1 for none) and its metrics."""
+    write_json_atomic(save_dir / "metrics.json", {"best_epoch": best_epoch + 1, **best_metrics})
 
 
 def _epoch_of(path: Path) -> int | None:
@@ -64,15 +73,12 @@ def repair_run_folder(save_dir: Path, ckpt: dict) -> list[str]:
         done.append(f"best.pt rewritten (epoch {best['epoch'] + 1})")
     rows = ckpt.get("results")
     if rows is not None:
-        path = save_dir / "results.csv"
-        before = path.read_text() if path.is_file() else None
-        write_results_csv(path, rows)
-        if path.read_text() != before:
+        path, text = save_dir / "results.csv", results_csv_text(rows)
+        if not path.is_file() or path.read_text() != text:
+            atomic_write_text(path, text)
             done.append(f"results.csv rewritten ({len(rows)} epochs)")
     if best is not None:
-        write_json_atomic(
-            save_dir / "metrics.json", {"best_epoch": ckpt.get("best_epoch", -1) + 1, **ckpt.get("best_metrics", {})}
-        )
+        write_metrics_json(save_dir, ckpt.get("best_epoch", -1), ckpt.get("best_metrics", {}))
     if done:
         LOGGER.info(f"{save_dir}: repaired after an interrupted run: " + "; ".join(done))
     return done

@@ -36,7 +36,7 @@ from torch import nn
 
 from kubedistill.config import TrainConfig
 from kubedistill.core import device as du
-from kubedistill.core.atomic import atomic_write_text, write_json_atomic
+from kubedistill.core.atomic import atomic_write_text
 from kubedistill.core.checkpoint import atomic_torch_save, load_checkpoint
 from kubedistill.core.errors import ConfigError, UserError
 from kubedistill.core.interrupt import sigterm_as_interrupt
@@ -55,7 +55,7 @@ from kubedistill.train.ema import ModelEMA
 from kubedistill.train.loss_health import check_loss_health
 from kubedistill.train.objective import build_objective, to_input, unwrap
 from kubedistill.train.optim import build_optimizer, clipped_step
-from kubedistill.train.run_folder import read_results_csv, repair_run_folder, write_results_csv
+from kubedistill.train.run_folder import read_results_csv, repair_run_folder, write_metrics_json, write_results_csv
 from kubedistill.train.schedule import LRSchedule
 
 # on_train_end always runs last, also after a failure or an interrupt (trainer.error holds the exception, else None)
@@ -444,8 +444,7 @@ class Trainer:
             self.stop = du.broadcast_object(self.stop)
             if self.stop:
                 break
-        if self.main:
-            write_json_atomic(self.save_dir / "metrics.json", {"best_epoch": self.best_epoch + 1, **self.best_metrics})
+        if self.main:  # metrics.json is up to date: every epoch's _save writes it
             if cfg.plots:
                 self._plots()
             LOGGER.info(
@@ -587,7 +586,7 @@ class Trainer:
         if improved:
             atomic_torch_save(common, self.wdir / "best.pt")
         write_results_csv(self.save_dir / "results.csv", self.results_rows)
-        write_json_atomic(self.save_dir / "metrics.json", {"best_epoch": self.best_epoch + 1, **self.best_metrics})
+        write_metrics_json(self.save_dir, self.best_epoch, self.best_metrics)
         if self.cfg.save_period > 0 and (epoch + 1) % self.cfg.save_period == 0:
             atomic_torch_save(common, self.wdir / f"epoch{epoch + 1}.pt")
         self.run_callbacks("on_model_save")
