@@ -30,6 +30,7 @@ WHEELS = ROOT / "build" / "wheels"
 BASE_IMAGE = os.environ.get("BASE_IMAGE", "kubedistill/base:bookworm")
 TORCH_VERSION = os.environ.get("TORCH_VERSION", "2.13.0")
 HASH_LABEL = "org.kubedistill.source-hash"
+REVISION = "org.opencontainers.image.revision"
 # what each image is built from (besides its Dockerfile and the base); .dockerignore lets only these in
 INPUTS = ("pyproject.toml", "README.md", "src", "charts", ".dockerignore")
 
@@ -181,11 +182,13 @@ def build_image(docker: list[str], which: str, base_id: str, force: bool) -> Non
     ref = {"serve": serve_image, "train": train_image}[which]()
     extra = [torch_wheel()] if which == "train" else []
     digest = source_hash(which, base_id, extra)
+    commit = git_commit()
     labels = image_labels(docker, ref)
-    if labels is not None and labels.get(HASH_LABEL) == digest and not force:
+    # reused only when built from the same sources at the same commit: its revision label (and the git_commit tag
+    # of every MLflow run made in it) must name this commit; a rebuild then comes from BuildKit's layer cache
+    if labels is not None and not force and labels.get(HASH_LABEL) == digest and labels.get(REVISION) == commit:
         print(f"{which}: reusing {ref} (sources unchanged, {image_size_mb(docker, ref):.0f} MB)")
         return
-    commit = git_commit()
     cmd = docker + ["build", "--network", "host", "-f", str(DOCKER_DIR / f"Dockerfile.{which}"), "-t", ref]
     args = {"BASE_IMAGE": BASE_IMAGE, "VERSION": __version__, "GIT_COMMIT": commit, "SOURCE": source_url()}
     if which == "train":
