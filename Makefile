@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 DEMO_OUT ?= runs/pipeline
 
-.PHONY: install lint test test-fast test-container demo demo-docker benchmark images clean
+.PHONY: test-hostile install lint test test-fast test-container demo demo-docker benchmark images clean
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ test: install lint
 
 test-fast: install
 	$(PY) -m pytest -m "not slow and not container"
+
+# The hostile-input suite alone (also part of `make test`): its table of cases tried, refused and survived
+# (docs/reliability.md)
+test-hostile: install
+	$(PY) -m pytest tests/hostile -q
 
 # The container tests (needs a docker engine; builds the images first, or reuses them): the serve image run as
 # the chart runs it, the pipeline's steps in the train image, /dev/shm fallback (docs/deploy.md).

@@ -188,7 +188,8 @@ def mlflow_server(workdir: Path, s3: S3Server, bucket: str = "mlflow", timeout: 
         "--artifacts-destination",
         f"s3://{bucket}/artifacts",
     ]
-    env = {**os.environ, **s3.env(), "MLFLOW_TRACKING_URI": ""}
+    # no job runner: MLflow 3's huey consumers are four more processes the tests never use, busy on 2 cores
+    env = {**os.environ, **s3.env(), "MLFLOW_TRACKING_URI": "", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI")
     log = workdir / "mlflow.log"
     with open(log, "wb") as fh:

@@ -10,10 +10,15 @@ from pathlib import Path
 import click
 import typer
 
+try:  # typer 0.16+ carries its own copy of click
+    from typer._click import exceptions as _vendored_click
+except ImportError:  # older typer: click itself
+    _vendored_click = None
+
 from kubedistill.benchmark.onnx import onnx_times
 from kubedistill.benchmark.peer import run_peer_train_benchmark
 from kubedistill.benchmark.serve import run_serve_benchmark
-from kubedistill.config import TrainConfig, parse_cli_overrides, train_config
+from kubedistill.config import TrainConfig, check_infer_options, parse_cli_overrides, train_config
 from kubedistill.core.atomic import atomic_write_text, write_json_atomic
 from kubedistill.core.errors import UserError
 from kubedistill.core.names import METRIC_NAMES
@@ -169,6 +174,7 @@ def val_cmd(
     out: Path = typer.Option(Path("metrics.json"), help="Where to write metrics.json."),
 ):
     """COCO metrics (faster-coco-eval) of a checkpoint on a dataset split."""
+    check_infer_options(imgsz=imgsz, batch=batch, conf=conf, iou=iou, max_det=max_det, workers=workers)
     res = Detector(str(weights)).val(
         data,
         imgsz=imgsz,
@@ -201,6 +207,7 @@ def predict_cmd(
     save_images: bool = typer.Option(False, "--save-images", help="Also draw boxes into OUT_images/."),
 ):
     """Detect objects in images; writes COCO-format results (boxes in original pixels)."""
+    check_infer_options(conf=conf, iou=iou, max_det=max_det, imgsz=imgsz)
     det = Detector(str(weights))
     files = det.images(source)
     preds = det.predict(files, conf=conf, imgsz=imgsz, max_det=max_det, nms=nms, iou=iou, device=device)
@@ -415,6 +422,8 @@ def serve_cmd(
     name: str | None = typer.Option(None, help=option_help("name"), show_default=False),
     max_body_mb: float | None = typer.Option(None, help=option_help("max_body_mb"), show_default=False),
     max_images: int | None = typer.Option(None, help=option_help("max_images"), show_default=False),
+    max_header_kb: int | None = typer.Option(None, help=option_help("max_header_kb"), show_default=False),
+    header_timeout_s: float | None = typer.Option(None, help=option_help("header_timeout_s"), show_default=False),
     max_batch_size: int | None = typer.Option(None, help=option_help("max_batch_size"), show_default=False),
     max_latency_ms: float | None = typer.Option(None, help=option_help("max_latency_ms"), show_default=False),
     graceful_timeout: int | None = typer.Option(None, help=option_help("graceful_timeout"), show_default=False),
@@ -437,6 +446,8 @@ def serve_cmd(
         name=name,
         max_body_mb=max_body_mb,
         max_images=max_images,
+        max_header_kb=max_header_kb,
+        header_timeout_s=header_timeout_s,
         max_batch_size=max_batch_size,
         max_latency_ms=max_latency_ms,
         graceful_timeout=graceful_timeout,
@@ -706,6 +717,18 @@ _EXTRA_OF = {
 INTERRUPTED = "interrupted; finished training epochs are kept in weights/last.pt (continue with resume=True)"
 
 
+def _click_classes(name: str) -> tuple[type, ...]:
+    """Click's exception class `name`, and typer's own copy of it (typer 0.16+ carries click inside, as typer._click:
+    an unknown option raised that copy's NoSuchOption, which `except click...` missed: a traceback)."""
+    found = [getattr(m, name, None) for m in (click.exceptions, typer, _vendored_click) if m is not None]
+    return tuple({c for c in found if isinstance(c, type)})
+
+
+_USAGE_ERRORS = _click_classes("ClickException")
+_EXITS = _click_classes("Exit")
+_ABORTS = _click_classes("Abort")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         rc = app(args=argv, standalone_mode=False)
@@ -736,13 +759,13 @@ def main(argv: list[str] | None = None) -> None:
             err=True,
         )
         sys.exit(2)
-    except Exception as e:  # click usage errors come as exceptions with standalone_mode=False
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:  # usage errors come as exceptions with standalone_mode=False
+        if isinstance(e, _USAGE_ERRORS):
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Exit):
+        if isinstance(e, _EXITS):
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        if isinstance(e, _ABORTS):
             sys.exit(1)
         raise
     if rc == 130:  # typer turns KeyboardInterrupt (Ctrl-C, or SIGTERM in training and `run`) into exit code 130

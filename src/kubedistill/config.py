@@ -11,10 +11,10 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kubedistill.core.errors import ConfigError
+from kubedistill.core.yamlfile import YamlFileError, load_yaml_text, read_yaml_file
 
 _NONE_STRINGS = {"", "none", "null", "~"}
 
@@ -177,8 +177,8 @@ class TrainConfig(BaseModel):
                 if all(len(p) == 2 for p in pairs):
                     return {k.strip(): val.strip() for k, val in pairs}
             try:
-                v = yaml.safe_load(text)
-            except yaml.YAMLError:
+                v = load_yaml_text(text)
+            except YamlFileError:
                 raise ValueError("write {key: value, ...} or key=value,key2=value2") from None
         if isinstance(v, dict):  # tags are strings: {run: 3} means "3"
             return {str(k): "" if val is None else str(val) for k, val in v.items()}
@@ -216,6 +216,25 @@ class TrainConfig(BaseModel):
         return self
 
 
+class InferOptions(BaseModel):
+    """The numbers of `val`, `predict` and the Python API's .val()/.predict(), checked before any work (val took
+    --conf nan and scored nothing)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    conf: float = Field(0.25, ge=0.0, le=1.0, description="Score threshold.")
+    iou: float = Field(0.7, gt=0.0, le=1.0, description="NMS IoU threshold.")
+    max_det: int = Field(300, ge=1, le=10_000, description="Detections per image.")
+    imgsz: int | None = Field(None, ge=32, le=8192, description="Image size.")
+    batch: int = Field(16, ge=1, le=4096, description="Images per batch.")
+    workers: int = Field(2, ge=0, le=256, description="DataLoader worker processes.")
+
+
+def check_infer_options(**values: Any) -> None:
+    """ConfigError naming the option when one of `values` (InferOptions' names; None: unset) is out of range."""
+    make_config(InferOptions, None, "option", **{k: v for k, v in values.items() if v is not None})
+
+
 def _format_validation_error(err: ValidationError, model: type[BaseModel], source: str) -> ConfigError:
     known = list(model.model_fields)
     lines = []
@@ -229,9 +248,10 @@ def _format_validation_error(err: ValidationError, model: type[BaseModel], sourc
             given = e.get("input")
             msg = e["msg"].removeprefix("Value error, ")
             lines.append(f"option '{loc}' = {given!r}: {msg}")
+    command = "train" if model is TrainConfig else "<command>"
     return ConfigError(
         f"Invalid {source}: " + "; ".join(lines),
-        "Fix the option(s) named; `kubedistill train --help` lists every option with its default",
+        f"Fix the option(s) named; `kubedistill {command} --help` lists every option with its default",
     )
 
 
@@ -245,12 +265,11 @@ def read_yaml_mapping(
 ) -> dict[str, Any]:
     """A YAML file holding a mapping (config, parameters, schedules); ConfigError naming the file otherwise."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{what} '{p}' does not exist", missing_fix)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{what} '{p}' is not valid YAML ({e.__class__.__name__})", "Fix its syntax") from None
+        data = read_yaml_file(p) or {}
+    except YamlFileError as e:
+        fix = missing_fix if e.reason == "does not exist" else "Fix the file, or pass another"
+        raise ConfigError(f"{what} '{p}' {e.reason}", fix) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{what} '{p}' must hold a mapping of {item}: value", f"Write one {item} per line")
     return data

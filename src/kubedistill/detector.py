@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from kubedistill.config import TrainConfig, train_config
+from kubedistill.config import TrainConfig, check_infer_options, train_config
 from kubedistill.core.errors import UserError
 from kubedistill.train import build_trainer
 
@@ -55,6 +55,9 @@ class Detector:
         """COCO metrics on `data` (default: the dataset the checkpoint was trained on); keywords of `run_val`."""
         from kubedistill.eval.run import run_val
 
+        check_infer_options(
+            imgsz=imgsz, batch=batch, **{k: kw[k] for k in ("conf", "iou", "max_det", "workers") if k in kw}
+        )
         if data is None:
             if self.ckpt is None or not self.ckpt["train_args"].get("data"):
                 raise UserError("No dataset to validate on", "Pass data=path/to/data.yaml (--data on the command line)")
@@ -76,6 +79,7 @@ class Detector:
         from kubedistill.core.device import select_device
         from kubedistill.predict import predict_arrays, predict_files
 
+        check_infer_options(conf=conf, iou=iou, max_det=max_det, imgsz=imgsz)
         dev = select_device(device)
         self.model.to(dev)
         kw = dict(conf=conf, iou=iou, max_det=max_det, nms=nms)

@@ -253,3 +253,76 @@ def test_benchmark_serve_smoke(onnx_model, tmp_path):
     assert abs(res["c1"]["http_json_client_ms"] - (p50 - sum(server.values()))) < 1e-6
     assert abs(res["c1"]["ratio"] - p50 / (res["model_ms"] + res["decode_letterbox_ms"])) < 1e-6
     assert "p50 ms" in r.stdout and "server cores" in r.stdout and "HTTP + JSON + client" in r.stdout
+
+
+def _exchange(port: int, chunks: list[bytes], pause: float = 0.0, timeout: float = 10.0) -> tuple[bytes, int]:
+    """Send `chunks` on one connection (stopping when the server closes it), then read to EOF.
+    Returns (the response bytes, the number of bytes the server took before it answered)."""
+    import socket
+
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        for c in chunks:
+            try:
+                s.sendall(c)
+            except OSError:  # the server answered and closed: stop sending
+                break
+            sent += len(c)
+            time.sleep(pause)
+        out = b""
+        try:
+            while True:
+                part = s.recv(65536)
+                if not part:
+                    break
+                out += part
+        except OSError:
+            pass
+    return out, sent
+
+
+def _status_and_json(response: bytes) -> tuple[int, dict, bytes]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    assert b"content-type: application/json" in head.lower(), head
+    return status, json.loads(body), head
+
+
+def test_request_heads_are_bounded_and_refused_as_json(onnx_model, tmp_path):
+    """Issue 17: uvicorn's httptools protocol took a 256 MB header (94 s, 700 MB peak), kept a half-sent head's
+    connection for ever, and answered a malformed request in text/plain. Now: 431, 408 and 400, all JSON."""
+    server = Server(onnx_model, tmp_path, args=("--max-header-kb", "8", "--header-timeout-s", "1"))
+    try:
+        server.wait_ready()
+        port = server.port
+        ok = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n"
+        # a legitimate request with 60 headers of 100 bytes: served, twice on one keep-alive connection
+        fine = ok + b"".join(b"X-F%d: %s\r\n" % (i, b"v" * 90) for i in range(60)) + b"\r\n"
+        out, _ = _exchange(port, [fine, fine], pause=0.3, timeout=3)
+        assert out.count(b"HTTP/1.1 200 OK") == 2, out[:300]
+        # one header past 8 KiB, in one piece
+        status, body, head = _status_and_json(_exchange(port, [ok + b"X-Big: " + b"a" * 9000 + b"\r\n\r\n"])[0])
+        assert status == 431 and "larger than 8 KiB" in body["error"] and b"connection: close" in head
+        # more than 100 fields
+        many = ok + b"".join(b"X-%d: 1\r\n" % i for i in range(101)) + b"\r\n"
+        status, body, _ = _status_and_json(_exchange(port, [many])[0])
+        assert status == 431 and body["error"] == "more than 100 header fields"
+        # a 64 MiB header streamed in 64 KiB pieces: refused after the first pieces, not buffered to the end
+        chunks = [ok + b"X-Huge: "] + [b"h" * 65536] * 1024
+        out, sent = _exchange(port, chunks, timeout=30)
+        assert _status_and_json(out)[0] == 431
+        assert sent < 4 * 2**20, sent  # the connection closed long before the 64 MiB were sent
+        # a malformed request line: uvicorn's 400, now JSON
+        status, body, _ = _status_and_json(_exchange(port, [b"NOT HTTP AT ALL\r\n\r\n"])[0])
+        assert status == 400 and body["error"].startswith("invalid HTTP request")
+        # half a head, then silence: 408 after the 1 s header timeout
+        t0 = time.monotonic()
+        status, body, _ = _status_and_json(_exchange(port, [b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n"])[0])
+        assert status == 408 and "within 1 s" in body["error"] and time.monotonic() - t0 < 5
+        # a connection that sends nothing is closed after the timeout, without a response
+        t0 = time.monotonic()
+        assert _exchange(port, [])[0] == b"" and 0.8 < time.monotonic() - t0 < 5
+        # and the server still serves
+        assert http_get(f"{server.base}/v2/health/ready", 5.0)[0] == 200
+    finally:
+        server.stop()

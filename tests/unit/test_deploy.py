@@ -227,7 +227,7 @@ def test_user_values_merge_files_then_sets(tmp_path):
     (tmp_path / "bad.yaml").write_text("a: [1,\n")
     with pytest.raises(UserError, match="not valid YAML"):
         user_values([tmp_path / "bad.yaml"])
-    with pytest.raises(UserError, match="Cannot read values file"):
+    with pytest.raises(UserError, match="Values file .*missing.yaml. does not exist"):
         user_values([tmp_path / "missing.yaml"])
 
 

@@ -55,6 +55,7 @@ class FlakyClient:
 def _logger(tmp_path, fake, **kw):
     lg = RunLogger(tmp_path, "http://fake", background=False, **kw)  # no worker thread, nothing contacted
     lg.client = fake
+    lg._probe = lambda: not fake.down  # the /health probe sees what the fake client sees
     return lg
 
 
@@ -175,3 +176,123 @@ def test_sync_to_another_server_than_the_runs_says_so(tmp_path):
     (tmp_path / SPOOL).write_text(json.dumps({"op": "end", "status": "FINISHED"}) + "\n")
     with pytest.raises(UserError, match="Run abc .* was created on http://one:5000, not on http://two:5000"):
         sync(tmp_path, "http://two:5000")
+
+
+class SilentServer:
+    """A TCP server on loopback that accepts connections and never answers (all paths), or answers only
+    `/health` (a server whose API hangs behind a live front)."""
+
+    def __init__(self, health: bool):
+        import socket
+        import threading
+
+        self.health, self.conns = health, []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.uri = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        try:
+            first = conn.recv(65536).split(b"\r\n", 1)[0]
+            if self.health and b" /health " in first:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK")
+                conn.close()
+        except OSError:
+            pass
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+@pytest.mark.parametrize("health", [False, True], ids=["silent", "api-hangs"])
+def test_a_server_that_never_answers_costs_the_timeout_once(tmp_path, monkeypatch, health):
+    """Issue 17: a server that took connections and never answered made a 25 s training take 385 s (4 tries of
+    MLflow's 3 attempts of 30 s each, and close() waited on the stuck call). Now the end of training waits at
+    most the request timeout once, every record is spooled in order, and sync sends them all later."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    server = SilentServer(health)
+    logs = []
+    try:
+        t0 = time.monotonic()
+        lg = RunLogger(tmp_path, server.uri, run_name="a", log=logs.append)  # the real MlflowClient
+        assert lg.timeout == 1.0
+        for step in range(5):
+            lg.log_metrics({"loss": 1.0 / (step + 1)}, step)
+            time.sleep(0.1)
+        lg.end()
+        t_close = time.monotonic()
+        assert lg.close(timeout=120) == 7
+        assert time.monotonic() - t_close < 1.0 + 1.0, logs  # at most the timeout, once
+        assert time.monotonic() - t0 < 1.0 + 1.0 + 0.5 + 1.0, logs
+    finally:
+        server.close()
+    ops = [json.loads(line) for line in (tmp_path / SPOOL).read_text().splitlines()]
+    assert [o["op"] for o in ops] == ["create_run"] + ["log_batch"] * 5 + ["end"]
+    assert [o["metrics"][0][3] for o in ops[1:6]] == [0, 1, 2, 3, 4]
+    assert any("within 1 s" in m for m in logs), logs
+    fake = FlakyClient()
+    monkeypatch.setattr("kubedistill.track.logger.client", lambda uri: fake)
+    assert sync(tmp_path, server.uri, log=logs.append)["sent"] == 7
+    assert [s[0] for s in fake.sent] == ["create_run"] + ["log_batch"] * 5 + ["end"]
+
+
+def test_an_answer_after_close_gave_up_never_makes_a_second_run(tmp_path, monkeypatch):
+    """close() spools the call it stopped waiting for; when that call answers later (the run was created after
+    all), the run id it wrote is used and sync does not create the run again."""
+    import threading
+
+    gate = threading.Event()
+
+    class SlowCreate(FlakyClient):
+        def create_run(self, exp, run_name=None, tags=None):
+            gate.wait(10)
+            return super().create_run(exp, run_name, tags)
+
+    fake = SlowCreate()
+    logs = []
+    lg = _logger(tmp_path, fake, timeout=0.2, log=logs.append)
+    lg._thread = threading.Thread(target=lg._worker, daemon=True)
+    lg._thread.start()
+    lg._put({"op": "create_run", "experiment": "", "run_name": "a", "tags": {}})
+    lg.log_metrics({"loss": 0.5}, 0)
+    lg.end()
+    t0 = time.monotonic()
+    assert lg.close(timeout=30) == 3
+    assert time.monotonic() - t0 < 1.5
+    assert any("no answer within 0.2 s" in m for m in logs), logs
+    gate.set()
+    lg._thread.join(5)
+    assert json.loads((tmp_path / "mlflow.json").read_text())["run_id"] == "r1"
+    assert lg.pending() == 3  # the fenced worker did not touch the spool
+    monkeypatch.setattr("kubedistill.track.logger.client", lambda uri: fake)
+    res = sync(tmp_path, "http://fake", log=logs.append)
+    assert res["pending"] == 0 and res["run_id"] == "r1"
+    assert [s[0] for s in fake.sent] == ["create_run", "log_batch", "end"]  # one create_run: the late one
+
+
+def test_a_record_appended_after_a_cut_line_stays_whole(tmp_path):
+    """A resumed run appends to a spool whose last line a kill cut short: the new record starts a new line."""
+    fake = FlakyClient()
+    fake.down = True
+    lg = _logger(tmp_path, fake, retries=1, backoff=0.0)
+    lg.run_id = "r1"
+    (tmp_path / SPOOL).write_text(json.dumps({"op": "log_batch", "metrics": [["m", 1.0, 0, 0]]}) + "\n" + '{"op": "lo')
+    lg._handle({"op": "end", "status": "FINISHED"})
+    logs = []
+    from kubedistill.track.logger import read_spool
+
+    assert [o["op"] for o in read_spool(tmp_path / SPOOL, logs.append)] == ["log_batch", "end"]
+    assert len(logs) == 1 and "line(s) [2]" in logs[0]

@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kubedistill.core.errors import DataError
 from kubedistill.core.log import LOGGER
+from kubedistill.core.yamlfile import YamlFileError, read_yaml_file
 from kubedistill.data.images import IMG_FORMATS
 
 SPLIT_KEYS = ("train", "val", "test")
@@ -238,17 +237,15 @@ def load_data_yaml(path: str | Path) -> DataSpec:
     yaml_path = Path(path).expanduser()
     if yaml_path.is_dir() and (yaml_path / "data.yaml").is_file():
         yaml_path = yaml_path / "data.yaml"
-    if not yaml_path.is_file():
+    if not yaml_path.exists():
         raise DataError(f"Dataset file '{yaml_path}' does not exist", "Pass the path of your data.yaml")
     yaml_path = yaml_path.resolve()
     try:
-        cfg = yaml.safe_load(yaml_path.read_text(encoding="utf-8-sig"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise _fail(yaml_path, f"not valid YAML{where}", "Fix its syntax") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise _fail(yaml_path, f"cannot be read ({e.__class__.__name__})", "Check the file") from None
+        cfg = read_yaml_file(yaml_path)
+    except YamlFileError as e:
+        raise _fail(
+            yaml_path, e.reason.removeprefix("is "), "Fix the file, or pass the path of your data.yaml"
+        ) from None
     if not isinstance(cfg, dict):
         raise _fail(yaml_path, "must hold a mapping (path, train, val, names)", "See the dataset docs for the format")
 

@@ -42,6 +42,7 @@ from kubedistill.core.atomic import atomic_write_text
 from kubedistill.core.cache import cache_dir
 from kubedistill.core.env import env_number
 from kubedistill.core.errors import DataError, UserError
+from kubedistill.core.yamlfile import YamlFileError, read_yaml_file
 from kubedistill.storage import LOGGER, MANIFEST, StorageError, download, file_lock, head, is_remote
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -184,9 +185,9 @@ def _splits_found(cfg: dict, root: Path) -> bool:
 def localize_data_yaml(yaml_path: Path, tree: Path) -> Path:
     """Make a fetched data.yaml usable where it now lies: see the module docstring. Returns the yaml to use."""
     try:
-        cfg = yaml.safe_load(yaml_path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return yaml_path  # load_data_yaml reports it with the line
+        cfg = read_yaml_file(yaml_path)
+    except YamlFileError:
+        return yaml_path  # load_data_yaml reports it
     raw = cfg.get("path") if isinstance(cfg, dict) else None
     if raw is None or str(raw).strip() == "":
         return yaml_path

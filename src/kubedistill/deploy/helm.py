@@ -15,6 +15,7 @@ from typing import Protocol
 import yaml
 
 from kubedistill.core.errors import UserError
+from kubedistill.core.yamlfile import YamlFileError, read_yaml_file
 from kubedistill.deploy.plan import deep_merge
 
 NOTES = "NOTES.txt"
@@ -199,13 +200,11 @@ def user_values(files: list[str | os.PathLike] = (), sets: list[str] = ()) -> di
     out: dict = {}
     for f in files:
         try:
-            doc = yaml.safe_load(Path(f).read_text(encoding="utf-8")) or {}
-        except OSError as e:
+            doc = read_yaml_file(f) or {}
+        except YamlFileError as e:
             raise UserError(
-                f"Cannot read values file '{f}': {e.strerror or e}", "Check the path given to --values"
+                f"Values file '{f}' {e.reason}", "Check the path given to --values, or fix the file"
             ) from None
-        except yaml.YAMLError as e:
-            raise UserError(f"Values file '{f}' is not valid YAML: {e}", "Fix the file") from None
         if not isinstance(doc, dict):
             raise UserError(
                 f"Values file '{f}' is not a YAML mapping",

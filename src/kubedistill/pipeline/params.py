@@ -17,6 +17,7 @@ import yaml
 
 from kubedistill.config import read_yaml_mapping
 from kubedistill.core.errors import ConfigError
+from kubedistill.core.yamlfile import YamlFileError, read_yaml_file
 
 _TYPE_WORDS = {
     "STRING": "text",
@@ -54,11 +55,9 @@ def load_spec(package: str | Path) -> dict:
             f"Pipeline package '{p}' does not exist", "Run `kubedistill pipeline compile` or pass --package"
         )
     try:
-        doc = next(yaml.safe_load_all(p.read_text()), None)
-    except yaml.YAMLError as e:
-        raise ConfigError(
-            f"Pipeline package '{p}' is not valid YAML ({e.__class__.__name__})", "Compile it again"
-        ) from None
+        doc = next(iter(read_yaml_file(p, all_documents=True)), None)
+    except YamlFileError as e:
+        raise ConfigError(f"Pipeline package '{p}' {e.reason}", "Compile it again") from None
     if not isinstance(doc, dict) or "root" not in doc:
         raise ConfigError(f"'{p}' is not a compiled KFP pipeline", "Run `kubedistill pipeline compile`")
     return doc

@@ -30,6 +30,7 @@ from kubedistill.core.atomic import atomic_write_text
 from kubedistill.core.cache import cache_dir
 from kubedistill.core.errors import DataError, UserError
 from kubedistill.core.log import LOGGER, setup_logging
+from kubedistill.core.yamlfile import YamlFileError, read_yaml_file
 from kubedistill.data.check import check_dataset, fingerprint
 from kubedistill.data.dataset_yaml import label_path, load_data_yaml
 from kubedistill.data.fetch import fetch_dataset
@@ -124,9 +125,9 @@ def fetch_source(uri: str, cache: Path, class_names: list[str]) -> Path:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
-    except (OSError, yaml.YAMLError) as e:
-        raise DataError(f"{path}: cannot be read as YAML ({e.__class__.__name__})", "Fix the file") from None
+        cfg = read_yaml_file(path)
+    except YamlFileError as e:
+        raise DataError(f"{path} {e.reason}", "Fix the file") from None
     if not isinstance(cfg, dict):
         raise DataError(f"{path}: must hold a mapping (path, train, val, names)", "See the dataset docs for the format")
     return cfg

@@ -32,6 +32,13 @@ class ServeConfig(BaseModel):
     max_request_pixels: int = Field(
         100_000_000, ge=1, description="Most pixels of all the images of one /v1/detect request together."
     )
+    max_header_kb: int = Field(
+        64, ge=1, le=16384, description="Largest request line and headers together in KiB (larger: 431)."
+    )
+    max_headers: int = Field(100, ge=1, le=10000, description="Most header fields in one request (more: 431).")
+    header_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="Seconds a client has to send a request's line and headers (then 408)."
+    )
     max_batch_size: int = Field(
         1,
         ge=1,

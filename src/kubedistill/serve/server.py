@@ -24,6 +24,8 @@ def serve(model: str, **options) -> None:
     (None: the default)."""
     import uvicorn
 
+    from kubedistill.serve.http import BoundedHttpProtocol
+
     path = resolve_model_uri(model)
     cfg = ServeConfig.build(model_path=str(path), **options)
     cfg = cfg.model_copy(
@@ -40,6 +42,7 @@ def serve(model: str, **options) -> None:
         uvicorn.run(
             "kubedistill.serve.app:app_from_env",
             factory=True,
+            http=BoundedHttpProtocol,
             host=cfg.host,
             port=cfg.port,
             workers=cfg.workers,

@@ -7,14 +7,26 @@ tries again at most every `probe_s` seconds and, once the server answers, replay
 Whatever is still pending when training ends stays in the spool, the log says so once, and
 `kubedistill mlflow sync RUN_DIR` sends it later. The run id (once known) is kept in `mlflow.json`, so a
 resumed training run logs into the same MLflow run.
+
+A circuit breaker bounds what a server that accepts connections and never answers can cost:
+- an HTTP server is asked `/health` before the first record and before each replay; no answer within the
+  request timeout (`MLFLOW_HTTP_REQUEST_TIMEOUT`, 30 s) opens the breaker: records go to the spool at once;
+- a call that times out is not retried: the breaker opens;
+- `close` (the end of training) stops waiting for a call that has run past the timeout (an artifact upload
+  gets the whole close timeout), spools it and everything queued behind it in order, and returns. The
+  worker thread is fenced off from the spool from then on. So training waits at most the timeout once.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import queue
+import ssl
 import threading
 import time
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +34,7 @@ from typing import Any
 
 from kubedistill.core.atomic import atomic_write_text
 from kubedistill.core.errors import UserError
-from kubedistill.track.settings import client, experiment_id, explain, resolve_uri
+from kubedistill.track.settings import client, experiment_id, explain, request_timeout, resolve_uri
 
 SPOOL = "mlflow_pending.jsonl"
 RUN_FILE = "mlflow.json"
@@ -32,9 +44,12 @@ _STOP = object()
 def read_run_file(run_dir: str | Path) -> dict | None:
     p = Path(run_dir) / RUN_FILE
     try:
-        return json.loads(p.read_text())
+        data = json.loads(p.read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(data, dict):  # damaged: as if there were none
+        return None
+    return {k: v for k, v in data.items() if isinstance(v, str) or v is None}
 
 
 class RunLogger:
@@ -53,6 +68,7 @@ class RunLogger:
         retries: int = 4,
         backoff: float = 1.0,
         probe_s: float = 30.0,
+        timeout: float | None = None,
         log: Callable[[str], None] = print,
         background: bool = True,
     ):
@@ -60,15 +76,20 @@ class RunLogger:
         self.uri = uri
         self.retries, self.backoff, self.probe_s = retries, backoff, probe_s
         self.log = log
-        self.client = client(uri)
+        self.client = client(uri)  # after import_mlflow set MLflow's request timeout
+        self.timeout = request_timeout() if timeout is None else timeout
         self.run_id = run_id
         self.offline_since: float | None = None
         self.last_try = 0.0
         self.failures = 0
         self.sent = 0
         self._said_offline = False
+        self._checked = False  # the first record asks the server's /health first
         self._q: queue.Queue = queue.Queue()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the spool file and the fence
+        self._current: dict | None = None  # the record the worker is handling
+        self._call_since: float | None = None  # when the worker's network call now running began
+        self._fenced = False  # close() gave up on the worker: it no longer touches the spool
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not background:  # `sync`: replays the spool in the caller's thread
             return
@@ -113,20 +134,34 @@ class RunLogger:
         self._put({"op": "end", "status": status})
 
     def close(self, timeout: float = 60.0) -> int:
-        """Wait up to `timeout` s for the queue to drain; spool what is left. Returns the number of pending ops."""
+        """Wait up to `timeout` s for the queue to drain, but not for a call that has hung past the request
+        timeout; spool what is left, in order. Returns the number of pending records."""
         self._q.put(_STOP)
-        self._thread.join(timeout)
-        left = []
-        while True:
-            try:
-                item = self._q.get_nowait()
-            except queue.Empty:
-                break
-            if item is not _STOP:
-                left.append(item)
+        deadline = time.monotonic() + timeout
+        hung = False
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            self._thread.join(0.05)
+            since, current = self._call_since, self._current
+            if since is not None and current is not None and current.get("op") != "log_artifact":
+                hung = time.monotonic() - since > self.timeout
+                if hung:
+                    break
         with self._lock:
-            for op in left:
-                self._spool(op)
+            if self._thread.is_alive():  # fence the worker: from now on only this thread writes the spool
+                self._fenced = True
+                left = [self._current] if self._current is not None else []
+                while True:
+                    try:
+                        item = self._q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not _STOP:
+                        left.append(item)
+                self._q.put(_STOP)
+                for op in left:
+                    self._append(op)
+                why = f"no answer within {self.timeout:g} s" if hung else f"not done after {timeout:g} s"
+                self.log(f"MLflow: stopped waiting for {self.uri} ({why}); training does not wait for it")
         pending = self.pending()
         if pending:
             self.log(
@@ -148,62 +183,127 @@ class RunLogger:
             op = self._q.get()
             if op is _STOP:
                 return
-            with self._lock:
+            self._current = op
+            try:
                 self._handle(op)
+            finally:
+                self._current = None
 
     def _handle(self, op: dict) -> None:
+        if not self._checked:
+            self._checked = True
+            if not self._probe():
+                self._go_offline(f"no answer from {self.uri}/health within {self.timeout:g} s", 1)
         if self.offline_since is not None and time.monotonic() - self.last_try < self.probe_s:
             self._spool(op)
             return
         if self.offline_since is not None:
             # probe: replay the spool first (order matters for create_run/end), then this op
-            if not self._replay():
+            if not (self._probe() and self._replay()):
+                self.last_try = time.monotonic()
                 self._spool(op)
                 return
         if not self._send_with_retry(op, self.retries if self.offline_since is None else 1):
             self._spool(op)
 
+    def _probe(self) -> bool:
+        """Whether an HTTP tracking server answers at all (any HTTP status counts) within the timeout; other
+        stores (sqlite, a file) are not probed."""
+        if not self.uri.startswith(("http://", "https://")):
+            return True
+        try:
+            self._call_since = time.monotonic()
+            with urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=self.timeout):  # noqa: S310
+                return True
+        except urllib.error.HTTPError:  # it answered (a proxy's 404, an auth wall): the calls will tell
+            return True
+        except (OSError, ValueError) as e:  # refused, reset, timed out, bad URL; a TLS handshake is an answer
+            return isinstance(getattr(e, "reason", e), ssl.SSLError)
+        finally:
+            self._call_since = None
+
     def _send_with_retry(self, op: dict, tries: int) -> bool:
+        last: BaseException | None = None
         for attempt in range(max(1, tries)):
-            self.last_try = time.monotonic()
             try:
+                self._call_since = time.monotonic()
                 self._send(op)
                 self.sent += 1
                 if self.offline_since is not None:
-                    self.log(f"MLflow: tracking server reachable again ({self.uri})")
+                    self._say(f"MLflow: tracking server reachable again ({self.uri})")
                 self.offline_since = None
                 self._said_offline = False
                 return True
             except Exception as e:  # any transport or server error: retry, then spool
                 self.failures += 1
                 last = e
+                if timed_out(e):  # a server that does not answer: no retry, the breaker opens
+                    break
                 if attempt + 1 < tries:
                     time.sleep(self.backoff * 2**attempt)
+            finally:
+                self._call_since = None
+                self.last_try = time.monotonic()
+        self._go_offline(explain(last, self.uri), tries)
+        return False
+
+    def _go_offline(self, why: str, tries: int) -> None:
+        self.last_try = time.monotonic()
         if self.offline_since is None:
             self.offline_since = time.monotonic()
         if not self._said_offline:
-            self.log(
-                f"MLflow: logging failed after {tries} tries ({explain(last, self.uri)}); training goes on, "
-                f"records are kept in {self.run_dir / SPOOL}"
+            self._say(
+                f"MLflow: logging failed after {tries} {'try' if tries == 1 else 'tries'} ({why}); training goes "
+                f"on, records are kept in {self.run_dir / SPOOL}"
             )
             self._said_offline = True
-        return False
+
+    def _say(self, text: str) -> None:
+        if not self._fenced:
+            self.log(text)
 
     def _replay(self) -> bool:
+        """Send the spool in order, one try each; the records sent are dropped from its front, whatever was
+        appended meanwhile stays. Network calls run outside the lock."""
         p = self.run_dir / SPOOL
-        if not p.exists():
-            return True
-        ops = read_spool(p, self.log)
-        for i, op in enumerate(ops):
+        with self._lock:
+            if not p.exists():
+                return True
+            ops = read_spool(p, self.log)
+        made = 0
+        if self.run_id is None and ops and ops[0].get("op") != "create_run":
+            # the record that creates the run was damaged: create one anyway rather than never sending the rest
+            self.log(f"MLflow: the spool in {self.run_dir} does not start by creating its run; creating one now")
+            ops.insert(0, {"op": "create_run", "experiment": "", "run_name": self.run_dir.name, "tags": {}})
+            made = 1
+        done = 0
+        for op in ops:
             if not self._send_with_retry(op, 1):
-                atomic_write_text(p, "".join(json.dumps(o) + "\n" for o in ops[i:]))
-                return False
-        p.unlink(missing_ok=True)
-        return True
+                break
+            done += 1
+        with self._lock:
+            rest = read_spool(p, lambda _m: None)[max(0, done - made) :] if p.exists() else []
+            if rest:
+                atomic_write_text(p, "".join(json.dumps(o) + "\n" for o in rest))
+            else:
+                p.unlink(missing_ok=True)
+        return done == len(ops)
 
     def _spool(self, op: dict) -> None:
-        with open(self.run_dir / SPOOL, "a") as f:  # append-only: a crash loses at most the line being written
-            f.write(json.dumps(op) + "\n")
+        with self._lock:
+            if not self._fenced:  # once fenced, close() has spooled this record with the rest
+                self._append(op)
+
+    def _append(self, op: dict) -> None:
+        """Append one record; the caller holds the lock. Append-only: a kill loses at most the line being
+        written, and a line left cut by one is ended first, so the next record is whole."""
+        p = self.run_dir / SPOOL
+        with open(p, "a+b") as f:
+            cut = False
+            if f.seek(0, os.SEEK_END) > 0:
+                f.seek(-1, os.SEEK_END)
+                cut = f.read(1) != b"\n"
+            f.write((b"\n" if cut else b"") + json.dumps(op).encode() + b"\n")
             f.flush()
 
     def _send(self, op: dict) -> None:
@@ -211,6 +311,8 @@ class RunLogger:
 
         kind = op["op"]
         if kind == "create_run":
+            if self.run_id is not None:  # created by a call that answered after close() had spooled it
+                return
             exp = experiment_id(self.client, op.get("experiment", ""), op.get("artifact_location"))
             run = self.client.create_run(exp, run_name=op.get("run_name") or None, tags=op.get("tags") or None)
             self.run_id = run.info.run_id
@@ -280,6 +382,18 @@ def param_text(v: Any) -> str:
     return text[:6000]
 
 
+def timed_out(e: BaseException) -> bool:
+    """Whether a failed call (or what caused it) was a timeout: the server took the connection and never
+    answered."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, TimeoutError) or "timeout" in type(e).__name__.lower() or "timed out" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def read_spool(path: Path, log: Callable[[str], None] = print) -> list[dict]:
     """The spooled records, in order. A line that is not a whole record (the last one, cut by a kill while it was
     appended; or one damaged on disk) is skipped with a warning: the rest is still sent."""
@@ -308,6 +422,13 @@ def sync(run_dir: str | Path, uri: str | None = None, log: Callable[[str], None]
     the run's, a UserError says so (instead of failing as "try again later" for ever)."""
     run_dir = Path(run_dir)
     info = read_run_file(run_dir) or {}
+    if not (run_dir / SPOOL).exists():  # nothing to send: no client, no local store made as a side effect
+        if not info:
+            raise UserError(
+                f"'{run_dir}' is not a tracked training run (it has no {RUN_FILE} or {SPOOL})",
+                "Pass the run's folder, runs/<name>",
+            )
+        return {"sent": 0, "pending": 0, "run_id": info.get("run_id"), "ok": True}
     if uri and info.get("run_id") and info.get("tracking_uri") and uri.rstrip("/") != info["tracking_uri"].rstrip("/"):
         raise UserError(
             f"Run {info['run_id']} in {run_dir} was created on {info['tracking_uri']}, not on {uri}",

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kubedistill.core.env import env_number
 from kubedistill.core.errors import UserError
 
 DEFAULT_EXPERIMENT = "kubedistill"
@@ -40,6 +41,12 @@ def import_mlflow():
     except ImportError:
         raise UserError("MLflow tracking needs the mlflow package", "pip install 'kubedistill[track]'") from None
     return mlflow
+
+
+def request_timeout() -> float:
+    """MLflow's HTTP request timeout in seconds (MLFLOW_HTTP_REQUEST_TIMEOUT, 30 unless set): the longest a
+    tracking server that never answers holds up the end of training (track/logger.py)."""
+    return env_number("MLFLOW_HTTP_REQUEST_TIMEOUT", float(_FAST_FAIL["MLFLOW_HTTP_REQUEST_TIMEOUT"]), strict=True)
 
 
 def tracking_enabled(flag: bool = False) -> bool:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -124,6 +125,7 @@ class Trainer:
         self.plot_files: dict[str, Path] = {}
         self.error: BaseException | None = None
         self.resumed = False
+        self._fresh_dir: Path | None = None  # the run folder this call made, until setup has passed
 
     # ----------------------------------------------------------------------------- extension points
     def add_callback(self, event: str, fn: Callable) -> None:
@@ -202,6 +204,8 @@ class Trainer:
         self.wdir = self.save_dir / "weights"
         seed_everything(cfg.seed, cfg.deterministic)
         if self.main:
+            if ckpt is None and not self.save_dir.exists():
+                self._fresh_dir = self.save_dir
             self.wdir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.save_dir / "args.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
             if ckpt is not None:
@@ -349,10 +353,13 @@ class Trainer:
         try:
             with sigterm_as_interrupt():  # a stopped pod ends the run as KILLED, like Ctrl-C
                 self.setup()
+                self._fresh_dir = None
                 self.run_callbacks("on_train_start")
                 self._fit()
         except BaseException as e:
             self.error = e
+            if self._fresh_dir is not None and isinstance(e, UserError):  # bad data or model: no empty run folder left
+                shutil.rmtree(self._fresh_dir, ignore_errors=True)
             raise
         finally:
             try:

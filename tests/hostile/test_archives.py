@@ -1,6 +1,7 @@
 """Hostile dataset archives (issue 17): corrupt or cut archives, decompression bombs, member names the OS
 rejects. Generated, not a fixed list: every byte position class of each compressed format, several cut lengths.
-Each case ends in a one-line DataError or an extracted tree equal to the original; nothing lost silently."""
+Each case ends in a one-line DataError or an extracted tree equal to the original; nothing lost silently, and
+nothing written outside the target folder."""
 
 from __future__ import annotations
 
@@ -46,42 +47,49 @@ def _read_tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-def _outcome(archive: Path, out: Path, want: dict[str, bytes], limits: ArchiveLimits | None = None) -> str:
-    """'refused' (a one-line DataError) or 'same' (the tree extracted exactly); anything else fails the test."""
+def _outcome(archive: Path, out: Path, want: dict[str, bytes] | None, hostile, case: str, limits=None) -> str:
+    """'refused' (a one-line DataError) or 'survived' (the tree extracted exactly as `want`); anything else, or
+    a file written beside `out` in its parent folder, fails the test."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    before = set(os.listdir(out.parent))
     try:
         extract_archive(archive, out, limits=limits)
+        outcome = "survived"
     except DataError as e:
         assert "\n" not in str(e) and str(e).startswith(("Archive '", "'")), str(e)
-        return "refused"
-    got = _read_tree(out)
-    assert got == want, f"{archive.name}: extracted without an error but the files differ (lost silently)"
-    return "same"
+        outcome = "refused"
+    assert set(os.listdir(out.parent)) - before <= {out.name}, f"{case}: wrote outside {out}"
+    if outcome == "survived":
+        got = _read_tree(out)
+        assert got == want, f"{archive.name}: extracted without an error but the files differ (lost silently)"
+    return hostile.record("archives", case, outcome)
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
-def test_corrupt_and_cut_archives_are_refused_never_extracted_wrong(fmt, tmp_path):
+def test_corrupt_and_cut_archives_are_refused_never_extracted_wrong(fmt, tmp_path, hostile):
     files = _tree()
     good = _pack(files, fmt, tmp_path / f"good.{fmt}")
     raw = good.read_bytes()
-    assert _outcome(good, tmp_path / "ok", files) == "same"
+    assert _outcome(good, tmp_path / "ok" / "out", files, hostile, f"{fmt} intact") == "survived"
     outcomes = []
     # one flipped byte at 40 positions spread over the whole file, header and trailer included
     for k, pos in enumerate(sorted({int(i * (len(raw) - 1) / 39) for i in range(40)})):
         bad = tmp_path / f"flip{k}.{fmt}"
         bad.write_bytes(raw[:pos] + bytes([raw[pos] ^ 0xFF]) + raw[pos + 1 :])
-        outcomes.append(_outcome(bad, tmp_path / f"o{k}", files))
+        outcomes.append(_outcome(bad, tmp_path / f"o{k}" / "out", files, hostile, f"{fmt} byte {pos} flipped"))
     # cut short at 10 lengths
     for k, n in enumerate(int(len(raw) * f) for f in (0.05, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)):
         cut = tmp_path / f"cut{k}.{fmt}"
         cut.write_bytes(raw[:n])
-        assert _outcome(cut, tmp_path / f"c{k}", files) == "refused", f"cut at {n} of {len(raw)} bytes"
+        case = f"{fmt} cut at {n} of {len(raw)} bytes"
+        assert _outcome(cut, tmp_path / f"c{k}" / "out", files, hostile, case) == "refused", case
     # most flips change data and must be refused; a flip in a field nothing reads (a gzip mtime, a zip comment
     # length slack) may leave the files intact, and that is fine: what must never happen is a wrong tree
     assert outcomes.count("refused") >= 30, outcomes
 
 
 @pytest.mark.parametrize("fmt", ["tar.gz", "zip"])
-def test_decompression_bombs_stop_at_the_limits(fmt, tmp_path):
+def test_decompression_bombs_stop_at_the_limits(fmt, tmp_path, hostile):
     zeros = {"ds/data.yaml": b"names: [a]\n", "ds/images/big.bin": bytes(30_000_000)}  # 30 MB of zeros: ~30 KB packed
     bomb = _pack(zeros, fmt, tmp_path / f"bomb.{fmt}")
     assert bomb.stat().st_size < 200_000
@@ -99,6 +107,8 @@ def test_decompression_bombs_stop_at_the_limits(fmt, tmp_path):
     limits.max_members = 20
     with pytest.raises(DataError, match="more than 20 members .*KUBEDISTILL_ARCHIVE_MAX_MEMBERS"):
         extract_archive(many, tmp_path / "out3", limits=limits)
+    for case in ("ratio", "size", "members"):
+        hostile.record("archives", f"{fmt} bomb past the {case} limit", "refused")
 
 
 def test_limits_come_from_the_environment(monkeypatch):
@@ -117,13 +127,59 @@ def test_limits_come_from_the_environment(monkeypatch):
         ("file then folder", {"ds/a": b"x", "ds/a/b.jpg": b"y"}, "clashes with a file or folder"),
     ],
 )
-def test_members_the_os_rejects_are_one_line_refusals(fmt, case, files, expect, tmp_path):
+def test_members_the_os_rejects_are_one_line_refusals(fmt, case, files, expect, tmp_path, hostile):
     archive = _pack(files, fmt, tmp_path / f"x.{fmt}")
     with pytest.raises(DataError, match=expect):
         extract_archive(archive, tmp_path / "out")
+    hostile.record("archives", f"{fmt} {case}", "refused")
 
 
-def test_encrypted_zip_member_is_refused(tmp_path):
+def _tar_member(t: tarfile.TarFile, name: str, kind: bytes = tarfile.REGTYPE, link: str = "", data: bytes = b"x"):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    t.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+
+# members that try to reach outside the target: generated from names x kinds, every one must stay inside
+_ESCAPES = ["../x", "../../x", "/tmp/kubedistill-hostile-x", "ds/../../x", "ds/./../../x", "./../x"]
+
+
+@pytest.mark.parametrize("fmt", ["tar.gz", "zip"])
+def test_members_that_reach_outside_the_target_never_write_there(fmt, tmp_path, hostile):
+    cases: list[tuple[str, list]] = [(f"file {n}", [("file", n, "")]) for n in _ESCAPES]
+    if fmt != "zip":
+        for target in ("/etc", "../..", "/etc/passwd", "ds/../../.."):
+            cases.append((f"symlink to {target}", [("sym", "ds/l", target), ("file", "ds/l/p", "")]))
+            cases.append((f"hard link to {target}", [("hard", "ds/h", target)]))
+        cases += [
+            ("character device", [("dev", "ds/null.jpg", "")]),
+            ("fifo", [("fifo", "ds/p.jpg", "")]),
+            (
+                "symlink then file through it",
+                [("sym", "ds/a", "."), ("sym", "ds/a/b", "../../.."), ("file", "ds/a/b/x", "")],
+            ),
+        ]
+    for k, (case, members) in enumerate(cases):
+        archive = tmp_path / f"esc{k}.{fmt}"
+        if fmt == "zip":
+            with zipfile.ZipFile(archive, "w") as z:
+                z.writestr("ds/data.yaml", b"names: [a]\n")
+                for _kind, name, _ in members:
+                    z.writestr(zipfile.ZipInfo(name), b"x")
+        else:
+            kinds = {"file": tarfile.REGTYPE, "sym": tarfile.SYMTYPE, "hard": tarfile.LNKTYPE,
+                     "dev": tarfile.CHRTYPE, "fifo": tarfile.FIFOTYPE}  # fmt: skip
+            with tarfile.open(archive, FORMATS[fmt]) as t:
+                _tar_member(t, "ds/data.yaml", data=b"names: [a]\n")
+                for kind, name, link in members:
+                    _tar_member(t, name, kinds[kind], link)
+        outcome = _outcome(archive, tmp_path / f"e{k}" / "out", None, hostile, f"{fmt} {case}", None)
+        assert outcome == "refused", case
+        assert not Path("/tmp/kubedistill-hostile-x").exists()
+
+
+def test_encrypted_zip_member_is_refused(tmp_path, hostile):
     path = _pack({"ds/data.yaml": b"names: [a]\n"}, "zip", tmp_path / "enc.zip")
     raw = bytearray(path.read_bytes())
     # set bit 0 of the general-purpose flags ("encrypted", what a password-protected zip says of its members)
@@ -134,6 +190,7 @@ def test_encrypted_zip_member_is_refused(tmp_path):
     with pytest.raises(DataError, match="member 'ds/data.yaml' is encrypted"):
         extract_archive(path, tmp_path / "out")
     assert os.listdir(tmp_path / "out") in ([], ["ds"])
+    hostile.record("archives", "zip encrypted member", "refused")
 
 
 @pytest.mark.parametrize("value", ["abc", "-1", "0", "nan", "inf"])

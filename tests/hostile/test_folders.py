@@ -19,6 +19,7 @@ import pytest
 
 from kubedistill.data.check import check_dataset
 from kubedistill.data.dataset_yaml import load_data_yaml
+from kubedistill.data.images import IMG_FORMATS
 
 N_REAL = 4
 
@@ -111,8 +112,9 @@ CASES = [
 ]
 
 
+@pytest.mark.timeout(60)  # a scan that hangs fails here, not after the suite's 10 minutes
 @pytest.mark.parametrize("cases", [[c] for c in CASES] + [CASES], ids=[c.__name__ for c in CASES] + ["all"])
-def test_hostile_folder_entries(cases, tmp_path, caplog):
+def test_hostile_folder_entries(cases, tmp_path, caplog, hostile):
     root = tmp_path / "ds"
     img_dir = _split(root)
     left_out, refused = [], []
@@ -131,6 +133,8 @@ def test_hostile_folder_entries(cases, tmp_path, caplog):
         assert text in problems, problems
     for text in left_out:
         assert text in caplog.text, caplog.text
+    if len(cases) == 1:
+        hostile.record("image folders", cases[0].__name__.strip("_"), "refused" if left_out or refused else "survived")
 
 
 def test_data_check_cli_ends_on_a_hostile_folder(tmp_path):
@@ -154,3 +158,85 @@ def test_data_check_cli_ends_on_a_hostile_folder(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: Only 4 of 6"), proc.stderr
     helptext = subprocess.run([*strict[:5], "--help"], capture_output=True, text=True, timeout=60).stdout
     assert "exit 2 when too little is usable" in " ".join(helptext.split())
+
+
+def _png_bytes() -> bytes:
+    ok, buf = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (24, 24, 3), np.uint8))
+    return buf.tobytes()
+
+
+def _image_variants():
+    png = _png_bytes()
+    ok, jpg = cv2.imencode(".jpg", np.full((24, 24, 3), 90, np.uint8))
+    jpg = jpg.tobytes()
+    yield "empty png", "x.png", b""
+    yield "text named .jpg", "x.jpg", b"hello, not an image\n"
+    yield "png named .jpg", "x.jpg", png
+    yield "unsupported suffix", "x.gifv", png
+    for frac in (0.1, 0.3, 0.5, 0.7, 0.9, 0.99):
+        yield f"png cut at {frac:.0%}", "x.png", png[: int(len(png) * frac)]
+        yield f"jpg cut at {frac:.0%}", "x.jpg", jpg[: int(len(jpg) * frac)]
+    for k in range(12):
+        pos = 8 + k * (len(png) - 9) // 11
+        yield f"png byte {pos} flipped", "x.png", png[:pos] + bytes([png[pos] ^ 0xFF]) + png[pos + 1 :]
+    yield "zero-size png header", "x.png", _png_header(0, 0)
+    yield "1 x 100000 png header", "x.png", _png_header(1, 100_000)
+
+
+def _label_variants():
+    yield "no label file", None
+    yield "empty label file", ""
+    fields = {
+        "class": ["0", "1", "-1", "0.5", "nan", "x", "1e9"],
+        "coord": ["0.5", "nan", "inf", "-3", "640", "1e308", "?"],
+    }
+    for c in fields["class"]:
+        yield f"class {c}", f"{c} 0.5 0.5 0.2 0.2\n"
+    for v in fields["coord"]:
+        for col in range(4):
+            vals = ["0.5", "0.5", "0.2", "0.2"]
+            vals[col] = v
+            yield f"coordinate {col + 1} = {v}", "0 " + " ".join(vals) + "\n"
+    for n in (1, 4, 6, 7, 9):
+        yield f"{n} columns", " ".join(["0"] + ["0.5"] * (n - 1)) + "\n"
+    yield "same box twice", "0 0.5 0.5 0.2 0.2\n" * 2
+    yield "zero-area box", "0 0.5 0.5 0 0.2\n"
+    yield "box reaching out", "0 0.95 0.5 0.3 0.2\n"
+    yield "binary garbage", bytes(range(256)) * 4
+    yield "UTF-8 with BOM", "\ufeff0 0.5 0.5 0.2 0.2\n"
+    yield "a million boxes", "0 0.5 0.5 0.2 0.2\n" * 1_000_000
+
+
+@pytest.mark.timeout(120)
+def test_hostile_file_contents_are_refused_by_name_or_read_right(tmp_path, hostile):
+    """Generated image and label contents: each one extra sample `x` beside the four good ones. It is either
+    usable with labels that are finite and inside the image, or refused by a problem naming its file; the four
+    good images stay usable either way."""
+    from kubedistill.data.dataset_yaml import label_path
+
+    cases = [(f"image: {c}", name, data, "0 0.5 0.5 0.2 0.2\n") for c, name, data in _image_variants()]
+    cases += [(f"label: {c}", "x.png", _png_bytes(), text) for c, text in _label_variants()]
+    for k, (case, name, data, label) in enumerate(cases):
+        root = tmp_path / f"d{k}"
+        img_dir = _split(root)
+        (img_dir / name).write_bytes(data)
+        if label is not None:
+            lf = label_path(img_dir / name)
+            lf.write_bytes(label if isinstance(label, bytes) else label.encode())
+        spec = load_data_yaml(root / "data.yaml")
+        report = check_dataset(spec, splits=("train",), workers=1)
+        usable = {smp.im_file.name: smp for smp in report.samples.get("train", [])}
+        errors = [p for p in report.errors if Path(p.file).stem == "x"]
+        train = report.counts["train"]
+        if Path(name).suffix not in IMG_FORMATS:  # not an image: not listed, as in Ultralytics
+            assert train.listed == train.usable == N_REAL, (case, report.summary())
+            hostile.record("image folders", case, "survived")
+        elif errors:
+            assert train.usable == N_REAL, (case, report.summary())
+            assert all(p.message and "\n" not in p.message for p in errors), case
+            hostile.record("image folders", case, "refused")
+        else:
+            assert train.usable == N_REAL + 1, (case, report.summary())
+            labels = usable[name].labels
+            assert np.isfinite(labels).all() and ((labels[:, 1:] >= 0) & (labels[:, 1:] <= 1)).all(), case
+            hostile.record("image folders", case, "survived")
