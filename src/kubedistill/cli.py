@@ -37,6 +37,8 @@ from kubedistill.track.logger import sync
 from kubedistill.track.runs import run_info
 from kubedistill.train import build_trainer
 from kubedistill.train.lr_finder import find_lr
+from kubedistill.trainjob.launch import submit_training
+from kubedistill.trainjob.manifest import LaunchConfig
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Train, distill, evaluate and serve YOLO-style detectors."
@@ -123,6 +125,10 @@ def data_check(
     report.raise_if_unusable()
 
 
+# `kubedistill train` options that are not training options: where it runs, and the CLI's own switches
+LAUNCH_OPTIONS = (*LaunchConfig.model_fields, "submit", "dry_run", "kubeconfig", "kube_context")
+
+
 def _train_help() -> str:
 
     lines = [
@@ -137,6 +143,16 @@ def _train_help() -> str:
     for name, f in TrainConfig.model_fields.items():
         default = f.get_default(call_default_factory=True)
         lines.append(f"  --{name.replace('_', '-'):<18} {f.description} [default: {default!r}]")
+    lines += ["", "On a cluster, across nodes (a Kubeflow Trainer TrainJob; docs/pipeline.md):"]
+    for name, f in LaunchConfig.model_fields.items():
+        default = f.get_default(call_default_factory=True)
+        lines.append(f"  --{name.replace('_', '-'):<18} {f.description} [default: {default!r}]")
+    lines += [
+        f"  --{'submit':<18} Create the TrainJob and follow it to its end (node 0's log here).",
+        f"  --{'dry-run':<18} Print the TrainJob instead.",
+        f"  --{'kubeconfig':<18} Kubeconfig file (default: KUBECONFIG, ~/.kube/config, or the pod's account).",
+        f"  --{'kube-context':<18} Kubeconfig context.",
+    ]
     return "\n".join(lines)
 
 
@@ -152,8 +168,17 @@ def train_cmd(ctx: typer.Context):
         raise typer.Exit(0)
     overrides = parse_cli_overrides(args)
     cfg_file = overrides.pop("cfg", None)
+    launch = {k: overrides.pop(k) for k in list(overrides) if k in LAUNCH_OPTIONS}
     cfg = train_config(cfg_file, **overrides)
-
+    if launch:  # --nodes N --submit / --dry-run: a TrainJob on a cluster
+        for flag in ("submit", "dry_run"):
+            if flag in launch:
+                launch[flag] = str(launch[flag]).lower() in ("true", "1", "yes")
+        res = submit_training(cfg, echo=typer.echo, **launch)
+        if isinstance(res, dict):
+            return
+        typer.echo(f"run folder: {cfg.upload.rstrip('/')}/{cfg.name}/")
+        return
     res = build_trainer(cfg).train()
     typer.echo(f"best weights: {res['best']}")
 

@@ -140,6 +140,10 @@ class TrainConfig(BaseModel):
     mlflow_tags: dict[str, str] = Field(
         default_factory=dict, description="Extra tags on the run, e.g. {pipeline_run_id: abc}."
     )
+    # where the run folder goes when training ends (a multi-node TrainJob's nodes keep nothing)
+    upload: str = Field(
+        "", description="s3:// prefix (or a folder) that receives a copy of the run folder when training ends."
+    )
 
     @field_validator("optimizer", mode="before")
     @classmethod
@@ -248,7 +252,7 @@ def _format_validation_error(err: ValidationError, model: type[BaseModel], sourc
             given = e.get("input")
             msg = e["msg"].removeprefix("Value error, ")
             lines.append(f"option '{loc}' = {given!r}: {msg}")
-    command = "train" if model is TrainConfig else "<command>"
+    command = "val --help` or `kubedistill predict" if model is InferOptions else "train"
     return ConfigError(
         f"Invalid {source}: " + "; ".join(lines),
         f"Fix the option(s) named; `kubedistill {command} --help` lists every option with its default",

@@ -24,9 +24,13 @@ def test_trainer_fetches_s3_dataset(s3_env, tiny_data, tmp_path, monkeypatch, ti
         seen["spec"] = trainer.spec
         raise _Stop
 
-    cfg = tiny_cfg(uri, tmp_path, "s3", epochs=1)
+    cfg = tiny_cfg(uri, tmp_path, "s3", epochs=1, upload="s3://kd-train/runs")
     with pytest.raises(_Stop):
         build_trainer(cfg, {"on_train_start": [stop]}).train()
+    # upload=: the run folder is copied when training ends, also when it ended early (a TrainJob's nodes keep
+    # nothing): here args.yaml and data_check.json
+    keys = {o.rel for o in storage.list_files("s3://kd-train/runs/s3/")}
+    assert {"args.yaml", "data_check.json"} <= keys, keys
     spec = seen["spec"]
     assert (tmp_path / "cache" / "datasets") in spec.yaml_path.parents
     assert (len(spec.splits["train"]), len(spec.splits["val"])) == (16, 8)

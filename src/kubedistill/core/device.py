@@ -56,6 +56,24 @@ def broadcast_object(obj, src: int = 0):
     return obj
 
 
+def all_gather_object(obj) -> list:
+    """`obj` of every rank, in rank order ([obj] when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def any_true(flag: bool, device: torch.device) -> bool:
+    """True if flag is True on any rank."""
+    if dist.is_available() and dist.is_initialized():
+        t = torch.tensor([1 if flag else 0], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+    return flag
+
+
 def all_true(flag: bool, device: torch.device) -> bool:
     """True only if flag is True on every rank."""
     if dist.is_available() and dist.is_initialized():

@@ -15,21 +15,20 @@ the reason.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kubedistill.core.errors import UserError
+from kubedistill.core.kube import RETRY_STATUS as RETRY_ANY
+from kubedistill.core.kube import api_client, short_error, transient
 
 log = logging.getLogger("kubedistill.deploy")
 
 FATAL_WAITING = {"InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError", "CreateContainerError"}
 PULL_WAITING = {"ErrImagePull", "ImagePullBackOff"}
 CRASH_WAITING = {"CrashLoopBackOff"}
-RETRY_STATUS = {0, 404, 408, 409, 429, 500, 502, 503, 504}  # 404: the Deployment may not be visible yet
+RETRY_STATUS = RETRY_ANY | {404}  # 404: the Deployment may not be visible yet
 
 
 @dataclass
@@ -104,42 +103,6 @@ def selector_string(dep) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
-def _api_status(e: Exception) -> int | None:
-    """The HTTP status of a kubernetes ApiException (0 for no response), None for anything else."""
-    try:
-        from kubernetes.client.exceptions import ApiException
-    except ImportError:  # pragma: no cover - the deploy extra is installed with kubernetes
-        return None
-    return (e.status or 0) if isinstance(e, ApiException) else None
-
-
-def _transient(e: Exception) -> bool:
-    status = _api_status(e)
-    if status is not None:
-        return status in RETRY_STATUS
-    try:
-        import urllib3
-
-        if isinstance(e, urllib3.exceptions.HTTPError):
-            return True
-    except ImportError:  # pragma: no cover
-        pass
-    return isinstance(e, (OSError, TimeoutError))
-
-
-def _short(e: Exception) -> str:
-    """ "403 Forbidden (deployments.apps ... is forbidden: ...)" from an ApiException and its Status body."""
-    status = _api_status(e)
-    if status is None:
-        return f"{type(e).__name__}: {e}"
-    said = ""
-    try:
-        said = json.loads(e.body or "{}").get("message", "")
-    except (ValueError, TypeError, AttributeError):
-        pass
-    return " ".join(x for x in (str(status), getattr(e, "reason", "") or "", f"({said})" if said else "") if x)
-
-
 def wait_for_rollout(
     apps,
     core,
@@ -168,10 +131,10 @@ def wait_for_rollout(
                 dep = apps.read_namespaced_deployment_status(name, namespace)
                 pods = core.list_namespaced_pod(namespace, label_selector=selector_string(dep))
             except Exception as e:  # the API server: retry what may pass, stop on the rest (e.g. 403)
-                if not _transient(e):
-                    return RolloutResult(False, f"cannot read Deployment {name}: {_short(e)}", states, now - start)
-                last_error = f"reading {name}: {_short(e)}"
-                states[name] = f"{name}: not readable ({_short(e)})"
+                if not transient(e, RETRY_STATUS):
+                    return RolloutResult(False, f"cannot read Deployment {name}: {short_error(e)}", states, now - start)
+                last_error = f"reading {name}: {short_error(e)}"
+                states[name] = f"{name}: not readable ({short_error(e)})"
                 continue
             state, msg = deployment_progress(dep)
             states[name] = msg
@@ -206,17 +169,7 @@ def wait_for_rollout(
 
 def kube_clients(kubeconfig: str | None = None, context: str | None = None):
     """(AppsV1Api, CoreV1Api) from a kubeconfig (KUBECONFIG, ~/.kube/config) or, inside a pod, its service account."""
+    from kubernetes import client
 
-    from kubernetes import client, config
-
-    try:
-        if kubeconfig or context or not os.environ.get("KUBERNETES_SERVICE_HOST"):
-            api = config.new_client_from_config(config_file=kubeconfig, context=context)
-        else:
-            config.load_incluster_config()
-            api = client.ApiClient()
-    except (config.ConfigException, OSError) as e:
-        raise UserError(
-            f"No usable Kubernetes configuration: {e}", "Set KUBECONFIG or pass --kubeconfig / --kube-context"
-        ) from None
+    api = api_client(kubeconfig, context)
     return client.AppsV1Api(api), client.CoreV1Api(api)

@@ -20,7 +20,19 @@ No `from __future__ import annotations` here: KFP reads the pipeline's real para
 from kfp import dsl, kubernetes
 
 from kubedistill.config import TrainConfig
-from kubedistill.core.names import PROMOTION_METRICS, RUN_ID_ENV
+from kubedistill.core.names import (
+    CACHE_PVC,
+    MLFLOW_OPTIONAL,
+    MLFLOW_REQUIRED,
+    MLFLOW_SECRET,
+    PROMOTION_METRICS,
+    PVC_CACHE,
+    RUN_ID_ENV,
+    S3_OPTIONAL,
+    S3_REQUIRED,
+    S3_SECRET,
+    SHM_SIZE,
+)
 from kubedistill.pipeline import PIPELINE_NAME
 from kubedistill.pipeline.components import (
     check_unchanged,
@@ -33,24 +45,14 @@ from kubedistill.pipeline.components import (
     register,
     train_teacher,
 )
-from kubedistill.pipeline.prepare import PVC_CACHE
 
-# Cluster settings (docs/pipeline.md says how to create these).
-S3_SECRET = "kubedistill-s3"
-MLFLOW_SECRET = "kubedistill-mlflow"
-S3_REQUIRED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-S3_OPTIONAL = ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION")
-MLFLOW_REQUIRED = ("MLFLOW_TRACKING_URI",)
-MLFLOW_OPTIONAL = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-CACHE_PVC = "kubedistill-dataset-cache"
 CACHE_MOUNT = PVC_CACHE  # prepare_data keeps fetched datasets there when it is mounted
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_NODE_LABEL = ("nvidia.com/gpu.present", "true")
 RUN_ID_FIELD = "metadata.labels['pipeline/runid']"  # KFP labels every pod of a run with its run id
 # A pod's /dev/shm is 64 MB, too small for PyTorch DataLoader workers (they die with a bus error): the steps
-# that load images mount a Memory emptyDir there (counted against the memory limit). `--runner docker` gives its
-# containers the same size.
-SHM_SIZE = "2Gi"
+# that load images mount a Memory emptyDir there (SHM_SIZE, counted against the memory limit). `--runner docker`
+# gives its containers the same size.
 SHM_STEPS = ("train-teacher", "distill-student", "evaluate", "promotion-gate")
 
 # Per step: (cpu request, cpu limit, memory request, memory limit, gpus, retries).

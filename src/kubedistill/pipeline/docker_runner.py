@@ -7,7 +7,7 @@ root. What this module adds around kfp.local, and why:
   from Secrets); kfp.local's DockerRunner passes only a task's own variables;
 - host networking, so that a tracking server or S3 endpoint on this machine's loopback is reachable;
 - the container runs as the image's user (10001) with a read-only root filesystem, all capabilities dropped,
-  tmpfs on HOME and /tmp, and /dev/shm as large as the cluster's Memory emptyDir (`dag.SHM_SIZE`);
+  tmpfs on HOME and /tmp, and /dev/shm as large as the cluster's Memory emptyDir (`core.names.SHM_SIZE`);
 - `--out` (pipeline root, sqlite MLflow, datasets, logs) is bind-mounted at the same path, and so are local
   `dataset_uri` / `teacher_uri` paths (read-only), a local `dataset_store` and the folder of a sqlite or file
   MLFLOW_TRACKING_URI outside `--out`. When this shell is root, those
@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kubedistill.core.errors import UserError
-from kubedistill.core.names import RUN_ID_ENV
-from kubedistill.pipeline.dag import MLFLOW_OPTIONAL, MLFLOW_REQUIRED, S3_OPTIONAL, S3_REQUIRED, SHM_SIZE
+from kubedistill.core.names import MLFLOW_OPTIONAL, MLFLOW_REQUIRED, RUN_ID_ENV, S3_OPTIONAL, S3_REQUIRED, SHM_SIZE
 
 IMAGE_UID = 10001  # docker/Dockerfile.train's USER
 IMAGE_HOME = "/home/kubedistill"

@@ -34,6 +34,7 @@ from kubedistill.core.errors import UserError
 from kubedistill.core.interrupt import sigterm_as_interrupt, terminate_children
 from kubedistill.core.names import RUN_ID_ENV
 from kubedistill.images import train_image
+from kubedistill.pipeline import docker_runner
 from kubedistill.pipeline.tracking import finish_tracking
 
 # Small enough for a laptop CPU (docs/pipeline.md has the measured time), big enough to learn something.
@@ -261,8 +262,6 @@ def run_local(
     stop_steps: Callable[[], None] = terminate_children
     containers: contextlib.AbstractContextManager = contextlib.nullcontext()
     if runner == "docker":
-        from kubedistill.pipeline import docker_runner
-
         image = train_image()
         tracking_uri = env.get("MLFLOW_TRACKING_URI") or user_uri
         kfp_runner, params = docker_runner.make_runner(out, params, run_id, image, tracking_uri)

@@ -30,6 +30,7 @@ from kubedistill.core.atomic import atomic_write_text
 from kubedistill.core.cache import cache_dir
 from kubedistill.core.errors import DataError, UserError
 from kubedistill.core.log import LOGGER, setup_logging
+from kubedistill.core.names import PVC_CACHE
 from kubedistill.core.yamlfile import YamlFileError, read_yaml_file
 from kubedistill.data.check import check_dataset, fingerprint
 from kubedistill.data.dataset_yaml import label_path, load_data_yaml
@@ -43,7 +44,6 @@ DEMO = "demo"
 DEMO_DEFAULTS = {"train": 160, "val": 40, "imgsz": 96, "seed": 0, "classes": 2, "min_size": 12, "max_objects": 3}
 MARKER = ".kubedistill-dataset.json"  # written last: a store entry without it is incomplete
 REMOTE_SCHEMES = ("s3", "minio")
-PVC_CACHE = "/var/cache/kubedistill"  # where the pipeline mounts its cache volume on a cluster
 
 
 def default_cache() -> Path:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from kubedistill.core.cache import cache_dir
 from kubedistill.core.errors import UserError
-from kubedistill.storage import download_cached
+from kubedistill.core.log import LOGGER
+from kubedistill.storage import download_cached, upload
 from kubedistill.track.callback import MlflowCallback
 from kubedistill.track.registry import fetch_model
 from kubedistill.track.settings import resolve_uri, tracking_enabled
@@ -30,6 +31,15 @@ def fetch_checkpoint(ref: str, cfg) -> str:
     return str(checkpoint_file(ref, tracking_uri=cfg.mlflow_uri, project=cfg.project))
 
 
+def upload_run_folder(trainer) -> None:
+    """Copy the run folder to `upload` when training ends, also after a failure (what was finished is kept); only
+    the main process, and only once the run folder exists."""
+    if not trainer.main or getattr(trainer, "wdir", None) is None or not trainer.save_dir.is_dir():
+        return
+    uri = upload(trainer.save_dir, trainer.cfg.upload.rstrip("/") + "/" + trainer.save_dir.name)
+    LOGGER.info(f"run folder copied to {uri}")
+
+
 def build_trainer(cfg, callbacks=None):
     """The trainer for this config: `models:/` checkpoints fetched from the MLflow registry, and MLflow tracking
     attached when `mlflow=True` or MLFLOW_TRACKING_URI is set; `models:/` and `s3://` checkpoints are fetched."""
@@ -38,6 +48,8 @@ def build_trainer(cfg, callbacks=None):
     trainer = Trainer(cfg, fetch=fetch_checkpoint)
     if tracking_enabled(cfg.mlflow):  # first, so an epoch is logged before a user callback can stop the run
         MlflowCallback().attach(trainer)
+    if cfg.upload:
+        trainer.add_callback("on_train_end", upload_run_folder)
     for event, fns in (callbacks or {}).items():
         for fn in fns:
             trainer.add_callback(event, fn)

@@ -139,11 +139,45 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- setup
     def _resolve_resume(self) -> dict | None:
+        """The checkpoint to resume from, or None. Besides `resume=`, a worker group that torchrun restarted after a
+        failure (TORCHELASTIC_RESTART_COUNT > 0 on any rank) resumes its run folder (exist_ok) from its last.pt.
+        Nodes share no disk, and after a restart rank 0 may be on another node than before: every rank looks at its
+        own disk, and the one holding the latest last.pt hands it to the others."""
         cfg = self.cfg
-        if not cfg.resume:
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+        auto = du.any_true(restarted, self.device) and not cfg.resume and cfg.exist_ok
+        if not cfg.resume and not auto:
             return None
+        try:
+            mine = self._read_resume(auto)
+        except UserError as e:
+            mine = ("error", (e.cause, e.fix))
+        epochs = du.all_gather_object(mine[1][0]["epoch"] if mine[0] == "ckpt" else -1)
+        src = epochs.index(max(epochs)) if max(epochs) >= 0 else 0  # none anywhere: rank 0 says why
+        kind, payload = du.broadcast_object(mine if max(self.rank, 0) == src else None, src=src)
+        if kind == "error":
+            raise UserError(*payload)
+        if kind == "none":
+            return None
+        ckpt, save_dir = payload
+        args = dict(ckpt["train_args"])
+        # Where it runs may change on resume; what it trains may not.
+        for key in ("device", "workers", "verbose", "upload"):
+            args[key] = getattr(cfg, key)
+        args.update(resume=False, exist_ok=True, mlflow=args.get("mlflow", False) or cfg.mlflow)
+        self.cfg = TrainConfig(**args)
+        self.save_dir = Path(save_dir)
+        self.resumed = True
+        if auto and self.main:
+            LOGGER.info(f"torchrun restarted the workers: resuming {self.save_dir} from epoch {ckpt['epoch'] + 1}")
+        return ckpt
+
+    def _read_resume(self, auto: bool) -> tuple[str, Any]:
+        cfg = self.cfg
         last = Path(cfg.resume) if isinstance(cfg.resume, str) else Path(cfg.project) / cfg.name / "weights" / "last.pt"
         if not last.is_file():
+            if auto:  # restarted before the first epoch ended: start again
+                return "none", None
             raise UserError(
                 f"Nothing to resume: '{last}' does not exist",
                 "Give resume=path/to/last.pt or the run's project= and name=",
@@ -151,20 +185,13 @@ class Trainer:
         ckpt = load_checkpoint(last)
         if "optimizer" not in ckpt:
             raise UserError(f"'{last}' holds no training state", "Resume from a last.pt, not a best.pt")
-        args = dict(ckpt["train_args"])
-        # Where it runs may change on resume; what it trains may not.
-        for key in ("device", "workers", "verbose"):
-            args[key] = getattr(cfg, key)
-        args.update(resume=False, exist_ok=True, mlflow=args.get("mlflow", False) or cfg.mlflow)
-        self.cfg = TrainConfig(**args)
-        self.save_dir = last.parent.parent
-        self.resumed = True
-        if ckpt["epoch"] + 1 >= self.cfg.epochs:
+        epochs = ckpt["train_args"].get("epochs", 0)
+        if ckpt["epoch"] + 1 >= epochs:
             raise UserError(
-                f"Run in '{self.save_dir}' already finished all {self.cfg.epochs} epochs",
+                f"Run in '{last.parent.parent}' already finished all {epochs} epochs",
                 "Start a new run instead of resume",
             )
-        return ckpt
+        return "ckpt", (ckpt, str(last.parent.parent))
 
     def local_file(self, ref: str) -> str:
         """A checkpoint reference (a path, s3:// or models:/) -> a local path."""
@@ -189,15 +216,15 @@ class Trainer:
             self.model = self.objective.model
 
     def setup_run(self) -> dict | None:
-        """Resume state (or None), device, process group, run folder, seed, args.yaml."""
+        """Device, process group, resume state (or None), run folder, seed, args.yaml."""
+        self.device = du.select_device(self.cfg.device, self.local_rank)
+        du.init_distributed(self.device, self.world_size)
         ckpt = self._resolve_resume()
         cfg = self.cfg
         if cfg.data is None:
             raise ConfigError(
                 "No dataset given", "Pass data=path/to/data.yaml (try `kubedistill data synth demo` for a demo set)"
             )
-        self.device = du.select_device(cfg.device, self.local_rank)
-        du.init_distributed(self.device, self.world_size)
         if ckpt is None:
             save_dir = str(increment_path(Path(cfg.project) / cfg.name, cfg.exist_ok)) if self.main else None
             self.save_dir = Path(du.broadcast_object(save_dir))
@@ -210,6 +237,8 @@ class Trainer:
             atomic_write_text(self.save_dir / "args.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
             if ckpt is not None:
                 repair_run_folder(self.save_dir, ckpt)
+                if not (self.wdir / "last.pt").is_file():  # handed over from another node
+                    atomic_torch_save(ckpt, self.wdir / "last.pt")
         return ckpt
 
     def setup_data(self) -> None:
