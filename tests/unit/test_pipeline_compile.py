@@ -198,6 +198,8 @@ def test_parameters_have_defaults_and_descriptions(docs):
         "skip_if_unchanged",
         "dataset_store",
         "mlflow_experiment",
+        "num_nodes",
+        "gpus_per_node",
     }
     assert set(params) == want
     for name, p in params.items():
@@ -277,3 +279,21 @@ def test_env_reaches_every_task_of_the_docker_variant():
         assert {"name": "B", "value": "two"} in ex["container"]["env"], name
     plain = json_format.MessageToDict(make_pipeline(retries=False).pipeline_spec)
     assert all("env" not in ex.get("container", {}) for ex in plain["deploymentSpec"]["executors"].values())
+
+
+def test_num_nodes_reaches_the_training_steps_and_their_trainjob_path(docs):
+    """Issue 18: the compiled pipeline takes num_nodes and gpus_per_node and passes them to both training steps,
+    whose code hands them to train_step with the S3 URIs the nodes need (steps.trainjob_step)."""
+    spec, _ = docs
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["num_nodes"]["defaultValue"] == 1 and params["gpus_per_node"]["defaultValue"] == 1
+    tasks = _tasks(spec)
+    for step in ("train-teacher", "distill-student"):
+        inputs = tasks[step]["inputs"]["parameters"]
+        for p in ("num_nodes", "gpus_per_node"):
+            assert inputs[p]["componentInputParameter"] == f"pipelinechannel--{p}", (step, p)
+        code = "\n".join(spec["deploymentSpec"]["executors"][f"exec-{step}"]["container"]["command"])
+        assert "nodes=num_nodes" in code and "gpus_per_node=gpus_per_node" in code
+        assert '"upload": model.uri.rsplit("/", 1)[0] + "/trainjob"' in code and '"data": dataset.uri' in code
+        if step == "distill-student":
+            assert '"teacher": teacher.uri' in code

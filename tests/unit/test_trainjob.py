@@ -216,3 +216,29 @@ def test_create_conflicts_and_refusals(tmp_path):
         "/apis/trainer.kubeflow.org/v1alpha1/namespaces/ml/trainjobs",
         "/apis/trainer.kubeflow.org/v1alpha1/namespaces/ml/trainjobs/" + NAME,
     }
+
+
+def test_the_shipped_rbac_is_valid_and_covers_every_call_the_launcher_makes():
+    """pipelines/rbac/trainjob.yaml: valid Kubernetes (strict), and it grants each verb the launcher uses."""
+    from pathlib import Path
+
+    import kubernetes_validate
+    import yaml
+
+    docs = list(yaml.safe_load_all((Path(__file__).parents[2] / "pipelines" / "rbac" / "trainjob.yaml").read_text()))
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.30", strict=True)
+    role = next(d for d in docs if d["kind"] == "Role")
+    granted = {
+        (g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+    }
+    needed = {
+        ("trainer.kubeflow.org", "trainjobs", "create"),
+        ("trainer.kubeflow.org", "trainjobs", "get"),
+        ("trainer.kubeflow.org", "trainjobs", "delete"),
+        ("", "pods", "list"),
+        ("", "pods/log", "get"),
+    }
+    assert needed <= granted, needed - granted
+    binding = next(d for d in docs if d["kind"] == "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]

@@ -109,6 +109,9 @@ PARAM_DOCS = {
     "dataset_store": "Where prepared datasets are kept by fingerprint (s3://, minio:// or a folder). Empty: the pipeline "
     "root's bucket, under kubedistill/datasets.",
     "mlflow_experiment": "MLflow experiment of the runs.",
+    "num_nodes": "Nodes the teacher and the student train on. More than 1: each training step runs a Kubeflow Trainer "
+    "TrainJob (the torch-distributed runtime) and follows it; the pipeline root must be on S3 (docs/pipeline.md).",
+    "gpus_per_node": "GPUs per node of a multi-node training (one process each); 0 trains on CPUs.",
 }
 
 
@@ -197,6 +200,8 @@ def make_pipeline(*, retries: bool = True, env: dict[str, str] | None = None):
         skip_if_unchanged: bool = False,
         dataset_store: str = "",
         mlflow_experiment: str = "kubedistill",
+        num_nodes: int = 1,
+        gpus_per_node: int = 1,
     ):
         exit_task = step(finish_tracking(mlflow_experiment=mlflow_experiment), "finish-tracking", s3=False)
         with dsl.ExitHandler(exit_task, name="kubedistill"):
@@ -235,6 +240,8 @@ def make_pipeline(*, retries: bool = True, env: dict[str, str] | None = None):
                     cls_loss=cls_loss,
                     extra_config=extra_config,
                     mlflow_experiment=mlflow_experiment,
+                    num_nodes=num_nodes,
+                    gpus_per_node=gpus_per_node,
                 )
                 teacher = step(
                     train_teacher(

@@ -7,6 +7,7 @@ is tested without KFP. MLflow: the pipeline run's parent MLflow run is
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -32,12 +33,18 @@ from kubedistill.data.dataset_yaml import load_data_yaml
 from kubedistill.deploy.run import deploy
 from kubedistill.eval.plots import plot_pr_curves, plot_val_mosaic
 from kubedistill.eval.run import validate_split
+from kubedistill.images import train_image
 from kubedistill.pipeline.report import eval_report
 from kubedistill.pipeline.tracking import need_tracking, parent_artifacts, parent_run, parent_tags
 from kubedistill.release.promote import promote
+from kubedistill.storage import download
 from kubedistill.track.registry import champion
 from kubedistill.track.runs import end_run, log_child_run, run_info
 from kubedistill.train import build_trainer, checkpoint_file
+from kubedistill.trainjob.launch import TrainJobs, job_summary, run_trainjob
+from kubedistill.trainjob.manifest import LaunchConfig, trainjob_manifest
+
+TRAINJOB_POLL_S = 15.0  # how often a multi-node step reads its TrainJob's state and node 0's log
 
 # Training options that are pipeline parameters of their own (pipeline/dag.py TRAIN_PARAMS): extra_config must not
 # set them a second time.
@@ -189,10 +196,18 @@ def train_step(
     teacher: str | Path | None = None,
     teacher_uri: str = "",
     work: str | Path | None = None,
+    nodes: int = 1,
+    gpus_per_node: int = 0,
+    remote: dict[str, str] | None = None,
+    jobs=None,
 ) -> dict:
     """Train the teacher (or, with `teacher`, distill the student); best.pt is copied to `out_weights`.
 
     `options`: the training options that are pipeline parameters (OWN_OPTIONS); `extra_config`: any others.
+
+    With `nodes` > 1 the training runs as a Kubeflow Trainer TrainJob (`trainjob_step`); `remote` then gives the
+    s3:// URIs the nodes read and write: `data` (the dataset), `teacher` (the teacher's best.pt) and `upload` (the
+    run folder, under the step's own artifact). `jobs`: the TrainJobs client (tests give one on a recorded API).
 
     With `teacher_uri` (teacher role only) nothing is trained: that checkpoint (a .pt path, s3:// or a registered
     models:/ URI; kubedistill's or Ultralytics' YOLO26) is fetched and passed on instead.
@@ -228,6 +243,9 @@ def train_step(
     )
     if teacher is not None:
         opts.update(distill_model=str(teacher))
+    if nodes > 1:
+        return trainjob_step(opts, out_weights, work, role=role, nodes=nodes, gpus_per_node=gpus_per_node,
+                             remote=remote or {}, jobs=jobs)  # fmt: skip
     cfg = train_config(**opts)
     model, epochs = cfg.model, cfg.epochs
     res = build_trainer(cfg).train()
@@ -252,6 +270,55 @@ def train_step(
         "epochs_run": res.get("epochs_run"),
         "mlflow_run_id": info.get("run_id", ""),
         "run_dir": res["save_dir"],
+    }
+
+
+def trainjob_step(
+    opts: dict, out_weights: Path, work: Path, *, role: str, nodes: int, gpus_per_node: int, remote: dict, jobs=None
+) -> dict:
+    """train_step on `nodes` nodes: a TrainJob reads the dataset and the teacher from S3, node 0 tracks the run in
+    MLflow (under the pipeline's run, as one node would) and copies its run folder to `remote['upload']`; this step
+    follows the job (node 0's log in its own), then takes best.pt from there. Cancelling the step deletes the job."""
+    need = [k for k in ("data", "upload") + (("teacher",) if "distill_model" in opts else ()) if not str(
+        remote.get(k, "")).startswith("s3://")]  # fmt: skip
+    if need:
+        raise UserError(
+            f"num_nodes > 1: the nodes need s3:// URIs for {', '.join(need)}, got {[remote.get(k) for k in need]}",
+            "Run the pipeline with an S3 pipeline root (on a cluster); `kubedistill run` trains on one node",
+        )
+    opts = {**opts, "data": remote["data"], "upload": remote["upload"]}
+    if "distill_model" in opts:
+        opts["distill_model"] = remote["teacher"]
+    cfg = train_config(**opts)
+    run_id = os.environ.get(RUN_ID_ENV, "")
+    launch = LaunchConfig(
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        image=train_image(),
+        job_name=f"kd-{role}-{hashlib.sha256((run_id + remote['upload']).encode()).hexdigest()[:10]}",
+    )
+    manifest = trainjob_manifest(cfg, launch, env={RUN_ID_ENV: run_id} if run_id else {})
+    result = run_trainjob(manifest, jobs or TrainJobs(), echo=_log, poll=TRAINJOB_POLL_S)
+    folder = download(f"{remote['upload'].rstrip('/')}/{cfg.name}/", Path(work) / cfg.name)
+    best = folder / "weights" / "best.pt"
+    if not best.is_file():
+        raise UserError(f"TrainJob {result.name} wrote no weights/best.pt to {remote['upload']}", "See its log above")
+    out_weights.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(best, out_weights)
+    metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
+    info = run_info(folder) or {}
+    return {
+        "role": role,
+        "source": f"trained ({cfg.model}, {cfg.epochs} epochs, {nodes} nodes: TrainJob {result.name})",
+        "trained": True,
+        "model": cfg.model,
+        "onnx": "",
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "best_epoch"},
+        "best_epoch": metrics.get("best_epoch"),
+        "epochs_run": None,
+        "mlflow_run_id": info.get("run_id", ""),
+        "run_dir": str(folder),
+        "trainjob": job_summary(result),
     }
 
 

@@ -25,6 +25,8 @@ def distill_student(
     box_loss: str,
     cls_loss: str,
     extra_config: dict,
+    num_nodes: int,
+    gpus_per_node: int,
     mlflow_experiment: str,
 ):
     """Train the student with the teacher's features as an extra target (gain dis), then export it to an
@@ -57,6 +59,9 @@ def distill_student(
         experiment=mlflow_experiment,
         teacher=teacher.path,
         work=Path(model.path).parent / "training",
+        nodes=num_nodes,
+        gpus_per_node=gpus_per_node,
+        remote={"data": dataset.uri, "teacher": teacher.uri, "upload": model.uri.rsplit("/", 1)[0] + "/trainjob"},
     )
     exp = run(export_step, model.path, onnx.path, done=res.get("onnx", ""))
     model.metadata.update(

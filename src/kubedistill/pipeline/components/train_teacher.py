@@ -22,12 +22,15 @@ def train_teacher(
     box_loss: str,
     cls_loss: str,
     extra_config: dict,
+    num_nodes: int,
+    gpus_per_node: int,
     teacher_uri: str,
     mlflow_experiment: str,
 ):
     """Train the teacher detector on the dataset; with teacher_uri (models:/NAME/VERSION or @alias) no training:
     that registered teacher is fetched and passed on. Writes best.pt to the Model artifact. The training options
-    have no defaults here: the pipeline passes each (its defaults are TrainConfig's)."""
+    have no defaults here: the pipeline passes each (its defaults are TrainConfig's). With num_nodes > 1 the
+    training runs as a Kubeflow Trainer TrainJob on that many nodes (docs/pipeline.md)."""
     from pathlib import Path
 
     from kubedistill.pipeline.steps import run, train_step
@@ -54,6 +57,9 @@ def train_teacher(
         experiment=mlflow_experiment,
         teacher_uri=teacher_uri,
         work=Path(model.path).parent / "training",
+        nodes=num_nodes,
+        gpus_per_node=gpus_per_node,
+        remote={"data": dataset.uri, "upload": model.uri.rsplit("/", 1)[0] + "/trainjob"},
     )
     model.metadata.update(
         {
