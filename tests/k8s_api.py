@@ -82,14 +82,19 @@ class RecordedApiServer:
         self.server.server_close()
 
     def kubeconfig(self, tmp_path: Path) -> Path:
-        cfg = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "current-context": "test",
-            "clusters": [{"name": "loop", "cluster": {"server": f"http://127.0.0.1:{self.server.server_port}"}}],
-            "users": [{"name": "ci", "user": {"token": "t0ken"}}],
-            "contexts": [{"name": "test", "context": {"cluster": "loop", "user": "ci", "namespace": self.namespace}}],
-        }
-        path = tmp_path / "kubeconfig"
-        path.write_text(yaml.safe_dump(cfg))
-        return path
+        return write_kubeconfig(tmp_path, self.server.server_port, self.namespace)
+
+
+def write_kubeconfig(tmp_path: Path, port: int, namespace: str) -> Path:
+    """A kubeconfig for an API server on 127.0.0.1:`port` with a bearer token and a default namespace."""
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "test",
+        "clusters": [{"name": "loop", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "ci", "user": {"token": "t0ken"}}],
+        "contexts": [{"name": "test", "context": {"cluster": "loop", "user": "ci", "namespace": namespace}}],
+    }
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

@@ -1,4 +1,4 @@
-"""Two torchrun "nodes" on loopback (c10d rendezvous, gloo, one process each), each with its own project folder as
+"""DDP on CPU (gloo). Two torchrun "nodes" on loopback (c10d rendezvous, gloo, one process each), each with its own project folder as
 separate machines have: they train together to the same weights a one-node two-process run reaches, and when one
 node's worker is killed mid-run, torchrun's elastic restart resumes from the last checkpoint (issue 18)."""
 
@@ -76,7 +76,9 @@ def test_two_nodes_train_together_like_one_node_with_two_processes(tmp_path, tin
     launch = ("--standalone", "--nproc-per-node=2")
     proc = _torchrun(*launch, args=[str(tiny_data), str(one / "runs"), str(one), "2"], log=one / "node0.log")
     _wait([proc], one)
-    o0 = _params(one / "rank0.pt")
+    o0, o1 = _params(one / "rank0.pt"), _params(one / "rank1.pt")
+    assert all(torch.equal(o0[k], o1[k]) for k in o0)  # DDP keeps the two processes identical
+    assert (one / "runs" / "mn" / "weights" / "last.pt").is_file() and len(list(one.glob("runs/*"))) == 1
     worst = max((r0[k] - o0[k]).abs().max().item() for k in r0)
     assert worst <= 1e-6, worst
 

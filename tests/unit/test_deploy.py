@@ -21,6 +21,7 @@ from kubedistill.deploy.helm import HelmActionError, user_values
 from kubedistill.deploy.plan import check_pinned_uri, make_plan, split_replicas
 from kubedistill.deploy.rollout import deployment_progress, kube_clients, pod_problems, wait_for_rollout
 from kubedistill.deploy.run import deploy
+from tests.k8s_api import write_kubeconfig
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "k8s"
 STABLE, CANARY = "det-kubedistill", "det-kubedistill-canary"
@@ -426,17 +427,7 @@ class RecordedApi:
         self.server.server_close()
 
     def kubeconfig(self, tmp_path) -> Path:
-        cfg = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "current-context": "test",
-            "clusters": [{"name": "loop", "cluster": {"server": f"http://127.0.0.1:{self.server.server_port}"}}],
-            "users": [{"name": "ci", "user": {"token": "t0ken"}}],
-            "contexts": [{"name": "test", "context": {"cluster": "loop", "user": "ci", "namespace": "serving"}}],
-        }
-        path = tmp_path / "kubeconfig"
-        path.write_text(yaml.safe_dump(cfg))
-        return path
+        return write_kubeconfig(tmp_path, self.server.server_port, "serving")
 
 
 def test_real_client_waits_through_recorded_responses(tmp_path):
