@@ -121,7 +121,11 @@ class TrainConfig(BaseModel):
     # run bookkeeping
     patience: int = Field(100, ge=0, description="Stop after this many epochs without mAP improvement (0: never).")
     save_period: int = Field(-1, description="Also save weights/epochN.pt every N epochs (-1: off).")
-    resume: bool | str = Field(False, description="True to continue from last.pt, or a last.pt path.")
+    resume: bool | str = Field(
+        False,
+        description="True to continue from last.pt, a last.pt path, or 'auto': continue when this run's last.pt "
+        "exists (here, or under upload=) and was trained with the same options, else start (what TrainJob nodes run).",
+    )
     project: str = Field("runs", description="Folder holding runs.")
     name: str = Field("train", min_length=1, description="Run name: outputs go to project/name.")
     exist_ok: bool = Field(False, description="Reuse project/name instead of making name2, name3, ...")
@@ -197,6 +201,8 @@ class TrainConfig(BaseModel):
                 return True
             if low in ("false", "no", "0") or low in _NONE_STRINGS:
                 return False
+            if low == "auto":
+                return "auto"
         return v
 
     @field_validator("imgsz")

@@ -38,3 +38,33 @@ def test_trainer_fetches_s3_dataset(s3_env, tiny_data, tmp_path, monkeypatch, ti
         yaml.safe_load((tmp_path / "s3" / "args.yaml").read_text())["data"] == uri
     )  # the run records the URI, not the cache
     storage_s3._client.cache_clear()
+
+
+def test_a_replaced_node_resumes_from_upload(s3_env, tiny_data, tmp_path, monkeypatch, tiny_cfg):
+    """resume=auto with upload= (what every TrainJob node runs): last.pt is copied to upload= after each epoch,
+    so a run whose disk is gone (a replaced pod) resumes from there; a last.pt of other options is not resumed."""
+    s3_env.bucket("kd-up")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    storage_s3._client.cache_clear()
+    opts = dict(epochs=3, upload="s3://kd-up/runs", resume="auto", exist_ok=True)
+
+    def die_after_epoch_1(trainer):
+        if trainer.epoch == 0:
+            raise _Stop
+
+    with pytest.raises(_Stop):  # the first pod: no checkpoint anywhere, starts; dies after epoch 1's save
+        build_trainer(
+            tiny_cfg(tiny_data, tmp_path / "pod1", "r", **opts), {"on_model_save": [die_after_epoch_1]}
+        ).train()
+    assert {o.rel for o in storage.list_files("s3://kd-up/runs/r/weights/")} >= {"last.pt"}
+    # a new pod, nothing on its disk: resumes from upload= at epoch 2
+    trainer = build_trainer(tiny_cfg(tiny_data, tmp_path / "pod2", "r", **opts))
+    res = trainer.train()
+    assert trainer.resumed and res["epochs_run"] == 3
+    rows = (tmp_path / "pod2" / "r" / "results.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3]
+    # another configuration under the same name: not resumed, a new run
+    other = build_trainer(tiny_cfg(tiny_data, tmp_path / "pod3", "r", **{**opts, "epochs": 1}))
+    other.train()
+    assert not other.resumed
+    storage_s3._client.cache_clear()

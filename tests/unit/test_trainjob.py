@@ -61,6 +61,7 @@ def test_the_manifest_says_what_each_node_runs():
     args = dict(a.split("=", 1) for a in t["args"])
     assert args["data"] == "s3://data/ds/" and args["model"] == "yolo26s" and args["epochs"] == "3"
     assert args["project"] == "/work/runs" and args["exist_ok"] == "True" and args["upload"] == "s3://runs/p1"
+    assert args["resume"] == "auto"  # a replaced node resumes from upload=
     assert "lr0" not in args  # defaults are left to the image's kubedistill
     assert t["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "4"
     env = {e["name"]: e for e in t["env"]}

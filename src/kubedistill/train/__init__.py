@@ -40,6 +40,18 @@ def upload_run_folder(trainer) -> None:
     LOGGER.info(f"run folder copied to {uri}")
 
 
+def upload_last(trainer) -> None:
+    """After every epoch: last.pt to `upload`, so that a run whose node was replaced resumes (resume=auto). A
+    failed copy is a warning: training goes on, and its end copies the whole folder again."""
+    if not trainer.main:
+        return
+    target = f"{trainer.cfg.upload.rstrip('/')}/{trainer.save_dir.name}/weights/last.pt"
+    try:
+        upload(trainer.wdir / "last.pt", target)
+    except UserError as e:
+        LOGGER.warning(f"could not copy last.pt to {target} ({e}); training goes on")
+
+
 def build_trainer(cfg, callbacks=None):
     """The trainer for this config: `models:/` checkpoints fetched from the MLflow registry, and MLflow tracking
     attached when `mlflow=True` or MLFLOW_TRACKING_URI is set; `models:/` and `s3://` checkpoints are fetched."""
@@ -49,6 +61,7 @@ def build_trainer(cfg, callbacks=None):
     if tracking_enabled(cfg.mlflow):  # first, so an epoch is logged before a user callback can stop the run
         MlflowCallback().attach(trainer)
     if cfg.upload:
+        trainer.add_callback("on_model_save", upload_last)
         trainer.add_callback("on_train_end", upload_run_folder)
     for event, fns in (callbacks or {}).items():
         for fn in fns:

@@ -52,6 +52,7 @@ from kubedistill.eval.plots import write_run_plots
 from kubedistill.eval.validator import validate
 from kubedistill.model.checkpoint import model_from_checkpoint, read_checkpoint, transfer_weights
 from kubedistill.model.yolo import DetectionModel, parse_scale
+from kubedistill.storage import download, exists
 from kubedistill.train.ema import ModelEMA
 from kubedistill.train.loss_health import check_loss_health
 from kubedistill.train.objective import build_objective, to_input, unwrap
@@ -85,6 +86,17 @@ def increment_path(path: Path, exist_ok: bool) -> Path:
         if not p.exists():
             return p
     raise UserError(f"Too many runs named {path}", "Pick another name=")
+
+
+# options that may differ between a run and its resumption: where and how it runs, not what it trains
+RUN_PLACE_OPTIONS = ("device", "workers", "verbose", "upload", "resume", "exist_ok", "project", "mlflow",
+                     "mlflow_uri", "mlflow_parent", "mlflow_tags", "mlflow_experiment")  # fmt: skip
+
+
+def same_training(saved_args: dict, cfg: TrainConfig) -> bool:
+    """Whether a checkpoint's training options are `cfg`'s, apart from RUN_PLACE_OPTIONS."""
+    now = cfg.model_dump()
+    return all(saved_args.get(k) == v for k, v in now.items() if k not in RUN_PLACE_OPTIONS)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -144,8 +156,8 @@ class Trainer:
         Nodes share no disk, and after a restart rank 0 may be on another node than before: every rank looks at its
         own disk, and the one holding the latest last.pt hands it to the others."""
         cfg = self.cfg
-        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
-        auto = du.any_true(restarted, self.device) and not cfg.resume and cfg.exist_ok
+        restarted = du.any_true(int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0, self.device)
+        auto = cfg.resume == "auto" or (restarted and not cfg.resume and cfg.exist_ok)
         if not cfg.resume and not auto:
             return None
         try:
@@ -169,14 +181,22 @@ class Trainer:
         self.save_dir = Path(save_dir)
         self.resumed = True
         if auto and self.main:
-            LOGGER.info(f"torchrun restarted the workers: resuming {self.save_dir} from epoch {ckpt['epoch'] + 1}")
+            why = "torchrun restarted the workers" if restarted else "resume=auto"
+            LOGGER.info(f"{why}: resuming {self.save_dir} from epoch {ckpt['epoch'] + 1}")
         return ckpt
 
     def _read_resume(self, auto: bool) -> tuple[str, Any]:
         cfg = self.cfg
-        last = Path(cfg.resume) if isinstance(cfg.resume, str) else Path(cfg.project) / cfg.name / "weights" / "last.pt"
+        own = Path(cfg.project) / cfg.name / "weights" / "last.pt"
+        last = Path(cfg.resume) if isinstance(cfg.resume, str) and cfg.resume != "auto" else own
+        if auto and not last.is_file() and cfg.upload and self.rank <= 0:
+            # a node that was replaced has lost its disk: the last.pt copied to upload= after every epoch
+            remote = f"{cfg.upload.rstrip('/')}/{cfg.name}/weights/last.pt"
+            if exists(remote):
+                last.parent.mkdir(parents=True, exist_ok=True)
+                download(remote, last)
         if not last.is_file():
-            if auto:  # restarted before the first epoch ended: start again
+            if auto:  # nothing saved yet (restarted before the first epoch ended): start
                 return "none", None
             raise UserError(
                 f"Nothing to resume: '{last}' does not exist",
@@ -185,6 +205,9 @@ class Trainer:
         ckpt = load_checkpoint(last)
         if "optimizer" not in ckpt:
             raise UserError(f"'{last}' holds no training state", "Resume from a last.pt, not a best.pt")
+        if auto and not same_training(ckpt["train_args"], cfg):
+            LOGGER.warning(f"{last} was trained with other options: not resuming it, starting a new run in its place")
+            return "none", None
         epochs = ckpt["train_args"].get("epochs", 0)
         if ckpt["epoch"] + 1 >= epochs:
             raise UserError(

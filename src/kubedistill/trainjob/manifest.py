@@ -65,10 +65,10 @@ def train_args(cfg: TrainConfig) -> list[str]:
     folder under WORK_DIR: what each node runs."""
     defaults = TrainConfig()
     values = cfg.model_dump()
-    values.update(project=f"{WORK_DIR}/runs", exist_ok=True)
+    values.update(project=f"{WORK_DIR}/runs", exist_ok=True, resume="auto")  # a replaced node resumes from upload=
     out = []
     for key, value in values.items():
-        if key != "project" and value == getattr(defaults, key) and key not in ("exist_ok",):
+        if key not in ("project", "exist_ok", "resume") and value == getattr(defaults, key):
             continue
         if isinstance(value, dict):
             value = ",".join(f"{k}={v}" for k, v in value.items())
