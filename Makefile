@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 DEMO_OUT ?= runs/pipeline
 
-.PHONY: test-hostile install lint test test-fast test-container demo demo-docker benchmark images clean
+.PHONY: test-hostile test-processes install lint test test-fast test-container demo demo-docker benchmark images clean
 
 install: $(STAMP)
 
@@ -28,6 +28,11 @@ test: install lint
 
 test-fast: install
 	$(PY) -m pytest -m "not slow and not container"
+
+# Several training processes at once: torchrun "nodes" on loopback (multi-node, a killed node's restart) and kills
+# at each write point of a run folder. Kept out of `make test` to hold it under 15 minutes; CI runs it as a stage.
+test-processes: install
+	$(PY) -m pytest -m processes tests/integration -q
 
 # The hostile-input suite alone (also part of `make test`): its table of cases tried, refused and survived
 # (docs/reliability.md)

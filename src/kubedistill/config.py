@@ -146,7 +146,9 @@ class TrainConfig(BaseModel):
     )
     # where the run folder goes when training ends (a multi-node TrainJob's nodes keep nothing)
     upload: str = Field(
-        "", description="s3:// prefix (or a folder) that receives a copy of the run folder when training ends."
+        "",
+        description="s3:// prefix (or a folder): last.pt is copied there after every epoch, and the whole run "
+        "folder when training ends (also after a failure).",
     )
 
     @field_validator("optimizer", mode="before")

@@ -17,6 +17,7 @@ import torch
 from kubedistill.benchmark.serve import free_port
 
 WORKER = Path(__file__).with_name("multinode_worker.py")
+pytestmark = [pytest.mark.slow, pytest.mark.processes]  # own CI stage: make test-processes
 ROOT = Path(__file__).parents[2]
 
 
@@ -61,7 +62,6 @@ def _params(path: Path) -> dict:
     return torch.load(path, weights_only=True)
 
 
-@pytest.mark.slow
 def test_two_nodes_train_together_like_one_node_with_two_processes(tmp_path, tiny_data):
     _wait(_nodes(tmp_path / "two", tiny_data, epochs=2), tmp_path / "two")
     r0, r1 = _params(tmp_path / "two" / "rank0.pt"), _params(tmp_path / "two" / "rank1.pt")
@@ -83,7 +83,6 @@ def test_two_nodes_train_together_like_one_node_with_two_processes(tmp_path, tin
     assert worst <= 1e-6, worst
 
 
-@pytest.mark.slow
 def test_a_killed_node_is_restarted_and_the_run_resumes(tmp_path, tiny_data):
     """Node 1's worker is killed after epoch 1 was saved. torchrun restarts the group; the new rank 0 may be on
     either node, and only one of them has the run folder: the latest last.pt is handed over, and the run ends
@@ -111,7 +110,6 @@ def test_a_killed_node_is_restarted_and_the_run_resumes(tmp_path, tiny_data):
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
 
 
-@pytest.mark.slow
 def test_distillation_across_two_nodes_has_a_nonzero_dis_loss(tmp_path, tiny_data, tiny_train):
     """The teacher runs on every rank: dis_loss is not 0 (third-party YOLO distillers silently give 0 under DDP),
     and the students stay identical across the nodes."""

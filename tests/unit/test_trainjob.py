@@ -98,6 +98,7 @@ def test_the_manifest_says_what_each_node_runs():
 def test_launch_options_are_checked(launch, match):
     with pytest.raises(ValueError, match=match):
         LaunchConfig(**launch)
+    assert LaunchConfig(secrets="a, b").secrets == ["a", "b"]  # --secrets a,b on the command line
 
 
 def _run(api: RecordedApiServer, tmp_path, **kw):

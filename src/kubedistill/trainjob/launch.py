@@ -172,12 +172,12 @@ def run_trainjob(
             sleep(poll)
     except BaseException as e:  # failed, timed out, cancelled (KeyboardInterrupt: Ctrl-C or SIGTERM), or a bug
         what = "cancelled" if isinstance(e, KeyboardInterrupt) else "stopped"
-        _delete(jobs, namespace, name, echo, what)
-        if logs is not None:
+        if logs is not None and not isinstance(e, KeyboardInterrupt):
             try:
-                logs.poll()  # the last lines node 0 wrote: often the reason
+                logs.poll()  # the last lines node 0 wrote, often the reason, before its pod goes
             except Exception:  # noqa: S110 - best effort: the job's own reason is in the error already
                 pass
+        _delete(jobs, namespace, name, echo, what)
         raise
 
 

@@ -52,6 +52,11 @@ class LaunchConfig(BaseModel):
     service_account: str = Field("", description="Service account of the training pods ('' : the runtime's).")
     job_name: str = Field("", description="TrainJob name ('': made from the run's name and a hash of its config).")
 
+    @field_validator("secrets", mode="before")
+    @classmethod
+    def _names(cls, v: Any) -> Any:
+        return [x.strip() for x in v.split(",") if x.strip()] if isinstance(v, str) else v  # --secrets a,b
+
     @field_validator("job_name")
     @classmethod
     def _dns(cls, v: str) -> str:
