@@ -13,6 +13,7 @@ The limits come from the ServeConfig that `kubedistill serve` puts in the enviro
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -29,7 +30,12 @@ class _HeadRefused(Exception):
 
 
 def _limits() -> tuple[int, int, float]:
-    text = os.environ.get(ENV_CONFIG)
+    return _limits_of(os.environ.get(ENV_CONFIG, ""))
+
+
+@functools.lru_cache(maxsize=4)
+def _limits_of(text: str) -> tuple[int, int, float]:
+    """The head limits of a ServeConfig's JSON, parsed once per process, not on every new connection."""
     cfg = ServeConfig.from_json(text) if text else ServeConfig(model_path="")
     return cfg.max_header_kb * 1024, cfg.max_headers, cfg.header_timeout_s
 
