@@ -130,6 +130,11 @@ def seaweedfs(workdir: Path, timeout: float = 60.0):
         "-master.telemetry=false",
         "-webdav=false",
         "-admin.ui=false",
+        # Each bucket is a collection with volumes of its own; left to itself, `weed mini` allows free disk / 1 GiB
+        # volumes, so a machine with 9 GB free refused writes to the tenth bucket (InternalError). Volumes are
+        # sparse files: a fixed count of small ones does not depend on the disk.
+        "-volume.max=100",
+        "-master.volumeSizeLimitMB=64",
         f"-s3.port={s3}",
         f"-master.port={master}",
         f"-volume.port={volume}",
