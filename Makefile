@@ -6,17 +6,21 @@ PY := $(VENV)/bin/python
 KD := $(VENV)/bin/kubedistill
 STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
+# KServe's published API models, to check the chart's InferenceService against (tests/kserve_schema.py): the
+# wheel alone, without its model-server dependencies, outside site-packages
+KSERVE_VERSION ?= 0.21.0
 DEMO_OUT ?= runs/pipeline
 
 .PHONY: test-hostile test-processes install lint test test-fast test-container demo demo-docker benchmark images clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/kserve-models kserve==$(KSERVE_VERSION)
 	touch $(STAMP)
 
 lint: install

@@ -664,10 +664,26 @@ def deploy_cmd(
         ..., "--model-uri", help="Pinned model: models:/NAME/VERSION or s3://bucket/key.onnx (no @alias, no latest)."
     ),
     canary_uri: str | None = typer.Option(
-        None, "--canary-uri", help="Candidate model for a canary Deployment behind the same Service."
+        None,
+        "--canary-uri",
+        help="Candidate model: a canary Deployment behind the same Service, or (kserve) the InferenceService's new spec.",
     ),
     canary_weight: int | None = typer.Option(
-        None, "--canary-weight", help="The canary's share of requests in percent (1-99), set as replica counts."
+        None,
+        "--canary-weight",
+        help="The canary's share of requests in percent (1-99): replica counts, or (kserve) canaryTrafficPercent.",
+    ),
+    mode: str | None = typer.Option(
+        None,
+        "--mode",
+        help="deployment (the chart's Deployment and Service) or kserve (a KServe InferenceService); "
+        "default: serving.mode of the values, else deployment.",
+    ),
+    ingress: str | None = typer.Option(
+        None,
+        "--ingress",
+        help="kserve: send the check inference to this address (e.g. http://GATEWAY_IP) with the "
+        "InferenceService's host name as Host header, when its URL does not resolve where deploy runs.",
     ),
     values_files: list[Path] = typer.Option(
         [], "--values", "-f", help="Chart values file (repeatable; later ones win)."
@@ -688,8 +704,8 @@ def deploy_cmd(
     kube_context: str | None = typer.Option(None, "--kube-context", help="kubeconfig context."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the summary as JSON."),
 ):
-    """helm upgrade --install the server chart with a pinned model, wait for the rollout, run helm test; roll back on
-    failure (docs/deploy.md)."""
+    """helm upgrade --install the server chart with a pinned model, wait for the rollout (or the InferenceService),
+    check one inference; roll back on failure (docs/deploy.md)."""
 
     log_to_stderr()
     res = deploy(
@@ -699,6 +715,8 @@ def deploy_cmd(
         canary_uri=canary_uri,
         canary_weight=canary_weight,
         values=user_values(values_files, sets),
+        mode=mode,
+        ingress=ingress,
         dry_run=dry_run,
         timeout=timeout,
         chart=chart,

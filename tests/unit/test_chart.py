@@ -383,7 +383,9 @@ def test_hpa_scales_the_stable_deployment_on_cpu_and_a_custom_metric():
 
 def test_gpu_adds_limits_node_selector_and_tolerations():
     spec = kinds(render(MATRIX["gpu"]))["Deployment"][0]["spec"]["template"]["spec"]
-    assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert (
+        spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    )  # a quantity: a string, as the API returns it
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"} in spec["tolerations"]

@@ -200,6 +200,7 @@ def test_parameters_have_defaults_and_descriptions(docs):
         "mlflow_experiment",
         "num_nodes",
         "gpus_per_node",
+        "serving_mode",
     }
     assert set(params) == want
     for name, p in params.items():

@@ -112,13 +112,15 @@ def test_deploy_step_pins_the_version_and_fails_on_a_rolled_back_rollout(monkeyp
     def fake_deploy(
         release, namespace, model_uri, **kw
     ):  # no cluster here: the rollout itself is tested in test_deploy.py
-        calls.append((release, namespace, model_uri))
+        calls.append((release, namespace, model_uri, kw.get("mode")))
         return {"status": outcome["status"], "rolled_back": outcome["status"] != "deployed", "reason": "pods not ready"}
 
     outcome = {"status": "deployed"}
     monkeypatch.setattr(steps, "deploy", fake_deploy)  # the name steps.deploy_step calls
     assert steps.deploy_step("det", "7", release="r", namespace="serving")["status"] == "deployed"
-    assert calls == [("r", "serving", "models:/det/7")]
+    assert calls == [("r", "serving", "models:/det/7", "deployment")]
+    steps.deploy_step("det", "7", release="r", namespace="serving", mode="kserve")
+    assert calls[-1] == ("r", "serving", "models:/det/7", "kserve")
     outcome["status"] = "rolled-back"
     with pytest.raises(UserError, match="ended 'rolled-back' \\(rolled back\\): pods not ready"):
         steps.deploy_step("det", "8", release="r", namespace="serving")

@@ -7,6 +7,8 @@ from __future__ import annotations
 METRIC_NAMES = ("mAP50-95", "mAP50", "mAP75", "AP_small", "AP_medium", "AP_large", "precision", "recall", "f1")
 # The metrics a promotion can compare (all of the above; higher is better for each).
 PROMOTION_METRICS = METRIC_NAMES
+# How a model is served (the chart's serving.mode; `kubedistill deploy --mode`, the pipeline's serving_mode).
+SERVING_MODES = ("deployment", "kserve")
 # The KFP run id, set on every step's pod from its label (pipeline/dag.py), read by steps and the MLflow callback.
 RUN_ID_ENV = "KUBEDISTILL_PIPELINE_RUN_ID"
 

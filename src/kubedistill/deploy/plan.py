@@ -1,7 +1,9 @@
 """What `kubedistill deploy` asks the chart for: a pinned model, replica counts, an optional canary.
 
 Pure functions (no Helm, no cluster): `check_pinned_uri`, `split_replicas` (canary weight ->
-replica counts) and `make_plan`, which turns a request into the values passed to Helm.
+replica counts) and `make_plan`, which turns a request into the values passed to Helm. In serving mode
+`kserve` a canary is KServe's own: the InferenceService's model becomes the candidate with
+`canaryTrafficPercent` = the weight, and KServe keeps the rest on the revision rolled out before.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from kubedistill.core.errors import UserError
+from kubedistill.core.names import SERVING_MODES
 
 _VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>[0-9]+)$")
 _S3 = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]*[a-z0-9]/.+")
@@ -83,12 +86,16 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+KNATIVE_MODES = ("Knative", "Serverless")
+
+
 @dataclass
 class Plan:
     release: str
     namespace: str
     model_uri: str
     values: dict  # what is passed to Helm (the chart's defaults fill the rest)
+    mode: str = "deployment"
     canary_uri: str | None = None
     canary_weight: int | None = None
     replicas: dict = field(default_factory=dict)  # {"stable": n or "min-max (autoscaled)", "canary": n}
@@ -105,11 +112,20 @@ def make_plan(
     canary_weight: int | None = None,
     values: dict | None = None,
     defaults: dict | None = None,
+    mode: str | None = None,
 ) -> Plan:
-    """The values for one rollout. `values` are the user's own (a values file, --set); `defaults` the chart's."""
+    """The values for one rollout. `values` are the user's own (a values file, --set); `defaults` the chart's;
+    `mode` ("deployment" or "kserve") sets serving.mode (default: what the values say)."""
     check_name(release, "Release", 53)
     check_name(namespace, "Namespace", 63)
     vals = copy.deepcopy(values or {})
+    if mode is not None:
+        if mode not in SERVING_MODES:
+            raise UserError(f"--mode '{mode}' is not a serving mode", f"Use one of: {', '.join(SERVING_MODES)}")
+        vals = deep_merge(vals, {"serving": {"mode": mode}})
+    mode = (deep_merge(defaults or {}, vals).get("serving") or {}).get("mode") or "deployment"
+    if mode == "kserve":
+        return _kserve_plan(release, namespace, model_uri, canary_uri, canary_weight, vals, defaults or {})
     given = (vals.get("model") or {}).get("uri")
     model_uri = check_pinned_uri(model_uri)
     vals = deep_merge(vals, {"model": {"uri": model_uri}})
@@ -157,6 +173,52 @@ def make_plan(
             f"with {stable} stable and {canary} canary replica(s) the canary gets about {plan.canary_share:.0%} "
             f"of requests, not {plan.canary_weight}%: raise replicaCount for a finer split"
         )
+    return plan
+
+
+def _kserve_plan(release, namespace, model_uri, canary_uri, canary_weight, vals, defaults) -> Plan:
+    """serving.mode kserve: the InferenceService serves the candidate with canaryTrafficPercent, or the model at 100%."""
+    model_uri = check_pinned_uri(model_uri)
+    if (canary_uri is None) != (canary_weight is None):
+        raise UserError(
+            "A canary needs both --canary-uri and --canary-weight",
+            "Pass the candidate model with --canary-uri and its share of requests with --canary-weight (1-99)",
+        )
+    given = (vals.get("model") or {}).get("uri")
+    k = deep_merge(defaults.get("kserve") or {}, vals.get("kserve") or {})
+    scale = f"{k.get('minReplicas')}-{k.get('maxReplicas')} (KServe autoscaled)"
+    plan = Plan(release, namespace, model_uri, vals, mode="kserve", replicas={"stable": scale})
+    if canary_uri is None:
+        if k.get("canaryTrafficPercent") is not None:
+            plan.notes.append(
+                f"kserve.canaryTrafficPercent {k['canaryTrafficPercent']} from the values is cleared: without "
+                "--canary-uri the new spec gets all the traffic"
+            )
+        served, percent = model_uri, None
+    else:
+        if k.get("deploymentMode", "Knative") not in KNATIVE_MODES:
+            raise UserError(
+                f"A KServe canary needs kserve.deploymentMode Knative, not {k.get('deploymentMode')}",
+                "KServe splits traffic between revisions only in Knative (serverless) mode: deploy without "
+                "--canary-uri, or use a Knative InferenceService",
+            )
+        plan.canary_uri = check_pinned_uri(canary_uri, "--canary-uri")
+        plan.canary_weight = check_weight(canary_weight)
+        plan.canary_share = plan.canary_weight / 100
+        plan.replicas["canary"] = scale
+        if plan.canary_uri == model_uri:
+            plan.notes.append("the canary serves the same model as the stable revision")
+        served, percent = plan.canary_uri, plan.canary_weight
+    if given and given != served:
+        plan.notes.append(f"the InferenceService serves {served}, not model.uri {given} from the values")
+    plan.values = deep_merge(
+        vals,
+        {
+            "serving": {"mode": "kserve"},
+            "model": {"uri": served},
+            "kserve": {"canaryTrafficPercent": percent, "stableModelUri": model_uri},
+        },
+    )
     return plan
 
 

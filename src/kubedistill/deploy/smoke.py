@@ -22,10 +22,13 @@ class SmokeError(Exception):
     pass
 
 
-def _request(url: str, data: bytes | None = None, ctype: str | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
-    req = urllib.request.Request(
-        url, data=data, headers={"Content-Type": ctype} if ctype else {}, method="POST" if data else "GET"
-    )
+def _request(
+    url: str, data: bytes | None = None, ctype: str | None = None, timeout: float = 10.0, host: str | None = None
+) -> tuple[int, bytes]:
+    headers = {"Content-Type": ctype} if ctype else {}
+    if host:  # an ingress gateway picks the service by its host name
+        headers["Host"] = host
+    req = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read()
@@ -40,13 +43,15 @@ def _json(url: str, status: int, body: bytes) -> dict:
         raise SmokeError(f"{url} answered {status} with a body that is not JSON: {body[:200]!r}") from None
 
 
-def wait_ready(base: str, timeout: float, poll: float = 1.0, clock=time.monotonic, sleep=time.sleep) -> float:
+def wait_ready(
+    base: str, timeout: float, poll: float = 1.0, clock=time.monotonic, sleep=time.sleep, host: str | None = None
+) -> float:
     """Seconds until GET /v2/health/ready answered 200; SmokeError with the last answer at the timeout."""
     start = clock()
     last = "no answer yet"
     while True:
         try:
-            status, body = _request(f"{base}/v2/health/ready", timeout=min(5.0, max(timeout, 0.1)))
+            status, body = _request(f"{base}/v2/health/ready", timeout=min(5.0, max(timeout, 0.1)), host=host)
             if status == 200:
                 return clock() - start
             last = f"{status} {body[:200].decode('utf-8', 'replace')}"
@@ -57,20 +62,21 @@ def wait_ready(base: str, timeout: float, poll: float = 1.0, clock=time.monotoni
         sleep(poll)
 
 
-def run(base: str, model: str, timeout: float = 120.0, echo=print) -> dict:
+def run(base: str, model: str, timeout: float = 120.0, echo=print, host: str | None = None) -> dict:
+    """The four checks against `base`; `host`: the Host header to send (the service's name behind a gateway)."""
     base = base.rstrip("/")
-    waited = wait_ready(base, timeout)
-    echo(f"ready after {waited:.1f} s: {base}")
-    status, body = _request(f"{base}/v2/models/{model}")
+    waited = wait_ready(base, timeout, host=host)
+    echo(f"ready after {waited:.1f} s: {base}" + (f" (Host: {host})" if host else ""))
+    status, body = _request(f"{base}/v2/models/{model}", host=host)
     meta = _json(f"{base}/v2/models/{model}", status, body)
     if status != 200:
         raise SmokeError(f"model '{model}' is not served: {status} {meta.get('error', '')}".rstrip())
     echo(f"model {meta.get('name')} version {', '.join(meta.get('versions') or []) or '-'}")
-    status, image = _request(f"{base}/demo.jpg")
+    status, image = _request(f"{base}/demo.jpg", host=host)
     if status != 200 or not image:
         raise SmokeError(f"{base}/demo.jpg answered {status}")
     t0 = time.perf_counter()
-    status, body = _request(f"{base}/v1/detect", data=image, ctype="image/jpeg", timeout=60.0)
+    status, body = _request(f"{base}/v1/detect", data=image, ctype="image/jpeg", timeout=60.0, host=host)
     ms = (time.perf_counter() - t0) * 1000
     out = _json(f"{base}/v1/detect", status, body)
     if status != 200:
@@ -88,13 +94,14 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--url", required=True, help="the server, e.g. http://release-kubedistill.ns.svc:80")
     ap.add_argument("--model", required=True, help="the model's name in /v2/models/{name}")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for readiness")
+    ap.add_argument("--host-header", default=None, help="the Host header to send, e.g. behind an ingress gateway")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        run(args.url, args.model, args.timeout)
+        run(args.url, args.model, args.timeout, host=args.host_header)
     except SmokeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -31,6 +31,7 @@ from kubedistill.core.names import (
     S3_OPTIONAL,
     S3_REQUIRED,
     S3_SECRET,
+    SERVING_MODES,
     SHM_SIZE,
 )
 from kubedistill.pipeline import PIPELINE_NAME
@@ -104,6 +105,9 @@ PARAM_DOCS = {
     "deploy_model": "Roll the promoted version out with the Helm chart.",
     "release": "Helm release name for the rollout.",
     "namespace": "Kubernetes namespace of the rollout.",
+    "serving_mode": "How the rollout serves the model: "
+    + " or ".join(SERVING_MODES)
+    + " (docs/deploy.md, Serving modes).",
     "skip_if_unchanged": "For scheduled retraining: end the run early when the data's fingerprint equals the one the "
     "champion was trained on.",
     "dataset_store": "Where prepared datasets are kept by fingerprint (s3://, minio:// or a folder). Empty: the pipeline "
@@ -197,6 +201,7 @@ def make_pipeline(*, retries: bool = True, env: dict[str, str] | None = None):
         deploy_model: bool = False,
         release: str = "kubedistill",
         namespace: str = "kubedistill",
+        serving_mode: str = "deployment",
         skip_if_unchanged: bool = False,
         dataset_store: str = "",
         mlflow_experiment: str = "kubedistill",
@@ -307,6 +312,7 @@ def make_pipeline(*, retries: bool = True, env: dict[str, str] | None = None):
                                 registered_model_name=registered_model_name,
                                 release=release,
                                 namespace=namespace,
+                                serving_mode=serving_mode,
                             ),
                             "deploy",
                             s3=False,

@@ -578,12 +578,13 @@ def gate_step(
     return res
 
 
-def deploy_step(model_name: str, version: str, *, release: str, namespace: str) -> dict:
-    """Roll the pinned version out with the Helm chart (`kubedistill.deploy.run.deploy`)."""
+def deploy_step(model_name: str, version: str, *, release: str, namespace: str, mode: str = "deployment") -> dict:
+    """Roll the pinned version out with the Helm chart (`kubedistill.deploy.run.deploy`), as the chart's Deployment
+    or (mode "kserve") a KServe InferenceService."""
 
     uri = f"models:/{model_name}/{version}"
-    _log(f"deploy: {uri} -> release {release} in namespace {namespace}")
-    res = deploy(release, namespace, uri)
+    _log(f"deploy: {uri} -> release {release} in namespace {namespace} ({mode})")
+    res = deploy(release, namespace, uri, mode=mode)
     if res.get("status") != "deployed":  # a failed rollout fails the step (and the run), like `kubedistill deploy`
         back = " (rolled back)" if res.get("rolled_back") else ""
         raise UserError(

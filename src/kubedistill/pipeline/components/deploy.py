@@ -7,7 +7,11 @@ from kubedistill.images import train_image
 
 @dsl.component(base_image=train_image(), install_kfp_package=False)
 def deploy(
-    version: str, registered_model_name: str, release: str = "kubedistill", namespace: str = "kubedistill"
+    version: str,
+    registered_model_name: str,
+    release: str = "kubedistill",
+    namespace: str = "kubedistill",
+    serving_mode: str = "deployment",
 ) -> str:
     """Roll models:/NAME/VERSION out as the Helm release (waits for it, rolls back on failure); returns the
     release status."""
@@ -15,12 +19,12 @@ def deploy(
 
     from kubedistill.pipeline.steps import deploy_step, run
 
-    res = run(deploy_step, registered_model_name, version, release=release, namespace=namespace)
+    res = run(deploy_step, registered_model_name, version, release=release, namespace=namespace, mode=serving_mode)
     print(
         json.dumps(
             {
                 k: res.get(k)
-                for k in ("release", "namespace", "model_uri", "revision", "status", "rolled_back", "reason")
+                for k in ("release", "namespace", "mode", "model_uri", "revision", "status", "rolled_back", "reason")
             },
             default=str,
         )
