@@ -25,6 +25,11 @@ def _deployment(objects: list[dict]) -> dict:
     return next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]
 
 
+def _predictor(objects: list[dict]) -> dict:
+    """serving.mode kserve: the InferenceService's predictor (a pod spec with KServe's fields beside it)."""
+    return next(o for o in objects if o["kind"] == "InferenceService")["spec"]["predictor"]
+
+
 def _test_pod(objects: list[dict]) -> dict:
     return next(o for o in objects if o["kind"] == "Pod" and o["metadata"]["name"].endswith("-test"))
 
@@ -38,13 +43,23 @@ class ServeContainer:
     """The chart's server container, started detached with host networking on a free port."""
 
     def __init__(
-        self, image: str, values: dict, *, model: str | None = None, extra: tuple[str, ...] = (), secrets=None
+        self,
+        image: str,
+        values: dict,
+        *,
+        model: str | None = None,
+        extra: tuple[str, ...] = (),
+        secrets=None,
+        kserve: bool = False,
     ):
         self.port = free_port()
         values = {**values, "server": {**values.get("server", {}), "port": self.port}}
+        if kserve:
+            values["serving"] = {"mode": "kserve"}
         self.objects = chart_objects(values)
-        self.pod = _deployment(self.objects)
-        args = run_args(self.pod, "server", configmaps(self.objects), secrets)
+        self.pod = _predictor(self.objects) if kserve else _deployment(self.objects)
+        container = "kserve-container" if kserve else "server"
+        args = run_args(self.pod, container, configmaps(self.objects), secrets)
         if model is not None:  # a mounted file instead of the chart's pinned URI
             args = _replace_arg(args, "--model", model)
         i = args.index("{image}")
@@ -52,7 +67,7 @@ class ServeContainer:
         cmd = ["run", "-d", "--name", self.name, "--network", "host", *extra, *args[:i], image, *args[i + 1 :]]
         self.id = docker(*cmd).stdout.strip()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.spec = next(c for c in self.pod["spec"]["containers"] if c["name"] == "server")
+        self.spec = next(c for c in (self.pod.get("spec") or self.pod)["containers"] if c["name"] == container)
 
     def wait_started(self) -> float:
         t = wait_probe(self.base, self.spec["startupProbe"], "startup", self.id)
@@ -109,8 +124,12 @@ def _assert_same_as_predict(body: dict, preds, files, conf: float) -> None:
 PINNED = {"model": {"uri": "models:/det/1", "name": "tiny"}}
 
 
-def test_mounted_model_as_the_chart_runs_it_then_helm_test(images, served_model, model_dir, val_files):
-    srv = ServeContainer(images["serve"], PINNED, model="/models/tiny.onnx", extra=("-v", f"{model_dir}:/models:ro"))
+@pytest.mark.parametrize("kserve", [False, True], ids=["deployment", "kserve-predictor"])
+def test_mounted_model_as_the_chart_runs_it_then_helm_test(images, served_model, model_dir, val_files, kserve):
+    """The Deployment's container, and the InferenceService's custom predictor (serving.mode kserve)."""
+    srv = ServeContainer(
+        images["serve"], PINNED, model="/models/tiny.onnx", extra=("-v", f"{model_dir}:/models:ro"), kserve=kserve
+    )
     try:
         started = srv.wait_started()
         assert started < 60
