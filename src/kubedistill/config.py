@@ -144,6 +144,11 @@ class TrainConfig(BaseModel):
     mlflow_tags: dict[str, str] = Field(
         default_factory=dict, description="Extra tags on the run, e.g. {pipeline_run_id: abc}."
     )
+    mlflow_system_metrics: bool = Field(
+        True,
+        description="Log CPU, memory, disk, network (and GPU with nvidia-ml-py) use as system/ metrics of the run, "
+        "every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds (10); rank 0 only.",
+    )
     # where the run folder goes when training ends (a multi-node TrainJob's nodes keep nothing)
     upload: str = Field(
         "",

@@ -97,6 +97,9 @@ def test_training_run_is_tracked_in_the_embedded_store(tracked):
         hist = cl.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in hist) == [0, 1, 2], key
     assert run.data.metrics["best/mAP50-95"] == pytest.approx(trainer.best_metrics["mAP50-95"])
+    # system metrics beside the curves (on by default)
+    for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
+        assert key in run.data.metrics, key
     # tags
     tags = run.data.tags
     assert tags["pipeline_run_id"] == "run-42" and len(tags["data_fingerprint"]) == 64 and tags["kubedistill.version"]
@@ -122,7 +125,7 @@ def test_a_killed_run_is_marked_killed_and_resume_logs_into_the_same_run(tiny_da
         if trainer.epoch == 1:
             raise KeyboardInterrupt
 
-    cfg = tiny_cfg(tiny_data, tmp_path / "runs", "r", epochs=3, mlflow=True, plots=False)
+    cfg = tiny_cfg(tiny_data, tmp_path / "runs", "r", epochs=3, mlflow=True, plots=False, mlflow_system_metrics=False)
     first = build_trainer(cfg, {"on_fit_epoch_end": [kill_after_second_epoch]})
     with pytest.raises(KeyboardInterrupt):
         first.train()
@@ -136,6 +139,7 @@ def test_a_killed_run_is_marked_killed_and_resume_logs_into_the_same_run(tiny_da
     run = cl.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "true"
     assert sorted({m.step for m in cl.get_metric_history(run_id, "train/box_loss")}) == [0, 1, 2]
+    assert not [k for k in run.data.metrics if k.startswith("system/")]  # turned off, and resume kept it off
 
 
 def _dead_port() -> int:
@@ -169,6 +173,7 @@ def test_server_down_never_loses_the_run_and_sync_sends_it_later(
     run = cl.get_run(info["run_id"])
     assert run.info.status == "FINISHED"
     assert sorted(m.step for m in cl.get_metric_history(run.info.run_id, "train/box_loss")) == [0, 1]
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # spooled with the rest
     assert "weights" in {a.path for a in cl.list_artifacts(run.info.run_id)}
 
 

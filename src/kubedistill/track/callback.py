@@ -4,6 +4,8 @@
 - metrics each epoch with step=epoch: every sub-loss (dis_loss included), lr per group, mAP50-95, mAP50,
   AP by size, P/R, ProgLoss weights, img/s, epoch seconds; the best epoch's figures as `best/...` at the end;
 - the dataset as an MLflow dataset input (content fingerprint as digest, source URI);
+- system metrics (CPU, memory, disk, network, GPU when present) as `system/...` every 10 s, unless
+  mlflow_system_metrics=False (`track.system.SystemSampler`);
 - tags: git commit, pipeline run id, teacher, kubedistill version, data fingerprint, plus `mlflow_tags`;
 - artifacts at the end: results.csv, args.yaml, metrics.json, data_check.json, plots, weights/best.pt and
   weights/best.onnx.
@@ -21,11 +23,13 @@ from kubedistill.core.version import __version__
 from kubedistill.data.check import fingerprint
 from kubedistill.track.logger import RunLogger, flatten, read_run_file
 from kubedistill.track.settings import git_commit, resolve_uri
+from kubedistill.track.system import SystemSampler
 
 
 class MlflowCallback:
     def __init__(self, close_timeout: float = 120.0):
         self.logger: RunLogger | None = None
+        self.sampler: SystemSampler | None = None
         self.close_timeout = close_timeout
 
     def attach(self, trainer) -> None:
@@ -66,6 +70,9 @@ class MlflowCallback:
             self.logger.set_tags({"resumed": "true"})
         else:
             self.logger.log_params(flatten(cfg.model_dump()))
+        if cfg.mlflow_system_metrics:
+            logger = self.logger
+            self.sampler = SystemSampler(lambda m, step: logger.log_metrics(m, step=step), warn=LOGGER.warning).start()
         source = str(cfg.mlflow_tags.get("data_source") or Path(cfg.data).expanduser().resolve())
         self.logger.log_dataset(Path(trainer.spec.yaml_path).parent.name or "dataset", digest, source)
         LOGGER.info(
@@ -105,6 +112,8 @@ class MlflowCallback:
     def on_train_end(self, trainer) -> None:
         if self.logger is None:
             return
+        if self.sampler is not None:
+            self.sampler.stop()
         err = trainer.error
         status = "FINISHED" if err is None else ("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         if err is not None:

@@ -90,7 +90,7 @@ def increment_path(path: Path, exist_ok: bool) -> Path:
 
 # options that may differ between a run and its resumption: where and how it runs, not what it trains
 RUN_PLACE_OPTIONS = ("device", "workers", "verbose", "upload", "resume", "exist_ok", "project", "mlflow",
-                     "mlflow_uri", "mlflow_parent", "mlflow_tags", "mlflow_experiment")  # fmt: skip
+                     "mlflow_uri", "mlflow_parent", "mlflow_tags", "mlflow_experiment", "mlflow_system_metrics")  # fmt: skip
 
 
 def same_training(saved_args: dict, cfg: TrainConfig) -> bool:
