@@ -142,6 +142,15 @@ def test_mlflow_records(first):
     mv = cl.get_model_version("kubedistill-student", "1")
     assert mv.tags["data_fingerprint"] == res["fingerprint"] and mv.tags["promotion.decision"] == "promoted"
     assert mv.run_id == children["student"].info.run_id  # the model lives in the student's training run
+    # made from the student run's "best" LoggedModel; the teacher's checkpoints are LoggedModels too
+    models = cl.search_logged_models(experiment_ids=[exp.experiment_id])
+    by_run = {(m.source_run_id, m.name): m.model_id for m in models}
+    assert mv.tags["logged_model_id"] == by_run[(children["student"].info.run_id, "best")]
+    assert (children["teacher"].info.run_id, "last") in by_run
+    # the evaluation's dataset as an input of its run
+    (ev,) = cl.get_run(children["evaluate"].info.run_id).inputs.dataset_inputs
+    assert {t.key: t.value for t in ev.tags}["mlflow.data.context"] == "eval"
+    assert ev.dataset.digest == res["fingerprint"][:36]
     assert str(cl.get_model_version_by_alias("kubedistill-student", "champion").version) == "1"
 
 

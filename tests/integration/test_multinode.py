@@ -21,9 +21,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.processes]  # own CI stage: make tes
 ROOT = Path(__file__).parents[2]
 
 
-def _torchrun(*launch: str, args: list[str], log: Path) -> subprocess.Popen:
+def _torchrun(*launch: str, args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     # as the TrainJob sets it (trainjob/manifest.py): with the shared store the restarted group never formed
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT),
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+        **(env or {}),
+    }
     cmd = [sys.executable, "-m", "torch.distributed.run", *launch, str(WORKER), *args]
     return subprocess.Popen(cmd, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -58,11 +64,25 @@ def _wait(procs, tmp: Path, timeout: float = 300) -> None:
         assert rc == 0, (tmp / f"node{i}.log").read_text()[-4000:]
 
 
+def _logged_once(uri: str, experiment: str, epochs: int) -> None:
+    """Only rank 0 logs: one run, each epoch's metrics once, one LoggedModel per checkpoint, system metrics."""
+    import mlflow
+
+    cl = mlflow.MlflowClient(uri)
+    exp = cl.get_experiment_by_name(experiment)
+    (run,) = cl.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in cl.get_metric_history(run.info.run_id, "train/box_loss")]
+    assert sorted(steps) == list(range(epochs))
+    assert sorted(m.name for m in cl.search_logged_models(experiment_ids=[exp.experiment_id])) == ["best", "last"]
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+
+
 def _params(path: Path) -> dict:
     return torch.load(path, weights_only=True)
 
 
-def test_two_nodes_train_together_like_one_node_with_two_processes(tmp_path, tiny_data):
+def test_two_nodes_train_together_like_one_node_with_two_processes(tmp_path, tiny_data, mlflow_server):
     _wait(_nodes(tmp_path / "two", tiny_data, epochs=2), tmp_path / "two")
     r0, r1 = _params(tmp_path / "two" / "rank0.pt"), _params(tmp_path / "two" / "rank1.pt")
     assert r0.keys() == r1.keys() and len(r0) > 100
@@ -70,12 +90,16 @@ def test_two_nodes_train_together_like_one_node_with_two_processes(tmp_path, tin
     # only rank 0's node wrote a run folder
     folders = [n for n in ("node0", "node1") if (tmp_path / "two" / n / "runs").exists()]
     assert len(folders) == 1 and (tmp_path / "two" / folders[0] / "runs" / "mn" / "weights" / "last.pt").is_file()
-    # the same training on one node with two processes
+    # the same training on one node with two processes, tracked on a real MLflow server
     one = tmp_path / "one"
     one.mkdir()
     launch = ("--standalone", "--nproc-per-node=2")
-    proc = _torchrun(*launch, args=[str(tiny_data), str(one / "runs"), str(one), "2"], log=one / "node0.log")
+    tracking = {"MLFLOW_TRACKING_URI": mlflow_server.uri, "MLFLOW_EXPERIMENT_NAME": "two-processes"}
+    proc = _torchrun(
+        *launch, args=[str(tiny_data), str(one / "runs"), str(one), "2"], log=one / "node0.log", env=tracking
+    )
     _wait([proc], one)
+    _logged_once(mlflow_server.uri, "two-processes", epochs=2)
     o0, o1 = _params(one / "rank0.pt"), _params(one / "rank1.pt")
     assert all(torch.equal(o0[k], o1[k]) for k in o0)  # DDP keeps the two processes identical
     assert (one / "runs" / "mn" / "weights" / "last.pt").is_file() and len(list(one.glob("runs/*"))) == 1

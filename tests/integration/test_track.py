@@ -108,12 +108,73 @@ def test_training_run_is_tracked_in_the_embedded_store(tracked):
     assert tags["data_fingerprint"].startswith(ds.dataset.digest)
     assert {t.key: t.value for t in ds.tags}["fingerprint"] == tags["data_fingerprint"]
     assert "data.yaml" in ds.dataset.source
-    # artifacts
+    # artifacts; the weights are LoggedModels, not plain files
     top = {a.path for a in cl.list_artifacts(run.info.run_id)}
-    assert {"results.csv", "args.yaml", "metrics.json", "data_check.json", "plots", "weights"} <= top
-    assert {a.path for a in cl.list_artifacts(run.info.run_id, "weights")} == {"weights/best.pt", "weights/best.onnx"}
+    assert {"results.csv", "args.yaml", "metrics.json", "data_check.json", "plots"} <= top and "weights" not in top
     assert any(a.path.endswith("results.png") for a in cl.list_artifacts(run.info.run_id, "plots"))
     assert not (trainer.save_dir / "mlflow_pending.jsonl").exists()
+    # the val split as a second dataset input, the one the checkpoints' metrics point at
+    inputs = {d.dataset.name: {t.key: t.value for t in d.tags} for d in run.inputs.dataset_inputs}
+    val_name = f"{trainer.spec.yaml_path.parent.name}/val"
+    assert inputs[val_name]["mlflow.data.context"] == "eval"
+    assert_logged_models(cl, run, trainer, val_name)
+
+
+def assert_logged_models(cl, run, trainer, val_name: str) -> dict:
+    """The run's best and last checkpoints as LoggedModels: the detector pyfunc logged as code with the ONNX model
+    and the .pt, its validation metrics tied to the model and the val split; returns {name: LoggedModel}."""
+    from kubedistill.core.digest import file_sha256
+
+    found = cl.search_logged_models(experiment_ids=[run.info.experiment_id])
+    models = {m.name: m for m in found if m.source_run_id == run.info.run_id}
+    assert sorted(models) == ["best", "last"]
+    digest = run.data.tags["data_fingerprint"][:36]
+    for name, m in models.items():
+        assert m.model_type == "object-detection" and m.tags["checkpoint"] == name
+        assert m.tags["weights_sha256"] == file_sha256(trainer.wdir / f"{name}.pt")
+        assert m.params["imgsz"] == str(trainer.cfg.imgsz)
+        by_key = {x.key: x for x in m.metrics}
+        assert {"mAP50-95", "mAP50", "precision", "recall"} <= set(by_key)
+        assert {(x.dataset_name, x.dataset_digest) for x in m.metrics if x.key == "mAP50-95"} == {(val_name, digest)}
+        files = {a.path for a in cl.list_logged_model_artifacts(m.model_id)}
+        assert "MLmodel" in files and "input_example.json" in files and not any(f.endswith(".pkl") for f in files)
+    best = {x.key: x.value for x in models["best"].metrics}
+    assert best["mAP50-95"] == pytest.approx(trainer.best_metrics["mAP50-95"])
+    assert {x.step for x in models["best"].metrics} == {trainer.best_epoch}
+    # best first when ordered by the metric
+    ordered = cl.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+        order_by=[{"field_name": "metrics.mAP50-95", "ascending": False}],
+    )
+    values = [next(x.value for x in m.metrics if x.key == "mAP50-95") for m in ordered]
+    assert values == sorted(values, reverse=True) and values[0] == pytest.approx(best["mAP50-95"])
+    return models
+
+
+def test_a_retried_log_models_record_makes_each_model_once(tracked):
+    """A record sent again (its first try failed after the models were made) finds them; gone files are skipped."""
+    from kubedistill.track.models import OP_TAG, log_checkpoints_op
+
+    trainer, uri, _ = tracked
+    cl = mlflow.MlflowClient(uri)
+    run_id = trainer.mlflow_run["run_id"]
+    item = {"checkpoint": str(trainer.wdir / "best.pt"), "onnx": str(trainer.wdir / "best.onnx"), "step": 0}
+    op = {
+        "id": "retry-test",
+        "models": [
+            {**item, "name": "again", "metrics": {"mAP50": 0.5}},
+            {**item, "name": "gone", "onnx": str(trainer.wdir / "nope.onnx")},
+        ],
+        "dataset": None,
+        "params": {},
+    }
+    first = log_checkpoints_op(cl, uri, run_id, op)
+    assert first["again"].startswith("m-") and first["gone"] is None
+    assert log_checkpoints_op(cl, uri, run_id, op) == first
+    exp = cl.get_run(run_id).info.experiment_id
+    same = cl.search_logged_models(experiment_ids=[exp], filter_string=f"tags.`{OP_TAG}` = 'retry-test'")
+    assert [m.model_id for m in same] == [first["again"]]
 
 
 def test_a_killed_run_is_marked_killed_and_resume_logs_into_the_same_run(tiny_data, tmp_path, monkeypatch, tiny_cfg):
@@ -161,6 +222,7 @@ def test_server_down_never_loses_the_run_and_sync_sends_it_later(
     ops = [json.loads(line) for line in spool.read_text().splitlines()]
     kinds = [op["op"] for op in ops]
     assert kinds[0] == "create_run" and kinds[-1] == "end" and kinds.count("log_artifact") >= 4
+    assert [[m["name"] for m in op["models"]] for op in ops if op["op"] == "log_models"] == [["best", "last"]]
     assert sum(len(op.get("metrics", [])) for op in ops) > 10
     assert json.loads((d / "mlflow.json").read_text())["run_id"] is None
     # the server is back (another address here): `kubedistill mlflow sync` sends everything, in order
@@ -174,7 +236,16 @@ def test_server_down_never_loses_the_run_and_sync_sends_it_later(
     assert run.info.status == "FINISHED"
     assert sorted(m.step for m in cl.get_metric_history(run.info.run_id, "train/box_loss")) == [0, 1]
     assert "system/cpu_utilization_percentage" in run.data.metrics  # spooled with the rest
-    assert "weights" in {a.path for a in cl.list_artifacts(run.info.run_id)}
+    # the checkpoints went in as LoggedModels when the spool was replayed; served by model id
+    models = assert_logged_models(cl, run, trainer, f"{trainer.spec.yaml_path.parent.name}/val")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    monkeypatch.setenv("KUBEDISTILL_CACHE", str(tmp_path / "cache"))
+    from kubedistill.serve.model import OnnxDetector
+    from kubedistill.serve.resolve import resolve_model_uri
+
+    onnx = resolve_model_uri(f"models:/{models['best'].model_id}")
+    assert onnx.suffix == ".onnx" and models["best"].model_id in str(onnx)
+    assert OnnxDetector(onnx).names == ["circle", "square"]
 
 
 def test_registry_and_promotion_gate_on_a_real_server(
@@ -193,6 +264,9 @@ def test_registry_and_promotion_gate_on_a_real_server(
     v1 = register_student(good, name, onnx=trainer.wdir / "best.onnx", tags={"data_fingerprint": "abc"})
     cl = mlflow.MlflowClient(mlflow_server.uri)
     assert str(cl.get_model_version_by_alias(name, "challenger").version) == v1
+    mv1 = cl.get_model_version(name, v1)  # no run given: a new run logged the checkpoint as a LoggedModel
+    assert mv1.tags["logged_model_id"].startswith("m-") and mv1.source == f"models:/{mv1.tags['logged_model_id']}"
+    assert cl.get_run(mv1.run_id).info.run_name == f"register-{name}"
     assert champion(name) is None
     first = promote(name, v1, tiny_data)
     assert first["promoted"] and first["champion"] is None and first["reason"] == "no champion yet"
@@ -325,6 +399,14 @@ def test_register_cli_uses_the_training_run(tracked, capsys, monkeypatch):
     cl = mlflow.MlflowClient(uri)
     mv = cl.get_model_version_by_alias("cli-model", "challenger")
     assert str(mv.version) == out["version"] and mv.run_id == trainer.mlflow_run["run_id"] and mv.tags["k"] == "v"
+    # made from the run's "best" LoggedModel (same weights): nothing uploaded again
+    run = cl.get_run(trainer.mlflow_run["run_id"])
+    best = next(
+        m
+        for m in cl.search_logged_models(experiment_ids=[run.info.experiment_id])
+        if m.name == "best" and m.source_run_id == run.info.run_id
+    )
+    assert mv.tags["logged_model_id"] == best.model_id and mv.source == f"models:/{best.model_id}"
 
 
 def test_import_track_is_cheap():

@@ -245,6 +245,12 @@ def test_default_resources_and_replicas():
 
 
 # -- model pinning and credentials --------------------------------------------------------------------
+def test_a_logged_model_id_is_pinned():
+    uri = "models:/m-0f3c9a7e21b84d5c9e6a1b2c3d4e5f60"
+    dep = kinds(render({"model": {"uri": uri}}))["Deployment"][0]
+    assert dep["spec"]["template"]["spec"]["containers"][0]["args"][2] == uri
+
+
 @pytest.mark.parametrize("uri", ["models:/det@champion", "models:/det/latest", "models:/det/Production"])
 def test_schema_refuses_a_moving_model(uri):
     for values in ({"model": {"uri": uri}}, {"canary": {"enabled": True, "model": {"uri": uri}}}):

@@ -89,7 +89,15 @@ def wait(apps, core, names=(STABLE,), timeout=30.0, **kw):
 
 
 # -- the plan -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("uri", ["models:/det/7", "models:/yolo-student/12", "s3://models/det/v7/model.onnx"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "models:/det/7",
+        "models:/yolo-student/12",
+        "s3://models/det/v7/model.onnx",
+        "models:/m-0f3c9a7e21b84d5c9e6a1b2c3d4e5f60",  # an MLflow LoggedModel: immutable
+    ],
+)
 def test_pinned_uris_pass(uri):
     assert check_pinned_uri(uri) == uri
 

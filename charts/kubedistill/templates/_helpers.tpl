@@ -63,8 +63,8 @@ app.kubernetes.io/part-of: kubedistill
 {{- if or (contains "@" $uri) (regexMatch "^models:/[^/]+/latest$" $uri) }}
 {{- fail (printf "%s '%s' is a moving alias: a running Deployment must pin a version (models:/NAME/VERSION); the rollout is what moves it" .what $uri) }}
 {{- end }}
-{{- if not (regexMatch "^(models:/[^/@]+/[0-9]+|s3://[^/]+/.+)$" $uri) }}
-{{- fail (printf "%s '%s' is not a pinned model: use models:/NAME/VERSION or s3://bucket/key.onnx" .what $uri) }}
+{{- if not (regexMatch "^(models:/[^/@]+/[0-9]+|models:/m-[0-9a-f]{8,64}|s3://[^/]+/.+)$" $uri) }}
+{{- fail (printf "%s '%s' is not a pinned model: use models:/NAME/VERSION, models:/<model_id> or s3://bucket/key.onnx" .what $uri) }}
 {{- end }}
 {{- $uri }}
 {{- end }}

@@ -16,16 +16,18 @@ from kubedistill.core.errors import UserError
 from kubedistill.core.names import SERVING_MODES
 
 _VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>[0-9]+)$")
+_MODEL_ID = re.compile(r"^models:/m-[0-9a-f]{8,64}$")  # an MLflow LoggedModel: immutable
 _S3 = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]*[a-z0-9]/.+")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def check_pinned_uri(uri: str, what: str = "--model-uri") -> str:
-    """`uri` if it names one fixed model (models:/NAME/VERSION or s3://bucket/key); UserError otherwise."""
+    """`uri` if it names one fixed model (models:/NAME/VERSION, a LoggedModel's models:/m-..., or s3://bucket/key);
+    UserError otherwise."""
     text = (uri or "").strip()
     pin = "Pin a version: models:/NAME/VERSION (a rollout is what moves the served model, so a running Deployment never follows an alias)"
     if text.startswith("models:/"):
-        if _VERSION.match(text):
+        if _VERSION.match(text) or _MODEL_ID.match(text):
             return text
         rest = text[len("models:/") :]
         if "@" in rest:

@@ -8,7 +8,10 @@ max_det, model version, source checkpoint sha256, kubedistill version.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +86,21 @@ def compare_detections(
     return None
 
 
+@contextlib.contextmanager
+def _quiet_exporter():
+    """torch's exporter notes that torchvision's ops are not registered (kubedistill does not use them) and warns
+    about its own pytree internals on every export: neither is for the user, and both filled the pipeline logs."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            yield
+    finally:
+        registration.setLevel(level)
+
+
 def export_onnx(
     weights: str | Path,
     out: str | Path | None = None,
@@ -117,7 +135,7 @@ def export_onnx(
     x = torch.from_numpy(_sample_image(imgsz)).to(dev, dtype)
     dyn = {"images": {0: torch.export.Dim("batch", min=1, max=256)}} if dynamic else None
     x_trace = x.repeat(2, 1, 1, 1) if dynamic else x
-    with atomic_path(out) as tmp, torch.no_grad():
+    with atomic_path(out) as tmp, torch.no_grad(), _quiet_exporter():
         prog = torch.onnx.export(
             wrapper,
             (x_trace,),

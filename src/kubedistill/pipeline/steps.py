@@ -469,6 +469,12 @@ def evaluate_step(
             metrics=flat,
             artifacts=[out / "report.html", out / "metrics.json", *[Path(p) for p in images.values()]],
             tags={"pipeline_step": "evaluate", "data_fingerprint": fingerprint},
+            dataset={
+                "name": f"{Path(data).parent.name or 'dataset'}/val",
+                "digest": fingerprint or "unknown",
+                "source": f"{data}#val",
+                "context": "eval",
+            },
         )
     _log("evaluate: " + ", ".join(f"{k} {results[k]['model']} mAP50-95 {results[k]['mAP50-95']}" for k in results))
     return {"results": results, "flat": flat, "names": names, "mlflow_run_id": child}

@@ -12,6 +12,7 @@ The `.pt` checkpoint sits beside the ONNX file in the model's artifacts (`artifa
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +22,26 @@ from kubedistill.data.images import decode_image, read_image
 from kubedistill.serve.model import OnnxDetector
 
 try:  # the class must subclass PythonModel to be logged; importing this module without mlflow still works
+    import pandas as pd  # MLflow's dependency; the predict type hints name it
     from mlflow.pyfunc import PythonModel
 except ImportError:  # pragma: no cover - mlflow is installed wherever a pyfunc is logged or loaded
     PythonModel = object
 
 
-def pyfunc_signature():
-    """Inputs are free-form (arrays, paths, bytes); the params `conf` and `max_det` are declared so MLflow passes them."""
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import ParamSchema, ParamSpec
-
-    return ModelSignature(
-        inputs=None,
-        outputs=None,
-        params=ParamSchema([ParamSpec("conf", "float", 0.25), ParamSpec("max_det", "long", 300)]),
-    )
-
-
 COLUMNS = ["image", "class_id", "class_name", "score", "x1", "y1", "x2", "y2"]
+
+
+def _is_base64(text: str) -> bool:
+    """An encoded image in base64 (how MLflow's JSON input carries a binary column), not a file path: its first
+    bytes decode to a JPEG, PNG, BMP or WebP signature."""
+    compact = "".join(text[:256].split())
+    if len(compact) < 64:
+        return False
+    try:
+        head = base64.b64decode(compact[:64], validate=True)
+    except ValueError:
+        return False
+    return head[:3] == b"\xff\xd8\xff" or head[:8] == b"\x89PNG\r\n\x1a\n" or head[:2] == b"BM" or head[:4] == b"RIFF"
 
 
 def to_images(data: Any) -> list[np.ndarray]:
@@ -63,6 +66,8 @@ def to_images(data: Any) -> list[np.ndarray]:
     for i, item in enumerate(data):
         if isinstance(item, (bytes, bytearray)):
             out.append(decode_image(bytes(item), f"<image {i}>"))
+        elif isinstance(item, str) and _is_base64(item):  # bytes as MLflow's JSON serving input carries them
+            out.append(decode_image(base64.b64decode(item), f"<image {i}>"))
         elif isinstance(item, (str, Path)):
             out.append(read_image(item))
         else:
@@ -80,7 +85,9 @@ class OnnxDetectorModel(PythonModel):
 
         self.detector = OnnxDetector(context.artifacts["onnx"])
 
-    def predict(self, context, model_input, params: dict | None = None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Detections of the images in `model_input` (a DataFrame with an `image` column, or any form `to_images`
+        takes). The DataFrame hint tells MLflow the input form without asking it to check the data."""
         import pandas as pd
 
         params = params or {}

@@ -7,18 +7,22 @@
 - system metrics (CPU, memory, disk, network, GPU when present) as `system/...` every 10 s, unless
   mlflow_system_metrics=False (`track.system.SystemSampler`);
 - tags: git commit, pipeline run id, teacher, kubedistill version, data fingerprint, plus `mlflow_tags`;
-- artifacts at the end: results.csv, args.yaml, metrics.json, data_check.json, plots, weights/best.pt and
-  weights/best.onnx.
+- artifacts at the end: results.csv, args.yaml, metrics.json, data_check.json, plots;
+- the best and the last checkpoint as MLflow LoggedModels "best" and "last" (the detector pyfunc with the ONNX
+  export and the .pt, `track.models`), their validation metrics tied to the model and to the val split, which is
+  logged as a second dataset input (context eval).
 Only the main process logs. Nothing here can stop training: see `track.logger.RunLogger`.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
+from kubedistill.core.digest import file_sha256
 from kubedistill.core.log import LOGGER
-from kubedistill.core.names import RUN_ID_ENV
+from kubedistill.core.names import METRIC_NAMES, RUN_ID_ENV
 from kubedistill.core.version import __version__
 from kubedistill.data.check import fingerprint
 from kubedistill.track.logger import RunLogger, flatten, read_run_file
@@ -29,6 +33,8 @@ from kubedistill.track.system import SystemSampler
 class MlflowCallback:
     def __init__(self, close_timeout: float = 120.0):
         self.logger: RunLogger | None = None
+        self.val_dataset = "dataset/val"
+        self.digest = ""
         self.sampler: SystemSampler | None = None
         self.close_timeout = close_timeout
 
@@ -44,7 +50,7 @@ class MlflowCallback:
         cfg = trainer.cfg
         uri, artifacts = resolve_uri(cfg.mlflow_uri, cfg.project)
         previous = read_run_file(trainer.save_dir) if trainer.resumed else None
-        digest = fingerprint(trainer.spec)
+        digest = self.digest = fingerprint(trainer.spec)
         tags = {
             "kubedistill.version": _version(),
             "git_commit": git_commit(),
@@ -74,7 +80,11 @@ class MlflowCallback:
             logger = self.logger
             self.sampler = SystemSampler(lambda m, step: logger.log_metrics(m, step=step), warn=LOGGER.warning).start()
         source = str(cfg.mlflow_tags.get("data_source") or Path(cfg.data).expanduser().resolve())
-        self.logger.log_dataset(Path(trainer.spec.yaml_path).parent.name or "dataset", digest, source)
+        name = Path(trainer.spec.yaml_path).parent.name or "dataset"
+        self.logger.log_dataset(name, digest, source)
+        # the split the checkpoints' metrics are measured on: their LoggedModels point at it
+        self.val_dataset = f"{name}/val"
+        self.logger.log_dataset(self.val_dataset, digest, f"{source}#val", context="eval")
         LOGGER.info(
             f"MLflow: tracking to {uri} (experiment {cfg.mlflow_experiment or os.environ.get('MLFLOW_EXPERIMENT_NAME') or 'kubedistill'})"
         )
@@ -96,18 +106,41 @@ class MlflowCallback:
             self.logger.log_artifact(d / name)
         for png in sorted(d.glob("*.png")):
             self.logger.log_artifact(png, "plots")
-        best_pt = trainer.wdir / "best.pt"
-        if best_pt.exists():
-            self.logger.log_artifact(best_pt, "weights")
+        digest = self.digest
+        params = {"model": str(trainer.cfg.model), "imgsz": trainer.cfg.imgsz, "epochs": trainer.cfg.epochs}
+        last = {k: trainer.metrics.get(f"metrics/{k}") for k in METRIC_NAMES}
+        checkpoints = []
+        for name, epoch, metrics in [("best", trainer.best_epoch, trainer.best_metrics), ("last", trainer.epoch, last)]:
+            pt = trainer.wdir / f"{name}.pt"
+            if not pt.exists() or epoch < 0:
+                continue
+            sha = file_sha256(pt)
+            same = next((c for c in checkpoints if c["sha256"] == sha), None)
             try:
                 from kubedistill.model.export import export_onnx
 
-                onnx = export_onnx(best_pt, trainer.wdir / "best.onnx", imgsz=trainer.cfg.imgsz)
-                self.logger.log_artifact(onnx["path"], "weights")
-            except Exception as e:  # the run's results stay logged; the model can be exported later
+                onnx = trainer.wdir / f"{name}.onnx"
+                if same is not None:  # last is best: the same weights, the same export
+                    shutil.copyfile(same["onnx"], onnx)
+                else:
+                    onnx = export_onnx(pt, onnx, imgsz=trainer.cfg.imgsz)["path"]
+            except Exception as e:  # the run's results stay logged; the model can be exported and logged later
                 LOGGER.warning(
-                    f"MLflow: ONNX export of {best_pt} failed ({e.__class__.__name__}: {str(e)[:200]}); not logged"
+                    f"MLflow: ONNX export of {pt} failed ({e.__class__.__name__}: {str(e)[:200]}); not logged"
                 )
+                continue
+            checkpoints.append(
+                {
+                    "name": name,
+                    "checkpoint": pt,
+                    "onnx": onnx,
+                    "step": epoch,
+                    "metrics": {k: v for k, v in (metrics or {}).items() if k in METRIC_NAMES},
+                    "sha256": sha,
+                }
+            )
+        if checkpoints:
+            self.logger.log_models(checkpoints, dataset=(self.val_dataset, digest[:36]), params=params)
 
     def on_train_end(self, trainer) -> None:
         if self.logger is None:

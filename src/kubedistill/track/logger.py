@@ -1,6 +1,6 @@
 """A run logger that never holds training up and never loses a record.
 
-Every call (create the run, params, metrics, tags, artifacts, end) becomes an operation on a queue that a
+Every call (create the run, params, metrics, tags, artifacts, datasets, LoggedModels, end) becomes an operation on a queue that a
 background thread sends to MLflow, retrying with exponential backoff. When the server stays down the
 operation goes to a spool file (`mlflow_pending.jsonl` in the run folder) and the logger goes offline: it
 tries again at most every `probe_s` seconds and, once the server answers, replays the spool in order.
@@ -13,7 +13,7 @@ A circuit breaker bounds what a server that accepts connections and never answer
   request timeout (`MLFLOW_HTTP_REQUEST_TIMEOUT`, 30 s) opens the breaker: records go to the spool at once;
 - a call that times out is not retried: the breaker opens;
 - `close` (the end of training) stops waiting for a call that has run past the timeout (an artifact upload
-  gets the whole close timeout), spools it and everything queued behind it in order, and returns. The
+  or a LoggedModel gets the whole close timeout), spools it and everything queued behind it in order, and returns. The
   worker thread is fenced off from the spool from then on. So training waits at most the timeout once.
 """
 
@@ -27,6 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,7 @@ from typing import Any
 
 from kubedistill.core.atomic import atomic_write_text
 from kubedistill.core.errors import UserError
+from kubedistill.track.models import log_checkpoints_op
 from kubedistill.track.settings import client, experiment_id, explain, request_timeout, resolve_uri
 
 SPOOL = "mlflow_pending.jsonl"
@@ -130,6 +132,38 @@ class RunLogger:
     def log_dataset(self, name: str, digest: str, source: str, context: str = "train") -> None:
         self._put({"op": "log_dataset", "name": name, "digest": digest, "source": source, "context": context})
 
+    def log_models(
+        self,
+        checkpoints: list[dict[str, Any]],
+        *,
+        dataset: tuple[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        """Checkpoints as LoggedModels of this run (`track.models`): each {"name", "checkpoint", "onnx", "step",
+        "metrics", "sha256"}; the metrics are tied to the model and to the (name, digest) dataset they were measured
+        on. One record for all of them: MLflow copies a run's metrics at a model's step onto the model, so every
+        model is made before any metric is tied to one. The files must stay where they are until it is sent."""
+        items = [
+            {
+                "name": c["name"],
+                "checkpoint": str(Path(c["checkpoint"]).resolve()),
+                "onnx": str(Path(c["onnx"]).resolve()),
+                "step": int(c["step"]),
+                "metrics": {k: float(v) for k, v in (c.get("metrics") or {}).items() if is_number(v)},
+                "sha256": c.get("sha256", ""),
+            }
+            for c in checkpoints
+        ]
+        self._put(
+            {
+                "op": "log_models",
+                "id": uuid.uuid4().hex,  # a retry finds the models an earlier try made
+                "models": items,
+                "dataset": list(dataset) if dataset else None,
+                "params": {k: param_text(v) for k, v in (params or {}).items()},
+            }
+        )
+
     def end(self, status: str = "FINISHED") -> None:
         self._put({"op": "end", "status": status})
 
@@ -142,7 +176,7 @@ class RunLogger:
         while self._thread.is_alive() and time.monotonic() < deadline:
             self._thread.join(0.05)
             since, current = self._call_since, self._current
-            if since is not None and current is not None and current.get("op") != "log_artifact":
+            if since is not None and current is not None and current.get("op") not in ("log_artifact", "log_models"):
                 hung = time.monotonic() - since > self.timeout
                 if hung:
                     break
@@ -339,20 +373,35 @@ class RunLogger:
             elif path.exists():
                 self.client.log_artifact(self.run_id, str(path), op.get("artifact_path"))
         elif kind == "log_dataset":
-            from mlflow.data.dataset_source_registry import resolve_dataset_source
-            from mlflow.data.meta_dataset import MetaDataset
-            from mlflow.entities import DatasetInput, InputTag
-
-            with warnings.catch_warnings():  # "can be interpreted in multiple ways": any local-path source will do
-                warnings.simplefilter("ignore")
-                source = resolve_dataset_source(op["source"])
-            ds = MetaDataset(source, name=op["name"], digest=op["digest"][:36])
-            tags = [InputTag("mlflow.data.context", op["context"]), InputTag("fingerprint", op["digest"])]
-            self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=tags)])
+            self.client.log_inputs(
+                self.run_id, datasets=[dataset_input(op["name"], op["digest"], op["source"], op["context"])]
+            )
+        elif kind == "log_models":
+            for name, model_id in log_checkpoints_op(self.client, self.uri, self.run_id, op).items():
+                self.log(
+                    f"MLflow: {name} checkpoint logged as models:/{model_id}"
+                    if model_id
+                    else f"MLflow: {name} checkpoint not logged: its .pt or ONNX file is gone"
+                )
         elif kind == "end":
             self.client.set_terminated(self.run_id, op["status"])
         else:
             raise ValueError(f"unknown op {kind}")
+
+
+def dataset_input(name: str, digest: str, source: str, context: str):
+    """An MLflow dataset input: `digest` (a content fingerprint; MLflow keeps 36 characters, the tag all of it) and
+    the source URI, with the context (train, eval) as MLflow's tag."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": any local-path source will do
+        warnings.simplefilter("ignore")
+        src = resolve_dataset_source(source)
+    ds = MetaDataset(src, name=name, digest=digest[:36])
+    tags = [InputTag("mlflow.data.context", context), InputTag("fingerprint", digest)]
+    return DatasetInput(ds._to_mlflow_entity(), tags=tags)
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -3,7 +3,8 @@
 Registering and promoting sit above serving and evaluation, in `kubedistill.release`. A registered version is an
 MLflow pyfunc (see `serve.pyfunc`) holding `model.onnx` and the `.pt` checkpoint; new versions get the alias
 `challenger`; `kubedistill promote` moves `champion`.
-Model URIs: `models:/NAME/VERSION` (pinned) or `models:/NAME@ALIAS`.
+Model URIs: `models:/NAME/VERSION` (pinned), `models:/NAME@ALIAS`, or `models:/<model_id>` (an MLflow 3
+LoggedModel, `m-` and hex digits: immutable, so pinned too).
 """
 
 from __future__ import annotations
@@ -20,13 +21,23 @@ from kubedistill.track.settings import client, resolve_uri, using
 
 CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous-champion"
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/@]+)|@(?P<alias>[^/@]+))/?$")
+_MODEL_ID_URI = re.compile(r"^models:/(?P<id>m-[0-9a-f]{8,64})/?$")
+
+
+def logged_model_id(uri: str) -> str | None:
+    """The model id of a `models:/m-...` URI (an MLflow LoggedModel), else None."""
+    m = _MODEL_ID_URI.match(str(uri).strip())
+    return m["id"] if m else None
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     """models:/NAME/VERSION or models:/NAME@ALIAS -> (name, version, alias)."""
     m = _MODEL_URI.match(uri.strip())
     if not m:
-        raise UserError(f"'{uri}' is not a registered-model URI", "Write models:/NAME/VERSION or models:/NAME@ALIAS")
+        raise UserError(
+            f"'{uri}' is not a registered-model URI",
+            "Write models:/NAME/VERSION, models:/NAME@ALIAS or models:/<model_id> (m-...)",
+        )
     return m["name"], m["version"], m["alias"]
 
 
@@ -105,17 +116,22 @@ def champion(name: str, *, tracking_uri: str = "") -> dict | None:
 
 
 def fetch_model(uri: str, dest: str | Path | None = None, *, kind: str = "pt", tracking_uri: str = "") -> Path:
-    """Download a registered model (models:/NAME/VERSION or @ALIAS) into `dest` (default: the model cache)
-    and return its `.pt` or `.onnx` file."""
+    """Download a registered model (models:/NAME/VERSION or @ALIAS) or a LoggedModel (models:/<model_id>) into
+    `dest` (default: the model cache) and return its `.pt` or `.onnx` file."""
     if kind not in ("pt", "onnx"):
         raise ValueError(f"kind must be 'pt' or 'onnx', not {kind!r}")
-    name, version = resolve_version(uri, tracking_uri=tracking_uri)
+    model_id = logged_model_id(uri)
+    if model_id:
+        source, folder = f"models:/{model_id}", model_id
+    else:
+        name, version = resolve_version(uri, tracking_uri=tracking_uri)
+        source, folder = f"models:/{name}/{version}", f"{name}-v{version}"
     turi = existing_uri(tracking_uri)
     # keyed by server too: the same name and version on two tracking servers are different models
     dest = (
         Path(dest if dest is not None else cache_dir("models"))
         / hashlib.sha256(turi.encode()).hexdigest()[:12]
-        / f"{name}-v{version}"
+        / folder
     )
     found = sorted(dest.rglob(f"*.{kind}")) if dest.exists() else []
     if not found:
@@ -123,15 +139,15 @@ def fetch_model(uri: str, dest: str | Path | None = None, *, kind: str = "pt", t
         tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=dest.parent))
         try:
             with using(turi) as mlflow:
-                mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(tmp))
+                mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp))
         except Exception as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise mlflow_error(e, f"downloading models:/{name}/{version}", turi) from None
+            raise mlflow_error(e, f"downloading {source}", turi) from None
         if dest.exists():  # a concurrent fetch finished first
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.rename(dest)  # whole folder or nothing: an interrupted download never looks complete
         found = sorted(dest.rglob(f"*.{kind}"))
     if not found:
-        raise UserError(f"models:/{name}/{version} holds no .{kind} file", "Register it with `kubedistill register`")
+        raise UserError(f"{source} holds no .{kind} file", "Register it with `kubedistill register`")
     return found[0]

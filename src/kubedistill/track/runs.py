@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kubedistill.track.logger import flatten, is_number, param_text, read_run_file
+from kubedistill.track.logger import dataset_input, flatten, is_number, param_text, read_run_file
 from kubedistill.track.settings import client, experiment_id, git_commit, resolve_uri
 
 
@@ -47,10 +47,12 @@ def log_child_run(
     metrics: dict | None = None,
     artifacts: list[str | Path] = (),
     tags: dict | None = None,
+    dataset: dict | None = None,
     tracking_uri: str = "",
     project: str | Path = "runs",
 ) -> str:
-    """A finished child run of `parent_run_id` holding params, metrics (numbers only) and artifacts."""
+    """A finished child run of `parent_run_id` holding params, metrics (numbers only), artifacts and the dataset it
+    measured ({"name", "digest", "source", "context"}, a dataset input)."""
     from mlflow.entities import Metric, Param
 
     uri = resolve_uri(tracking_uri, project)[0]
@@ -66,6 +68,8 @@ def log_child_run(
         params=[Param(k, param_text(v)) for k, v in flatten(params or {}).items()],
         tags=[],
     )
+    if dataset:
+        cl.log_inputs(rid, datasets=[dataset_input(**dataset)])
     rest = {k: v for k, v in flat.items() if not is_number(v)}
     if rest:
         cl.log_text(rid, json.dumps(rest, indent=2, default=str), "non_numeric_metrics.json")
