@@ -295,6 +295,14 @@ def test_canary_without_a_live_service_is_refused(tmp_path):
             run(api, tmp_path, eng, canary_uri="models:/det/9", canary_weight=10)
 
 
+def test_an_unreadable_live_service_is_a_user_error(tmp_path):
+    eng = KServeEngine(HISTORY)
+    with RecordedApiServer(routes([]) | {("GET", ISVC): ["status_forbidden.json"]}, namespace="serving") as api:
+        with pytest.raises(UserError, match=f"Cannot read InferenceService {NAME} in serving: 403"):
+            run(api, tmp_path, eng, canary_uri="models:/det/9", canary_weight=10)
+    assert "upgrade" not in [c[0] for c in eng.calls]
+
+
 def test_plan_refuses_a_canary_in_standard_mode_and_a_bad_mode():
     std = {"kserve": {"deploymentMode": "Standard", "scaleMetric": "cpu"}}
     with pytest.raises(UserError, match="A KServe canary needs kserve.deploymentMode Knative, not Standard"):

@@ -19,14 +19,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from kubedistill.core.errors import UserError
 from kubedistill.core.kube import api_client, short_error, transient
-from kubedistill.deploy.rollout import (
-    CRASH_WAITING,
-    FATAL_WAITING,
-    PULL_WAITING,
-    RETRY_STATUS,
-    pod_problems,
-)
+from kubedistill.deploy.rollout import RETRY_STATUS, blocking_problem, pod_problems
 
 log = logging.getLogger("kubedistill.deploy")
 
@@ -166,13 +161,9 @@ def wait_for_service(
                 return ServiceResult(
                     False, "; ".join([msg] + [str(p) for p in problems][:2]), None, traffic, now - start
                 )
-            for p in problems:
-                if p.reason in FATAL_WAITING or (p.reason in CRASH_WAITING and p.restarts >= crash_restarts):
-                    return ServiceResult(False, f"{msg}; {p}", None, traffic, now - start)
-                if p.reason in PULL_WAITING:
-                    first = pull_seen.setdefault((p.pod, p.container), now)
-                    if now - first >= pull_grace:
-                        return ServiceResult(False, f"{msg}; {p} (for {now - first:.0f} s)", None, traffic, now - start)
+            stuck = blocking_problem(problems, pull_seen, now, crash_restarts=crash_restarts, pull_grace=pull_grace)
+            if stuck:
+                return ServiceResult(False, f"{msg}; {stuck}", None, traffic, now - start)
         if msg != last_logged:
             log.info("kserve: %s", msg)
             last_logged = msg
@@ -191,7 +182,10 @@ def read_service(custom, namespace: str, name: str) -> dict | None:
     except Exception as e:
         if getattr(e, "status", None) == 404:
             return None
-        raise
+        raise UserError(
+            f"Cannot read InferenceService {name} in {namespace}: {short_error(e)}",
+            "Check that KServe is installed and that your identity may get inferenceservices.serving.kserve.io there",
+        ) from None
 
 
 def stable_model(obj: dict) -> str | None:

@@ -98,6 +98,22 @@ def pod_problems(pods) -> list[PodProblem]:
     return out
 
 
+def blocking_problem(
+    problems: list[PodProblem], pull_seen: dict, now: float, *, crash_restarts: int, pull_grace: float
+) -> str | None:
+    """The first problem that will not pass by itself: a bad image name or a missing Secret at once, a crash loop
+    after `crash_restarts` restarts, an image pull failing for `pull_grace` s (first seen times kept in
+    `pull_seen`)."""
+    for p in problems:
+        if p.reason in FATAL_WAITING or (p.reason in CRASH_WAITING and p.restarts >= crash_restarts):
+            return str(p)
+        if p.reason in PULL_WAITING:
+            first = pull_seen.setdefault((p.pod, p.container), now)
+            if now - first >= pull_grace:
+                return f"{p} (for {now - first:.0f} s)"
+    return None
+
+
 def selector_string(dep) -> str:
     labels = (dep.spec.selector.match_labels or {}) if dep.spec and dep.spec.selector else {}
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
@@ -145,14 +161,11 @@ def wait_for_rollout(
             if state == "done":
                 done += 1
                 continue
-            for p in pod_problems(pods):
-                problems.append(p)
-                if p.reason in FATAL_WAITING or (p.reason in CRASH_WAITING and p.restarts >= crash_restarts):
-                    return RolloutResult(False, f"{msg}; {p}", states, now - start)
-                if p.reason in PULL_WAITING:
-                    first = pull_seen.setdefault((p.pod, p.container), now)
-                    if now - first >= pull_grace:
-                        return RolloutResult(False, f"{msg}; {p} (for {now - first:.0f} s)", states, now - start)
+            found = pod_problems(pods)
+            problems += found
+            stuck = blocking_problem(found, pull_seen, now, crash_restarts=crash_restarts, pull_grace=pull_grace)
+            if stuck:
+                return RolloutResult(False, f"{msg}; {stuck}", states, now - start)
         if done == len(names):
             return RolloutResult(True, "; ".join(states[n] for n in names), states, now - start)
         line = "; ".join(states[n] for n in names)

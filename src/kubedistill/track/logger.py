@@ -1,7 +1,7 @@
 """A run logger that never holds training up and never loses a record.
 
-Every call (create the run, params, metrics, tags, artifacts, datasets, LoggedModels, end) becomes an operation on a queue that a
-background thread sends to MLflow, retrying with exponential backoff. When the server stays down the
+Every call (create the run, params, metrics, tags, artifacts, datasets, LoggedModels, end) becomes an operation
+on a queue that a background thread sends to MLflow, retrying with exponential backoff. When the server stays down the
 operation goes to a spool file (`mlflow_pending.jsonl` in the run folder) and the logger goes offline: it
 tries again at most every `probe_s` seconds and, once the server answers, replays the spool in order.
 Whatever is still pending when training ends stays in the spool, the log says so once, and
@@ -13,8 +13,8 @@ A circuit breaker bounds what a server that accepts connections and never answer
   request timeout (`MLFLOW_HTTP_REQUEST_TIMEOUT`, 30 s) opens the breaker: records go to the spool at once;
 - a call that times out is not retried: the breaker opens;
 - `close` (the end of training) stops waiting for a call that has run past the timeout (an artifact upload
-  or a LoggedModel gets the whole close timeout), spools it and everything queued behind it in order, and returns. The
-  worker thread is fenced off from the spool from then on. So training waits at most the timeout once.
+  or a LoggedModel gets the whole close timeout), spools it and everything queued behind it in order, and
+  returns. The worker thread is fenced off from the spool from then on. So training waits at most the timeout once.
 """
 
 from __future__ import annotations
