@@ -30,6 +30,7 @@ from kubedistill.deploy.helm import user_values
 from kubedistill.deploy.run import deploy, dry_run_text, log_to_stderr
 from kubedistill.detector import Detector
 from kubedistill.eval.predictions import draw_detections, to_coco_predictions_json
+from kubedistill.images import train_image
 from kubedistill.pipeline.cli import add_pipeline_commands
 from kubedistill.release.promote import promote
 from kubedistill.serve.config import option_help
@@ -174,6 +175,7 @@ def train_cmd(ctx: typer.Context):
         for flag in ("submit", "dry_run"):
             if flag in launch:
                 launch[flag] = str(launch[flag]).lower() in ("true", "1", "yes")
+        launch.setdefault("image", train_image())  # the pinned image the pipeline runs, not a moving tag
         res = submit_training(cfg, echo=typer.echo, **launch)
         if isinstance(res, dict):
             return

@@ -4,6 +4,7 @@ launcher (create, follow, fail, cancel) through the real kubernetes client again
 from __future__ import annotations
 
 import pytest
+import yaml
 
 pytest.importorskip("kubernetes")
 
@@ -24,7 +25,7 @@ def _manifest(**launch) -> dict:
     cfg = train_config(
         data="s3://data/ds/", model="yolo26s", epochs=3, imgsz=320, name="teacher", batch=64, upload="s3://runs/p1"
     )
-    opts = dict(nodes=2, gpus_per_node=4, namespace="ml", job_name=NAME)
+    opts = dict(nodes=2, gpus_per_node=4, namespace="ml", job_name=NAME, image="kubedistill/train:latest")
     return trainjob_manifest(cfg, LaunchConfig(**{**opts, **launch}), env={"KUBEDISTILL_PIPELINE_RUN_ID": "r-1"})
 
 
@@ -82,9 +83,23 @@ def test_the_manifest_says_what_each_node_runs():
     cfg = train_config(**dict(a.split("=", 1) for a in train_args(train_config(name="x", mlflow_tags={"a": "1"}))))
     assert cfg.name == "x" and cfg.mlflow_tags == {"a": "1"}
     with pytest.raises(ValueError, match="PET_NNODES"):
-        trainjob_manifest(train_config(upload="s3://b/p"), LaunchConfig(nodes=2), env={"PET_NNODES": "3"})
+        trainjob_manifest(
+            train_config(upload="s3://b/p"), LaunchConfig(nodes=2, image="kd/train:1"), env={"PET_NNODES": "3"}
+        )
     with pytest.raises(UserError, match="upload=''.* keep nothing.*upload=s3://"):
-        trainjob_manifest(train_config(), LaunchConfig(nodes=2))
+        trainjob_manifest(train_config(), LaunchConfig(nodes=2, image="kubedistill/train:0.1.0"))
+    with pytest.raises(UserError, match="No train image given"):
+        trainjob_manifest(train_config(upload="s3://b/p"), LaunchConfig(nodes=2))
+
+
+def test_cli_dry_run_runs_the_pinned_train_image(capsys):
+    """`kubedistill train ... --nodes 2 --dry-run`: the TrainJob runs the image the pipeline runs, not a moving tag."""
+    import kubedistill.images
+    from kubedistill.cli import main
+
+    main(["train", "data=s3://d/ds/", "upload=s3://r/p", "name=t", "--nodes", "2", "--dry-run"])
+    job = yaml.safe_load(capsys.readouterr().out)
+    assert job["spec"]["trainer"]["image"] == kubedistill.images.train_image() != "kubedistill/train:latest"
 
 
 @pytest.mark.parametrize(

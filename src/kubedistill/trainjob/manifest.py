@@ -39,7 +39,11 @@ class LaunchConfig(BaseModel):
     gpus_per_node: int = Field(0, ge=0, le=64, description="GPUs per node (0: CPU, one process per node).")
     cpu: str = Field("4", description="CPU request per node (Kubernetes quantity).")
     memory: str = Field("16Gi", description="Memory request and limit per node (Kubernetes quantity).")
-    image: str = Field("kubedistill/train:latest", description="The train image every node runs.")
+    image: str = Field(
+        "",
+        description="The train image every node runs; the CLI's default is this release's pinned train image "
+        "(trainImage in charts/kubedistill/values.yaml).",
+    )
     namespace: str = Field("", description="Namespace of the TrainJob (default: the kubeconfig's, or the pod's).")
     runtime: str = Field("torch-distributed", description="The ClusterTrainingRuntime to run on.")
     max_restarts: int = Field(3, ge=0, le=100, description="torchrun restarts of the worker group after a failure.")
@@ -87,6 +91,15 @@ def job_name(cfg: TrainConfig, launch: LaunchConfig) -> str:
     digest = hashlib.sha256(repr((cfg.model_dump(), launch.model_dump())).encode()).hexdigest()[:8]
     stem = re.sub(r"[^a-z0-9-]+", "-", cfg.name.lower()).strip("-")[:24] or "train"
     return f"kd-{stem}-{digest}".replace("--", "-")
+
+
+def _image(ref: str) -> str:
+    if not ref.strip():
+        raise ConfigError(
+            "No train image given for the TrainJob",
+            "Pass --image REPO:TAG (the CLI defaults to trainImage of charts/kubedistill/values.yaml)",
+        )
+    return ref
 
 
 def trainjob_manifest(
@@ -157,7 +170,7 @@ def trainjob_manifest(
         "spec": {
             "runtimeRef": {"apiGroup": API_GROUP, "kind": "ClusterTrainingRuntime", "name": launch.runtime},
             "trainer": {
-                "image": launch.image,
+                "image": _image(launch.image),
                 "command": command,
                 "args": train_args(cfg),
                 "numNodes": launch.nodes,
