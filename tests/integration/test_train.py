@@ -140,6 +140,7 @@ def test_missing_data_is_a_user_error(tmp_path, tiny_train):
 
 
 @pytest.mark.slow
+@pytest.mark.learning  # about 80 s: its own CI stage (make test-learning), to keep `make test` under 15 minutes
 def test_learns_to_map50_half(tmp_path, easy_data):
     """It learns, not only runs: yolo-n from scratch, ~90 s on 2 CPU cores, val mAP50 >= 0.5."""
     det = Detector("yolo-n")
