@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 
 from kubedistill.core.errors import UserError
 from kubedistill.core.kube import api_client, short_error, transient
+from kubedistill.deploy.plan import KNATIVE_MODES
 from kubedistill.deploy.rollout import RETRY_STATUS, blocking_problem, pod_problems
 
 log = logging.getLogger("kubedistill.deploy")
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
-KNATIVE_MODES = ("Knative", "Serverless")
 MODEL_ANNOTATION = "kubedistill.io/model-uri"
 STABLE_ANNOTATION = "kubedistill.io/stable-model-uri"
 # condition reasons after which the revision will not become ready by itself

@@ -25,8 +25,7 @@ from kubedistill.train.losses import DetectionLoss, progloss_weights
 
 def memory_format(device: torch.device) -> torch.memory_format:
     """How a training step lays out images and weights: channels last on the CPU, where oneDNN's convolutions run
-    a YOLO26 training step 1.16x (n) to 1.20x (s) faster in it (docs/benchmarks.md); PyTorch's default elsewhere
-    (not measured on a GPU here)."""
+    faster in it (`benchmark train`, docs/benchmarks.md); PyTorch's default elsewhere (not measured on a GPU here)."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
