@@ -330,6 +330,7 @@ def bench_train(
     ),
     peer_script: Path | None = typer.Option(None, help="The peer script (default: benchmarks/peer in the repository)."),
     rounds: int = typer.Option(5, help="With --peer-python: interleaved rounds of --iters steps each."),
+    amp: bool = typer.Option(True, help="Our step in training's mixed precision (option amp); --no-amp: fp32."),
 ):
     """Forward+backward img/s and data-loader img/s for each scale and size (and Ultralytics' on the same batch)."""
     from kubedistill.benchmark.train import run_train_benchmark
@@ -345,6 +346,7 @@ def bench_train(
         peer_python=peer_python,
         peer_script=peer_script,
         rounds=rounds,
+        amp=amp,
     )
     if out:
         write_json_atomic(out, rows)
@@ -511,6 +513,7 @@ def bench_peer_train(
     out: Path | None = typer.Option(None, help="Work folder (both runs; default: a temporary one)."),
     peer_script: Path | None = typer.Option(None, help="The peer script (default: benchmarks/peer in the repository)."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON."),
+    seeds: str = typer.Option("0", help="Comma-separated seeds: both train once per seed; the figures are means."),
 ):
     """Train the same model on the same data and epochs with kubedistill and with Ultralytics, one after the other;
     both final models scored by kubedistill's val."""
@@ -528,6 +531,7 @@ def bench_peer_train(
         out=out,
         peer_script=peer_script,
         echo=typer.echo,
+        seeds=_int_list(seeds, "--seeds", "0,1,2"),
     )
     if json_out:
         write_json_atomic(json_out, res)

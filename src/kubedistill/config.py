@@ -40,7 +40,11 @@ class TrainConfig(BaseModel):
     device: str = Field("", description="'' picks cuda when available, else cpu; or 'cpu', 'cuda', 'cuda:0'.")
     seed: int = Field(0, description="Random seed.")
     deterministic: bool = Field(True, description="Use deterministic algorithms where torch has them.")
-    amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU).")
+    amp: bool = Field(
+        True,
+        description="Mixed precision: fp16 on CUDA, bf16 on a CPU with native bf16 (AMX or AVX512-BF16), "
+        "fp32 on other CPUs. The loss is computed in fp32.",
+    )
     fraction: float = Field(1.0, gt=0.0, le=1.0, description="Fraction of the training split to use.")
 
     # optimisation

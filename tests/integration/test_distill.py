@@ -271,3 +271,28 @@ def test_teacher_class_logits_equal_its_full_forward(teacher):
         feats = model.neck(x)
         for h in HEADS:
             assert torch.equal(model.head.class_logits(feats, h), full[h]["scores"]), h
+
+
+def test_distillation_under_bf16_autocast_is_fp32(teacher):
+    """Mixed precision (bf16 on a CPU with native bf16): student, projector and teacher run under autocast; the
+    detection and distillation losses stay fp32 and finite, and the projector gets gradients."""
+    from kubedistill.train.objective import autocast, build_objective
+
+    cpu = torch.device("cpu")
+    student = DetectionModel("n", nc=2, names=["circle", "square"]).train()
+    dist = build_objective(student, TrainConfig(dis=1.0, dis_o2o=1.0), cpu, str(teacher))
+    batch = {
+        "img": torch.rand(2, 3, 64, 64),
+        "batch_idx": torch.tensor([0.0, 1.0]),
+        "cls": torch.tensor([[0.0], [1.0]]),
+        "bboxes": torch.tensor([[0.4, 0.4, 0.3, 0.3], [0.6, 0.5, 0.4, 0.5]]),
+    }
+    try:
+        with autocast(cpu, torch.bfloat16):
+            loss, items = dist(batch)
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        assert items["dis_loss"].dtype == torch.float32 and items["dis_loss"] > 0 and items["dis_o2o_loss"] > 0
+        loss.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in dist.projector.parameters())
+    finally:
+        dist.close()

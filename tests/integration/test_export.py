@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import yaml
 
 from kubedistill.core.errors import UserError
 from kubedistill.detector import Detector
@@ -125,9 +126,10 @@ def test_benchmark_peer_train_scores_both_with_one_evaluator(tmp_path, tiny_data
     peer = tmp_path / "peer.py"
     peer.write_text(
         "import sys\n"
-        "data, model, epochs, imgsz, batch, project, name = sys.argv[1:8]\n"
-        "assert open(data).read().startswith('path: /') and model == 'yolo26n' and epochs == '1' and name == 'theirs'\n"
-        f"print('training ...'); print('best {served_model[0]} 12.5')\n"
+        "data, model, epochs, imgsz, batch, project, name, seed = sys.argv[1:9]\n"
+        "assert open(data).read().startswith('path: /') and model == 'yolo26n' and epochs == '1'\n"
+        "assert name == 'theirs_s' + seed and seed in ('0', '3')\n"
+        f"print('training ...'); print('best {served_model[0]} 12.5' if seed == '0' else 'best {served_model[0]} 7.5')\n"
     )
     lines = []
     res = run_peer_train_benchmark(
@@ -140,9 +142,19 @@ def test_benchmark_peer_train_scores_both_with_one_evaluator(tmp_path, tiny_data
         out=tmp_path / "work",
         peer_script=peer,
         echo=lines.append,
+        seeds=(0, 3),
     )
-    assert res["theirs_s"] == 12.5 and res["ours_s"] > 0 and 0 <= res["ours_mAP50-95"] <= 1
-    assert res["theirs_mAP50-95"] == Detector(str(served_model[0])).val(str(tiny_data), imgsz=64, workers=0)["mAP50-95"]
+    assert res["theirs_s"] == 10.0 and res["ours_s"] > 0 and 0 <= res["ours_mAP50-95"] <= 1  # means of the seeds
+    theirs = Detector(str(served_model[0])).val(str(tiny_data), imgsz=64, workers=0)["mAP50-95"]
+    assert res["theirs_mAP50-95"] == pytest.approx(theirs) and [r["seed"] for r in res["runs"]] == [0, 3]
+    assert [r["theirs_s"] for r in res["runs"]] == [12.5, 7.5]
+    ours = [r["ours_mAP50-95"] for r in res["runs"]]
+    assert res["ours_mAP50-95"] == pytest.approx(sum(ours) / 2)
+    # each seed trained its own run of ours, with that seed
+    seeds = [yaml.safe_load((tmp_path / "work" / f"ours_s{s}" / "args.yaml").read_text())["seed"] for s in (0, 3)]
+    assert seeds == [0, 3]
+    assert lines[0].endswith("seeds 0,3") and lines[1].startswith("seed 0: kubedistill mAP50-95 ")
+    assert "(mean of 2 seeds)" in lines[-2]
     assert lines[-1].startswith("ours/theirs: mAP50-95 ") and "same evaluator" in lines[-1]
     peer.write_text("import sys; sys.exit(3)\n")
     with pytest.raises(UserError, match=r"Ultralytics' training failed \(exit 3\)"):

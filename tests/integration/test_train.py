@@ -140,15 +140,18 @@ def test_missing_data_is_a_user_error(tmp_path, tiny_train):
 
 
 @pytest.mark.slow
-@pytest.mark.learning  # about 80 s: its own CI stage (make test-learning), to keep `make test` under 15 minutes
+@pytest.mark.learning  # about 60-75 s: its own CI stage (make test-learning), to keep `make test` under 15 minutes
 def test_learns_to_map50_half(tmp_path, easy_data):
-    """It learns, not only runs: yolo-n from scratch, ~90 s on 2 CPU cores, val mAP50 >= 0.5."""
+    """It learns, not only runs: yolo-n from scratch, about 60-75 s on 2 CPU cores, val mAP50 >= 0.5.
+
+    32 epochs: at 24, five seeds ended between 0.43 and 0.82 in bf16 and between 0.47 and 0.82 in fp32, so the bar
+    judged the seed; at 32, seeds 0-2 reached 0.63-0.79 in both (docs/benchmarks.md)."""
     det = Detector("yolo-n")
     res = det.train(
         data=str(easy_data),
         project=str(tmp_path),
         name="learn",
-        epochs=24,
+        epochs=32,
         imgsz=96,
         batch=16,
         nbs=16,

@@ -32,7 +32,7 @@ from kubedistill.model.checkpoint import load_model
 from kubedistill.model.info import count_flops
 from kubedistill.model.yolo import DetectionModel
 from kubedistill.train import build_trainer
-from kubedistill.train.objective import build_objective, to_input
+from kubedistill.train.objective import amp_dtype, build_objective, to_input
 
 
 def _train(common: dict, **kw) -> dict:
@@ -58,7 +58,7 @@ def step_times(
         arm_cfg = TrainConfig(imgsz=imgsz, **(knobs or {}))
         objectives.append(build_objective(model, arm_cfg, dev, teacher_path if knobs is not None else None))
     try:  # plain and each arm in turn, so a busy spell on the machine affects them alike
-        times = time_interleaved([training_step(o, b) for o in objectives], steps, dev)
+        times = time_interleaved([training_step(o, b, amp_dtype(dev, cfg.amp)) for o in objectives], steps, dev)
     finally:
         for o in objectives:
             o.close()

@@ -4,6 +4,8 @@ then score both final models with the same evaluator (kubedistill's val, which r
 
 MODEL is a scale (`yolo26n`: from scratch) or a checkpoint (`yolo26n.pt`: fine-tuning the same file in both). Each
 tool trains with its own defaults for everything not given; the wall time of each training is reported beside.
+With several seeds each trains once per seed, and the figures are means (one seed cannot tell a few points of mAP
+apart on a small val split).
 """
 
 from __future__ import annotations
@@ -47,12 +49,13 @@ def _absolute_yaml(data: str, folder: Path) -> Path:
 
 
 def peer_train(
-    python: str, script: Path, data: Path, model: str, epochs: int, imgsz: int, batch: int, out: Path
+    python: str, script: Path, data: Path, model: str, epochs: int, imgsz: int, batch: int, out: Path, seed: int = 0
 ) -> tuple[Path, float]:
-    """Ultralytics trains in its venv; (its best.pt, wall seconds)."""
+    """Ultralytics trains in its venv (run name `theirs_sSEED`); (its best.pt, wall seconds)."""
     check_peer(python, script)
     env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(out / "ulcfg")}
-    cmd = [python, str(script), str(data), model, str(epochs), str(imgsz), str(batch), str(out), "theirs"]
+    name = f"theirs_s{seed}"
+    cmd = [python, str(script), str(data), model, str(epochs), str(imgsz), str(batch), str(out), name, str(seed)]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     last = (res.stdout.strip().splitlines() or [""])[-1].split()
     if res.returncode != 0 or len(last) != 3 or last[0] != "best":
@@ -61,6 +64,10 @@ def peer_train(
             f"Run {script} by hand in the peer venv to see why",
         )
     return Path(last[1]), float(last[2])
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return sum(r[key] for r in rows) / len(rows)
 
 
 def run_peer_train_benchmark(
@@ -73,50 +80,66 @@ def run_peer_train_benchmark(
     out: str | Path | None = None,
     peer_script: Path | None = None,
     echo=print,
+    seeds: tuple[int, ...] = (0,),
 ) -> dict:
+    """Both tools train once per seed (ours, then theirs, with the same seed); the figures are means over the seeds,
+    each seed's beside them in `runs`."""
+    if not seeds:
+        raise UserError("No seeds to train with", "Pass --seeds like 0,1,2")
     out = Path(out or tempfile.mkdtemp(prefix="kd-peer-train-"))
     out.mkdir(parents=True, exist_ok=True)
     abs_yaml = _absolute_yaml(data, out)
-    echo(f"# kubedistill benchmark peer-train: {model} on {data}, {epochs} epochs, imgsz {imgsz}, batch {batch}")
-    t0 = time.perf_counter()
-    ours = build_trainer(
-        train_config(
-            data=str(abs_yaml),
-            model=model,
-            epochs=epochs,
-            imgsz=imgsz,
-            batch=batch,
-            workers=0,
-            project=str(out),
-            name="ours",
-            exist_ok=True,
-            plots=False,
-        )
-    ).train()
-    ours_s = time.perf_counter() - t0
-    theirs_pt, theirs_s = peer_train(
-        peer_python, Path(peer_script or PEER_TRAIN), abs_yaml, model, epochs, imgsz, batch, out
-    )
-    scores = {}
-    for who, weights in (("ours", ours["best"]), ("theirs", theirs_pt)):
-        scores[who] = Detector(str(weights)).val(str(abs_yaml), imgsz=imgsz, workers=0)
-    res = {
-        "model": model,
-        "data": str(data),
-        "epochs": epochs,
-        "imgsz": imgsz,
-        "batch": batch,
-        "ours_mAP50-95": scores["ours"]["mAP50-95"],
-        "theirs_mAP50-95": scores["theirs"]["mAP50-95"],
-        "ours_mAP50": scores["ours"]["mAP50"],
-        "theirs_mAP50": scores["theirs"]["mAP50"],
-        "ours_s": round(ours_s, 1),
-        "theirs_s": round(theirs_s, 1),
-    }
-    res["map_ratio"] = res["ours_mAP50-95"] / max(res["theirs_mAP50-95"], 1e-9)
-    echo(f"kubedistill: mAP50-95 {res['ours_mAP50-95']:.4f} (mAP50 {res['ours_mAP50']:.4f}) in {ours_s:.0f} s")
-    echo(f"Ultralytics: mAP50-95 {res['theirs_mAP50-95']:.4f} (mAP50 {res['theirs_mAP50']:.4f}) in {theirs_s:.0f} s")
     echo(
-        f"ours/theirs: mAP50-95 {res['map_ratio']:.3f}x, wall time {ours_s / theirs_s:.3f}x (same evaluator: kubedistill val)"
+        f"# kubedistill benchmark peer-train: {model} on {data}, {epochs} epochs, imgsz {imgsz}, batch {batch}, "
+        f"seeds {','.join(map(str, seeds))}"
+    )
+    runs = []
+    for seed in seeds:
+        t0 = time.perf_counter()
+        ours = build_trainer(
+            train_config(
+                data=str(abs_yaml),
+                model=model,
+                epochs=epochs,
+                imgsz=imgsz,
+                batch=batch,
+                workers=0,
+                project=str(out),
+                name=f"ours_s{seed}",
+                exist_ok=True,
+                plots=False,
+                seed=seed,
+            )
+        ).train()
+        ours_s = time.perf_counter() - t0
+        theirs_pt, theirs_s = peer_train(
+            peer_python, Path(peer_script or PEER_TRAIN), abs_yaml, model, epochs, imgsz, batch, out, seed
+        )
+        row = {"seed": seed, "ours_s": round(ours_s, 1), "theirs_s": round(theirs_s, 1)}
+        for who, weights in (("ours", ours["best"]), ("theirs", theirs_pt)):
+            m = Detector(str(weights)).val(str(abs_yaml), imgsz=imgsz, workers=0)
+            row[f"{who}_mAP50-95"], row[f"{who}_mAP50"] = m["mAP50-95"], m["mAP50"]
+        runs.append(row)
+        echo(
+            f"seed {seed}: kubedistill mAP50-95 {row['ours_mAP50-95']:.4f} (mAP50 {row['ours_mAP50']:.4f}) in "
+            f"{ours_s:.0f} s; Ultralytics {row['theirs_mAP50-95']:.4f} ({row['theirs_mAP50']:.4f}) in {theirs_s:.0f} s"
+        )
+    res = {"model": model, "data": str(data), "epochs": epochs, "imgsz": imgsz, "batch": batch, "seeds": list(seeds)}
+    for key in ("ours_mAP50-95", "theirs_mAP50-95", "ours_mAP50", "theirs_mAP50"):
+        res[key] = _mean(runs, key)
+    res["ours_s"], res["theirs_s"] = round(_mean(runs, "ours_s"), 1), round(_mean(runs, "theirs_s"), 1)
+    res["map_ratio"] = res["ours_mAP50-95"] / max(res["theirs_mAP50-95"], 1e-9)
+    res["runs"] = runs
+    n = f"mean of {len(runs)} seeds" if len(runs) > 1 else f"seed {runs[0]['seed']}"
+    echo(
+        f"kubedistill: mAP50-95 {res['ours_mAP50-95']:.4f} (mAP50 {res['ours_mAP50']:.4f}) in {res['ours_s']:.0f} s ({n})"
+    )
+    echo(
+        f"Ultralytics: mAP50-95 {res['theirs_mAP50-95']:.4f} (mAP50 {res['theirs_mAP50']:.4f}) in "
+        f"{res['theirs_s']:.0f} s ({n})"
+    )
+    echo(
+        f"ours/theirs: mAP50-95 {res['map_ratio']:.3f}x, wall time {res['ours_s'] / res['theirs_s']:.3f}x "
+        "(same evaluator: kubedistill val)"
     )
     return res

@@ -47,15 +47,20 @@ def time_interleaved(
     return [sorted(x)[len(x) // 2] for x in samples]
 
 
-def training_step(objective, batch: dict) -> Callable[[], None]:
-    """One training step of `objective` on a fixed batch (image already the network's input): forward, loss,
-    backward, SGD step over the model and the objective's extra modules (a distillation projector)."""
+def training_step(objective, batch: dict, precision: torch.dtype | None = None) -> Callable[[], None]:
+    """One training step of `objective` on a fixed batch (image already the network's input): forward and loss
+    in the trainer's autocast context (`precision`: `kubedistill.train.objective.amp_dtype`), backward, SGD step
+    over the model and the objective's extra modules (a distillation projector)."""
+    from kubedistill.train.objective import autocast
+
+    device = batch["img"].device
     params = [p for m in (objective.model, *objective.extra_modules()) for p in m.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-5, momentum=0.9)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss, _ = objective(batch)
+        with autocast(device, precision):
+            loss, _ = objective(batch)
         loss.backward()
         opt.step()
 

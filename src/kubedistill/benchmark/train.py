@@ -28,7 +28,7 @@ from kubedistill.data.dataset import DetectionDataset, build_dataloader
 from kubedistill.data.dataset_yaml import load_data_yaml
 from kubedistill.data.synth import make_synth
 from kubedistill.model.yolo import DetectionModel
-from kubedistill.train.objective import build_objective, to_input
+from kubedistill.train.objective import amp_dtype, build_objective, precision_name, to_input
 
 
 def loader_speed(samples, imgsz: int, batch: int, workers: int, batches: int = 20) -> float:
@@ -52,14 +52,15 @@ NC = 4  # the synthetic set's classes
 PEER_SCRIPT = PEER_DIR / "ultralytics_train_step.py"
 
 
-def _step(scale: str, imgsz: int, device, batch_data: dict):
+def _step(scale: str, imgsz: int, device, batch_data: dict, amp: bool = True):
     model = DetectionModel(scale, nc=NC).to(device).train()
     batch = {**batch_data, "img": to_input(batch_data["img"], device)}
-    return training_step(build_objective(model, TrainConfig(imgsz=imgsz), device), batch)
+    objective = build_objective(model, TrainConfig(imgsz=imgsz), device)
+    return training_step(objective, batch, amp_dtype(device, amp))
 
 
-def model_speed(scale: str, imgsz: int, batch: int, iters: int, device, batch_data: dict) -> float:
-    return batch / time_steps(_step(scale, imgsz, device, batch_data), iters, device)
+def model_speed(scale: str, imgsz: int, batch: int, iters: int, device, batch_data: dict, amp: bool = True) -> float:
+    return batch / time_steps(_step(scale, imgsz, device, batch_data, amp), iters, device)
 
 
 class PeerSteps:
@@ -106,9 +107,11 @@ class PeerSteps:
         self.proc.wait(timeout=60)
 
 
-def side_by_side(scale: str, imgsz: int, iters: int, rounds: int, device, batch_data: dict, peer: PeerSteps) -> tuple:
+def side_by_side(
+    scale: str, imgsz: int, iters: int, rounds: int, device, batch_data: dict, peer: PeerSteps, amp: bool = True
+) -> tuple:
     """(ours img/s, peer img/s): medians over `rounds`, each round `iters` steps of ours then of the peer's."""
-    step = _step(scale, imgsz, device, batch_data)
+    step = _step(scale, imgsz, device, batch_data, amp)
     for _ in range(2):  # warm-up of both
         step()
     peer.time(2)
@@ -134,14 +137,18 @@ def run_train_benchmark(
     peer_python: str | None = None,
     peer_script: Path | None = None,
     rounds: int = 5,
+    amp: bool = True,
 ) -> list[dict]:
     """Training-step and loader img/s per scale and size; with `peer_python` (the Ultralytics venv's python), the
-    same step of Ultralytics on the same batch, interleaved round by round (`rounds` x `iters` steps each)."""
+    same step of Ultralytics on the same batch, interleaved round by round (`rounds` x `iters` steps each).
+    `amp`: ours in the mixed precision training uses (`amp_dtype`; Ultralytics' step is fp32 on a CPU, as its
+    trainer turns AMP off there)."""
     dev = select_device(device)
     rows = []
+    precision = precision_name(amp_dtype(dev, amp))
     echo(
         f"# kubedistill benchmark train: device={dev} threads={torch.get_num_threads()} "
-        f"cpu={platform.processor() or platform.machine()} batch={batch} workers={workers}"
+        f"cpu={platform.processor() or platform.machine()} batch={batch} workers={workers} precision={precision}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for imgsz in sizes:
@@ -154,14 +161,15 @@ def run_train_benchmark(
                 if peer_python:
                     peer = PeerSteps(peer_python, Path(peer_script or PEER_SCRIPT), batch_data, scale, Path(tmp))
                     try:
-                        fb, theirs = side_by_side(scale, imgsz, iters, rounds, dev, batch_data, peer)
+                        fb, theirs = side_by_side(scale, imgsz, iters, rounds, dev, batch_data, peer, amp)
                     finally:
                         peer.close()
                 else:
-                    fb, theirs = model_speed(scale, imgsz, batch, iters, dev, batch_data), None
+                    fb, theirs = model_speed(scale, imgsz, batch, iters, dev, batch_data, amp), None
                 row = {
                     "scale": f"yolo26{scale}",
                     "imgsz": imgsz,
+                    "precision": precision,
                     "train_img_s": round(fb, 2),
                     "loader_img_s": round(load, 1),
                     "loader_over_model": round(load / fb, 2),

@@ -60,9 +60,11 @@ def anchor_weights(teacher_out: dict, shapes: list[tuple[int, int]]) -> list[tor
 def score_weighted_l2(
     student: list[torch.Tensor], teacher: list[torch.Tensor], weights: list[torch.Tensor]
 ) -> torch.Tensor:
-    """Sum over levels of sum(w * (s - t)^2) / (sum(w) * channels + 1e-9); inputs already projected."""
-    total = student[0].new_zeros(())
+    """Sum over levels of sum(w * (s - t)^2) / (sum(w) * channels + 1e-9); inputs already projected. Computed in
+    fp32 also when the features come from an autocast forward."""
+    total = student[0].new_zeros((), dtype=torch.float32)
     for s, t, w in zip(student, teacher, weights):
+        s, t, w = s.float(), t.float(), w.float()
         total = total + (w * (s - t).pow(2)).sum() / (w.sum() * s.shape[1] + 1e-9)
     return total
 

@@ -272,9 +272,7 @@ def _sweep(trainer, lrs_plan: np.ndarray, smooth: float, diverge: float, verbose
     One step = `trainer.accumulate` batches (as in training), gradient clipping as in training, no EMA,
     no schedule. The recorded loss is per image, averaged over the step's batches.
     """
-    import torch
-
-    from kubedistill.train.objective import to_input
+    from kubedistill.train.objective import autocast, to_input
     from kubedistill.train.optim import clipped_step
 
     objective, optimizer, scaler, device = trainer.objective, trainer.optimizer, trainer.scaler, trainer.device
@@ -292,7 +290,7 @@ def _sweep(trainer, lrs_plan: np.ndarray, smooth: float, diverge: float, verbose
             for _ in range(trainer.accumulate):
                 batch = next(stream)
                 img = batch["img"] = to_input(batch["img"], device)
-                with torch.autocast(device.type, enabled=trainer.use_amp):
+                with autocast(device, trainer.amp_dtype):
                     loss, _ = objective(batch)
                 value = float(loss.detach()) / img.shape[0]
                 if not math.isfinite(value):

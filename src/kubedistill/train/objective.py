@@ -29,6 +29,36 @@ def memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX tiles or AVX512-BF16); oneDNN emulates it elsewhere, slower
+    than fp32. torch has no public call for it, so its CPU-feature probes are read defensively."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The mixed precision of a training step with `amp` on: fp16 on CUDA (with a gradient scaler), bf16 on a CPU
+    that computes it natively (`cpu_has_bf16`; 1.5x the fp32 step on such a CPU, `benchmark train`,
+    docs/benchmarks.md), none elsewhere. The loss itself is computed in fp32 (`DetectionLoss`)."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_has_bf16():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """The context a training step's forward and loss run in: autocast to `dtype` (`amp_dtype`), off for None."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """How a log line names a step's precision: "fp32", or the autocast dtype with "amp"."""
+    return {torch.float16: "amp-fp16", torch.bfloat16: "amp-bf16"}.get(dtype, "fp32")
+
+
 def to_input(img: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A loader's uint8 image batch -> the network's input: float in [0, 1] on `device`, in its memory format."""
     x = img.to(device, non_blocking=True).float() / 255.0

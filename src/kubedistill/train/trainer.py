@@ -55,7 +55,7 @@ from kubedistill.model.yolo import DetectionModel, parse_scale
 from kubedistill.storage import download, exists
 from kubedistill.train.ema import ModelEMA
 from kubedistill.train.loss_health import check_loss_health
-from kubedistill.train.objective import build_objective, to_input, unwrap
+from kubedistill.train.objective import amp_dtype, autocast, build_objective, precision_name, to_input, unwrap
 from kubedistill.train.optim import build_optimizer, clipped_step
 from kubedistill.train.run_folder import read_results_csv, repair_run_folder, write_metrics_json, write_results_csv
 from kubedistill.train.schedule import LRSchedule
@@ -359,8 +359,8 @@ class Trainer:
             cfg.cos_lr,
         )
         self.ema = ModelEMA(self.model)
-        self.use_amp = cfg.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.amp_dtype = amp_dtype(self.device, cfg.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.start_epoch = 0
         self.best_fitness = -1.0
         self.best_epoch = -1
@@ -437,7 +437,8 @@ class Trainer:
         if self.main:
             LOGGER.info(
                 f"training {cfg.model} on {len(self.train_set)} images ({len(self.val_samples)} val), "
-                f"imgsz={cfg.imgsz} batch={cfg.batch} epochs={cfg.epochs} device={self.device} -> {self.save_dir}"
+                f"imgsz={cfg.imgsz} batch={cfg.batch} epochs={cfg.epochs} device={self.device} "
+                f"precision={precision_name(self.amp_dtype)} -> {self.save_dir}"
             )
         self.nonfinite = 0
         for epoch in range(self.start_epoch, cfg.epochs):
@@ -550,7 +551,7 @@ class Trainer:
             ni = epoch * self.nb + i
             lrs = self.schedule.apply(self.optimizer, ni)
             img = batch["img"] = to_input(batch["img"], self.device)
-            with torch.autocast(self.device.type, enabled=self.use_amp):
+            with autocast(self.device, self.amp_dtype):
                 loss, items = self.objective(batch)
             if self.world_size > 1:
                 loss = loss * self.world_size  # DDP averages gradients; keep the sum over the global batch

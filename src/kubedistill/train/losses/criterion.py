@@ -75,8 +75,9 @@ class DetectionLoss:
 
     def head_loss(self, out: dict[str, torch.Tensor], targets: torch.Tensor, imgsz_hw, assigner) -> torch.Tensor:
         """[3] tensor of (box, cls, l1) for one head, gains applied, normalised by target-score sum."""
-        pred_dist = out["boxes"].permute(0, 2, 1)  # [B, A, 4] stride units
-        logits = out["scores"].permute(0, 2, 1)  # [B, A, C]
+        # the loss runs in fp32 also under autocast (fp16 on CUDA, bf16 on the CPU)
+        pred_dist = out["boxes"].float().permute(0, 2, 1)  # [B, A, 4] stride units
+        logits = out["scores"].float().permute(0, 2, 1)  # [B, A, C]
         dtype, dev = logits.dtype, logits.device
         h, w = imgsz_hw
         shapes = [(h // s, w // s) for s in self.strides]
