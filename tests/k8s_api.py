@@ -1,8 +1,9 @@
 """A Kubernetes API server on loopback that answers from recorded responses, for the real kubernetes client.
 
 Routes are (method, path regex) -> responses in order (the last one repeats): a fixture file name under
-tests/fixtures/k8s (JSON, whose `code` is the HTTP status when it is a Status; .txt is text/plain), or
-(status, message) for a Status made up here. Every request is kept (method, path, query, JSON body)."""
+tests/fixtures/k8s (JSON, whose `code` is the HTTP status when it is a Status; .txt is text/plain), a dict served as
+a JSON body, or (status, message) for a Status made up here. Every request is kept (method, path, query, JSON body),
+and its Authorization header in `auth`."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class RecordedApiServer:
         self.routes = [(m, re.compile(p), list(r)) for (m, p), r in routes.items()]
         self.namespace = namespace
         self.requests: list[tuple[str, str, dict, object]] = []
+        self.auth: list[str | None] = []
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -32,6 +34,7 @@ class RecordedApiServer:
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
                 api.requests.append((method, url.path, parse_qs(url.query), body))
+                api.auth.append(self.headers.get("Authorization"))
                 status, ctype, data = api._response(method, url.path)
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
@@ -61,6 +64,8 @@ class RecordedApiServer:
                 break
         else:
             item = (404, f"no recorded response for {method} {path}")
+        if isinstance(item, dict):
+            return 200, "application/json", json.dumps(item).encode()
         if isinstance(item, tuple):
             status, msg = item
             body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": msg, "code": status}

@@ -514,6 +514,9 @@ def bench_peer_train(
     peer_script: Path | None = typer.Option(None, help="The peer script (default: benchmarks/peer in the repository)."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON."),
     seeds: str = typer.Option("0", help="Comma-separated seeds: both train once per seed; the figures are means."),
+    ours: list[str] = typer.Option(
+        [], "--ours", help="An option of kubedistill's run only, as KEY=VALUE (repeatable): e.g. --ours nbs=64."
+    ),
 ):
     """Train the same model on the same data and epochs with kubedistill and with Ultralytics, one after the other;
     both final models scored by kubedistill's val."""
@@ -532,6 +535,7 @@ def bench_peer_train(
         peer_script=peer_script,
         echo=typer.echo,
         seeds=_int_list(seeds, "--seeds", "0,1,2"),
+        ours_options=parse_cli_overrides(list(ours)),
     )
     if json_out:
         write_json_atomic(json_out, res)

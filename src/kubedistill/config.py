@@ -57,7 +57,13 @@ class TrainConfig(BaseModel):
     warmup_momentum: float = Field(0.8, ge=0.0, lt=1.0, description="Momentum at the start of warmup.")
     warmup_bias_lr: float = Field(0.1, ge=0.0, description="Bias learning rate at the start of warmup.")
     cos_lr: bool = Field(False, description="Cosine instead of linear decay from lr0 to lr0*lrf.")
-    nbs: int = Field(64, ge=1, le=65_536, description="Nominal batch size: gradients accumulate up to it.")
+    nbs: int | None = Field(
+        None,
+        ge=1,
+        le=65_536,
+        description="Nominal batch size: gradients accumulate up to it. Default: 64 (Ultralytics'), lowered for a "
+        "short run so that it makes at least 1000 optimizer steps (down to no accumulation).",
+    )
 
     # loss
     box: float = Field(7.5, ge=0.0, description="Box (IoU) loss gain.")

@@ -44,9 +44,13 @@ def test_serve_image_has_no_torch_and_train_image_has_cpu_torch(images):
     probe = "import importlib.util as u; print(u.find_spec('torch') is None, u.find_spec('cv2') is None)"
     out = docker("run", "--rm", "--read-only", "--entrypoint", "python", images["serve"], "-c", probe).stdout
     assert out.split() == ["True", "True"]
-    code = "import torch, cv2; print(torch.__version__, torch.cuda.is_available(), cv2.__version__ != '')"
+    code = (
+        "import torch, cv2, pynvml; from kubedistill.track.system import collectors; "
+        "print(torch.__version__, torch.cuda.is_available(), cv2.__version__ != '', len(collectors(print)))"
+    )
     out = docker("run", "--rm", "--read-only", images["train"], "python", "-c", code).stdout.split()
-    assert out[0].endswith("+cpu") and out[1:] == ["False", "True"]
+    # nvidia-ml-py is there for GPU system metrics; without a GPU the CPU, disk and network collectors remain
+    assert out[0].endswith("+cpu") and out[1:] == ["False", "True", "3"]
 
 
 def test_unchanged_sources_reuse_the_images(images):

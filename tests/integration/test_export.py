@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import yaml
 
-from kubedistill.core.errors import UserError
+from kubedistill.core.errors import ConfigError, UserError
 from kubedistill.detector import Detector
 from kubedistill.model.export import compare_detections, export_onnx
 
@@ -143,6 +143,7 @@ def test_benchmark_peer_train_scores_both_with_one_evaluator(tmp_path, tiny_data
         peer_script=peer,
         echo=lines.append,
         seeds=(0, 3),
+        ours_options={"nbs": 8},
     )
     assert res["theirs_s"] == 10.0 and res["ours_s"] > 0 and 0 <= res["ours_mAP50-95"] <= 1  # means of the seeds
     theirs = Detector(str(served_model[0])).val(str(tiny_data), imgsz=64, workers=0)["mAP50-95"]
@@ -151,11 +152,13 @@ def test_benchmark_peer_train_scores_both_with_one_evaluator(tmp_path, tiny_data
     ours = [r["ours_mAP50-95"] for r in res["runs"]]
     assert res["ours_mAP50-95"] == pytest.approx(sum(ours) / 2)
     # each seed trained its own run of ours, with that seed
-    seeds = [yaml.safe_load((tmp_path / "work" / f"ours_s{s}" / "args.yaml").read_text())["seed"] for s in (0, 3)]
-    assert seeds == [0, 3]
-    assert lines[0].endswith("seeds 0,3") and lines[1].startswith("seed 0: kubedistill mAP50-95 ")
+    args = [yaml.safe_load((tmp_path / "work" / f"ours_s{s}" / "args.yaml").read_text()) for s in (0, 3)]
+    assert [(a["seed"], a["nbs"]) for a in args] == [(0, 8), (3, 8)]  # and --ours options reach ours only
+    assert lines[0].endswith("seeds 0,3, ours nbs=8") and lines[1].startswith("seed 0: kubedistill mAP50-95 ")
     assert "(mean of 2 seeds)" in lines[-2]
     assert lines[-1].startswith("ours/theirs: mAP50-95 ") and "same evaluator" in lines[-1]
+    with pytest.raises(ConfigError, match="--ours epochs is set by the benchmark"):
+        run_peer_train_benchmark(sys.executable, str(tiny_data), epochs=1, peer_script=peer, ours_options={"epochs": 3})
     peer.write_text("import sys; sys.exit(3)\n")
     with pytest.raises(UserError, match=r"Ultralytics' training failed \(exit 3\)"):
         run_peer_train_benchmark(

@@ -83,6 +83,8 @@ def test_training_run_is_tracked_in_the_embedded_store(tracked):
     ):
         assert key in run.data.params, key
     assert run.data.params["epochs"] == "3" and run.data.params["optimizer"] == "AdamW"
+    # what the run used, beside what was asked: the resolved nbs and the precision
+    assert run.data.params["nbs"] == str(trainer.nbs) and run.data.params["precision"] == trainer.precision
     # metrics each epoch with the epoch as step
     for key in (
         "train/box_loss",

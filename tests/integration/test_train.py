@@ -17,7 +17,12 @@ from kubedistill.train.trainer import TrainingDiverged
 
 
 def test_outputs_and_checkpoint_format(tmp_path, tiny_data, tiny_train):
-    res = tiny_train(tmp_path, tiny_data, epochs=2, close_mosaic=1)[1]
+    from kubedistill.train.objective import amp_dtype
+
+    trainer, res = tiny_train(tmp_path, tiny_data, epochs=2, close_mosaic=1, nbs=None)
+    # nbs left to its default on a run this short: no accumulation (train.optim.resolve_nbs); amp as the CPU allows
+    assert (trainer.nbs, trainer.accumulate) == (8, 1)
+    assert trainer.amp_dtype == amp_dtype(torch.device("cpu"), True)
     run = Path(res["save_dir"])
     for f in (
         "weights/last.pt",

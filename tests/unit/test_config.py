@@ -14,7 +14,7 @@ def test_defaults_follow_ultralytics():
         0.937,
         0.0005,
         3.0,
-        64,
+        None,  # 64 as Ultralytics', lowered for a short run (train.optim.resolve_nbs)
         300,
         6.0,
     )

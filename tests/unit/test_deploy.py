@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import re
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
@@ -21,7 +19,7 @@ from kubedistill.deploy.helm import HelmActionError, user_values
 from kubedistill.deploy.plan import check_pinned_uri, make_plan, split_replicas
 from kubedistill.deploy.rollout import deployment_progress, kube_clients, pod_problems, wait_for_rollout
 from kubedistill.deploy.run import deploy
-from tests.k8s_api import write_kubeconfig
+from tests.k8s_api import RecordedApiServer
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "k8s"
 STABLE, CANARY = "det-kubedistill", "det-kubedistill-canary"
@@ -376,82 +374,36 @@ def test_transient_api_errors_are_retried_and_forbidden_is_not():
 
 
 # -- the real Kubernetes client against recorded responses on loopback --------------------------------
-class RecordedApi:
-    """A loopback HTTP server answering the two GETs the rollout wait makes, from the fixtures in order."""
-
-    def __init__(self, deployments: dict[str, list], pods: list[str], extra: dict[str, dict] | None = None):
-        self.deployments = {k: list(v) for k, v in deployments.items()}
-        self.extra = extra or {}  # path prefix -> JSON body, for anything else
-        self.pods = list(pods)
-        self.requests: list[str] = []
-        self.auth: list[str | None] = []
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                url = urlparse(self.path)
-                api.requests.append(self.path)
-                api.auth.append(self.headers["Authorization"])
-                parts = url.path.strip("/").split("/")
-                extra = [body for prefix, body in api.extra.items() if url.path.startswith(prefix)]
-                if extra:
-                    item = None
-                elif url.path.startswith("/apis/apps/v1/namespaces/serving/deployments/") and parts[-1] == "status":
-                    seq = api.deployments[parts[-2]]
-                    item = seq.pop(0) if len(seq) > 1 else seq[0]
-                elif url.path == "/api/v1/namespaces/serving/pods":
-                    assert "app.kubernetes.io/instance=det" in parse_qs(url.query)["labelSelector"][0]
-                    item = api.pods.pop(0) if len(api.pods) > 1 else api.pods[0]
-                else:
-                    item = ("not found", 404)
-                if extra:
-                    status, body = 200, json.dumps(extra[0])
-                elif isinstance(item, tuple):
-                    status, body = item[1], json.dumps({"kind": "Status", "code": item[1], "message": item[0]})
-                else:
-                    status, body = (
-                        json.loads((FIXTURES / item).read_text()).get("code", 200),
-                        (FIXTURES / item).read_text(),
-                    )
-                data = body.encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-    def kubeconfig(self, tmp_path) -> Path:
-        return write_kubeconfig(tmp_path, self.server.server_port, "serving")
+def recorded_api(deployments: dict[str, list] | None = None, pods=(), extra: dict | None = None) -> RecordedApiServer:
+    """The two GETs of the rollout wait (each Deployment's status, the release's pods) answered from fixtures in
+    order, and `extra`: a path prefix -> a JSON body, for anything else."""
+    routes = {
+        ("GET", f"/apis/apps/v1/namespaces/serving/deployments/{name}/status"): list(seq)
+        for name, seq in (deployments or {}).items()
+    }
+    if pods:
+        routes[("GET", "/api/v1/namespaces/serving/pods")] = list(pods)
+    for prefix, body in (extra or {}).items():
+        routes[("GET", re.escape(prefix) + ".*")] = [body]
+    return RecordedApiServer(routes, namespace="serving")
 
 
 def test_real_client_waits_through_recorded_responses(tmp_path):
-    with RecordedApi(
-        {STABLE: [("etcd leader changed", 503), "deployment_surge.json", "deployment_complete.json"]},
+    with recorded_api(
+        {STABLE: [(503, "etcd leader changed"), "deployment_surge.json", "deployment_complete.json"]},
         ["pods_running.json"],
     ) as api:
         apps, core = kube_clients(str(api.kubeconfig(tmp_path)))
         res = wait_for_rollout(apps, core, "serving", [STABLE], timeout=20, poll=0.01)
     assert res.ok, res.reason
-    assert sum("/deployments/det-kubedistill/status" in r for r in api.requests) == 3
+    assert len(api.calls("GET", "/deployments/det-kubedistill/status$")) == 3
+    pods = api.calls("GET", "/namespaces/serving/pods$")
+    assert pods and all("app.kubernetes.io/instance=det" in query["labelSelector"][0] for _, _, query, _ in pods)
     assert set(api.auth) == {"Bearer t0ken"}  # the kubeconfig's credentials
 
 
 def test_real_client_stops_on_forbidden(tmp_path):
-    with RecordedApi({STABLE: ["status_forbidden.json"]}, ["pods_running.json"]) as api:
+    with recorded_api({STABLE: ["status_forbidden.json"]}, ["pods_running.json"]) as api:
         apps, core = kube_clients(str(api.kubeconfig(tmp_path)))
         res = wait_for_rollout(apps, core, "serving", [STABLE], timeout=20, poll=0.01)
     assert not res.ok and "403 Forbidden" in res.reason and 'cannot get resource "deployments/status"' in res.reason
@@ -532,16 +484,17 @@ def test_real_helm_engine_reads_release_history(tmp_path):
         "metadata": {"resourceVersion": "1"},
         "items": [helm_release_secret(2, "superseded"), helm_release_secret(3, "deployed")],
     }
-    with RecordedApi({}, [], extra={"/version": version, "/api/v1/namespaces/serving/secrets": secrets}) as api:
+    with recorded_api(extra={"/version": version, "/api/v1/namespaces/serving/secrets": secrets}) as api:
         engine = helm.HelmSDK("serving", kubeconfig=str(api.kubeconfig(tmp_path)))
         history = engine.history("det")
     assert [(h["revision"], h["status"]) for h in history] == [(2, "superseded"), (3, "deployed")]
-    assert "/api/v1/namespaces/serving/secrets?labelSelector=name%3Ddet%2Cowner%3Dhelm" in api.requests
+    secret_list = ("GET", "/api/v1/namespaces/serving/secrets", {"labelSelector": ["name=det,owner=helm"]}, None)
+    assert secret_list in api.requests
     from kubedistill.deploy.run import _deployed_revision
 
     assert _deployed_revision(history) == 3
     secrets["items"] = []
-    with RecordedApi({}, [], extra={"/version": version, "/api/v1/namespaces/serving/secrets": secrets}) as api:
+    with recorded_api(extra={"/version": version, "/api/v1/namespaces/serving/secrets": secrets}) as api:
         assert helm.HelmSDK("serving", kubeconfig=str(api.kubeconfig(tmp_path))).history("det") == []  # a new release
 
 
@@ -755,7 +708,7 @@ def test_dry_run_renders_without_a_cluster():
 
 def test_deploy_end_to_end_with_the_real_kubernetes_client(tmp_path):
     """deploy() builds its own Kubernetes clients from --kubeconfig; the API answers are recorded ones on loopback."""
-    with RecordedApi(
+    with recorded_api(
         {STABLE: ["deployment_unobserved.json", "deployment_complete.json"]}, ["pods_running.json"]
     ) as api:
         eng = FakeEngine(HISTORY)
@@ -769,7 +722,7 @@ def test_deploy_end_to_end_with_the_real_kubernetes_client(tmp_path):
             timeout=20,
         )
     assert out["status"] == "deployed" and out["revision"] == 4, out
-    with RecordedApi({STABLE: ["deployment_deadline.json"]}, ["pods_crashloop.json"]) as api:
+    with recorded_api({STABLE: ["deployment_deadline.json"]}, ["pods_crashloop.json"]) as api:
         eng = FakeEngine(HISTORY)
         out = deploy(
             "det",

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from kubedistill.core.errors import ConfigError
-from kubedistill.train.optim import MuSGD, build_optimizer, zeropower_via_newtonschulz
+from kubedistill.train.optim import MuSGD, build_optimizer, resolve_nbs, zeropower_via_newtonschulz
 
 
 def _polar(M: torch.Tensor) -> torch.Tensor:
@@ -205,6 +205,21 @@ def test_weight_decay_scaling_with_batch():
     # accumulate = max(round(64/48), 1) = 1 -> 0.0005 * 48 / 64
     assert opt.param_groups[0]["weight_decay"] == pytest.approx(0.0005 * 48 / 64)
     assert info["weight_decay"] == pytest.approx(0.0005 * 48 / 64)
+
+
+def test_default_nbs_accumulates_less_on_a_short_run():
+    # given: as given, whatever the run (Ultralytics' behaviour)
+    assert resolve_nbs(64, 16, 160, 30) == (64, "nbs 64 given") and resolve_nbs(8, 16, 10**6, 300)[0] == 8
+    # enough optimizer steps at 64: Ultralytics' default, unchanged
+    nbs, why = resolve_nbs(None, 16, 5000, 100)
+    assert nbs == 64 and "7825 optimizer steps" in why
+    # 160 images x 30 epochs at batch 16: 300 batches, 75 steps at nbs 64 -> no accumulation
+    nbs, why = resolve_nbs(None, 16, 160, 30)
+    assert nbs == 16 and "75 optimizer steps (< 1000)" in why and "nbs=64" in why
+    # 2000 images x 20 epochs: 2500 batches; accumulating 2 keeps 1250 >= 1000 steps
+    assert resolve_nbs(None, 16, 2000, 20)[0] == 32
+    # a batch of 64 or more accumulates nothing at 64 already: nbs stays 64 (and with it the weight decay scale)
+    assert resolve_nbs(None, 128, 160, 30)[0] == 64 and resolve_nbs(None, 48, 160, 30)[0] == 64
 
 
 def test_musgd_cls_branch_groups():

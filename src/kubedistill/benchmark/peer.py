@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from kubedistill.config import train_config
-from kubedistill.core.errors import UserError
+from kubedistill.core.errors import ConfigError, UserError
 from kubedistill.data.dataset_yaml import load_data_yaml
 from kubedistill.detector import Detector
 from kubedistill.train import build_trainer
@@ -81,17 +81,24 @@ def run_peer_train_benchmark(
     peer_script: Path | None = None,
     echo=print,
     seeds: tuple[int, ...] = (0,),
+    ours_options: dict | None = None,
 ) -> dict:
     """Both tools train once per seed (ours, then theirs, with the same seed); the figures are means over the seeds,
-    each seed's beside them in `runs`."""
+    each seed's beside them in `runs`. `ours_options`: training options for kubedistill's run only."""
     if not seeds:
         raise UserError("No seeds to train with", "Pass --seeds like 0,1,2")
+    fixed = {"data", "model", "epochs", "imgsz", "batch", "workers", "project", "name", "exist_ok", "plots", "seed"}
+    if clash := sorted(fixed & set(ours_options or {})):
+        raise ConfigError(
+            f"--ours {clash[0]} is set by the benchmark for both tools",
+            "Use the benchmark's own options (--model, --epochs, --imgsz, --batch, --seeds) for it",
+        )
     out = Path(out or tempfile.mkdtemp(prefix="kd-peer-train-"))
     out.mkdir(parents=True, exist_ok=True)
     abs_yaml = _absolute_yaml(data, out)
     echo(
         f"# kubedistill benchmark peer-train: {model} on {data}, {epochs} epochs, imgsz {imgsz}, batch {batch}, "
-        f"seeds {','.join(map(str, seeds))}"
+        f"seeds {','.join(map(str, seeds))}" + "".join(f", ours {k}={v}" for k, v in (ours_options or {}).items())
     )
     runs = []
     for seed in seeds:
@@ -109,6 +116,7 @@ def run_peer_train_benchmark(
                 exist_ok=True,
                 plots=False,
                 seed=seed,
+                **(ours_options or {}),
             )
         ).train()
         ours_s = time.perf_counter() - t0
@@ -125,6 +133,7 @@ def run_peer_train_benchmark(
             f"{ours_s:.0f} s; Ultralytics {row['theirs_mAP50-95']:.4f} ({row['theirs_mAP50']:.4f}) in {theirs_s:.0f} s"
         )
     res = {"model": model, "data": str(data), "epochs": epochs, "imgsz": imgsz, "batch": batch, "seeds": list(seeds)}
+    res["ours_options"] = dict(ours_options or {})
     for key in ("ours_mAP50-95", "theirs_mAP50-95", "ours_mAP50", "theirs_mAP50"):
         res[key] = _mean(runs, key)
     res["ours_s"], res["theirs_s"] = round(_mean(runs, "ours_s"), 1), round(_mean(runs, "theirs_s"), 1)

@@ -75,7 +75,9 @@ class MlflowCallback:
         if previous and previous.get("run_id"):
             self.logger.set_tags({"resumed": "true"})
         else:
-            self.logger.log_params(flatten(cfg.model_dump()))
+            # what the run used where a default is resolved at start (nbs), and the precision it trains in
+            used = {"nbs": getattr(trainer, "nbs", cfg.nbs), "precision": getattr(trainer, "precision", "")}
+            self.logger.log_params(flatten({**cfg.model_dump(), **used}))
         if cfg.mlflow_system_metrics:
             logger = self.logger
             self.sampler = SystemSampler(lambda m, step: logger.log_metrics(m, step=step), warn=LOGGER.warning).start()

@@ -373,7 +373,7 @@ def find_lr(
             if trainer.objective is not None:  # as Trainer.train(): release the distillation hook
                 trainer.objective.close()
             du.cleanup()
-        batch, accumulate, device = trainer.batch, trainer.accumulate, trainer.device
+        batch, accumulate, nbs, device = trainer.batch, trainer.accumulate, trainer.nbs, trainer.device
         del trainer  # model, optimizer and data go with it
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -397,7 +397,7 @@ def find_lr(
         "momentum": info["momentum"],
         "weight_decay": info["weight_decay"],
         "batch": batch,
-        "nbs": cfg.nbs,
+        "nbs": nbs,
         "accumulate": accumulate,
         "images_per_step": accumulate * batch,
         "grad_clip": GRAD_CLIP,

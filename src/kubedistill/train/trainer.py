@@ -56,7 +56,7 @@ from kubedistill.storage import download, exists
 from kubedistill.train.ema import ModelEMA
 from kubedistill.train.loss_health import check_loss_health
 from kubedistill.train.objective import amp_dtype, autocast, build_objective, precision_name, to_input, unwrap
-from kubedistill.train.optim import build_optimizer, clipped_step
+from kubedistill.train.optim import NBS, build_optimizer, clipped_step, resolve_nbs
 from kubedistill.train.run_folder import read_results_csv, repair_run_folder, write_metrics_json, write_results_csv
 from kubedistill.train.schedule import LRSchedule
 
@@ -326,8 +326,11 @@ class Trainer:
         """Optimizer (model and the objective's extra modules), LR schedule, EMA and AMP scaler."""
         cfg = self.cfg
         self.nb = len(self.train_loader)
-        self.accumulate = max(round(cfg.nbs / (self.batch * self.world_size)), 1)
-        iterations = math.ceil(len(self.train_set) / max(cfg.batch, cfg.nbs)) * cfg.epochs
+        self.nbs, nbs_reason = resolve_nbs(cfg.nbs, cfg.batch, len(self.train_set), cfg.epochs)
+        self.accumulate = max(round(self.nbs / (self.batch * self.world_size)), 1)
+        # optimizer=auto chooses on Ultralytics' count (images / max(batch, nbs 64 unless given) x epochs), so it
+        # picks what Ultralytics picks whatever the accumulation
+        iterations = math.ceil(len(self.train_set) / max(cfg.batch, cfg.nbs or NBS)) * cfg.epochs
         opt_root = nn.ModuleDict(
             {"model": self.model, **{f"extra{i}": m for i, m in enumerate(self.objective.extra_modules())}}
         )
@@ -340,12 +343,12 @@ class Trainer:
             iterations,
             self.model.nc,
             cfg.batch,
-            cfg.nbs,
+            self.nbs,
         )
         if self.main:
             LOGGER.info(
                 f"optimizer: {self.optim_info['optimizer']} lr0={self.optim_info['lr0']:.6g} "
-                f"momentum={self.optim_info['momentum']} ({self.optim_info['reason']})"
+                f"momentum={self.optim_info['momentum']} ({self.optim_info['reason']}); {nbs_reason}"
             )
         self.schedule = LRSchedule(
             self.optim_info["lr0"],
@@ -360,6 +363,7 @@ class Trainer:
         )
         self.ema = ModelEMA(self.model)
         self.amp_dtype = amp_dtype(self.device, cfg.amp)
+        self.precision = precision_name(self.amp_dtype)  # "fp32", "amp-bf16", "amp-fp16": logged and tracked
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.start_epoch = 0
         self.best_fitness = -1.0
@@ -438,7 +442,7 @@ class Trainer:
             LOGGER.info(
                 f"training {cfg.model} on {len(self.train_set)} images ({len(self.val_samples)} val), "
                 f"imgsz={cfg.imgsz} batch={cfg.batch} epochs={cfg.epochs} device={self.device} "
-                f"precision={precision_name(self.amp_dtype)} -> {self.save_dir}"
+                f"precision={self.precision} -> {self.save_dir}"
             )
         self.nonfinite = 0
         for epoch in range(self.start_epoch, cfg.epochs):
