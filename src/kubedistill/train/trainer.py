@@ -363,7 +363,6 @@ class Trainer:
         )
         self.ema = ModelEMA(self.model)
         self.amp_dtype = amp_dtype(self.device, cfg.amp)
-        self.precision = precision_name(self.amp_dtype)  # "fp32", "amp-bf16", "amp-fp16": logged and tracked
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.start_epoch = 0
         self.best_fitness = -1.0
@@ -402,6 +401,11 @@ class Trainer:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         if self.main:
             LOGGER.info(f"resuming {self.save_dir} from epoch {self.start_epoch + 1}/{self.cfg.epochs}")
+
+    @property
+    def precision(self) -> str:
+        """The step's precision as logged and tracked ("fp32", "amp-bf16" or "amp-fp16"), from `amp_dtype`."""
+        return precision_name(self.amp_dtype)
 
     # ----------------------------------------------------------------------------- loop
     def train(self) -> dict:
